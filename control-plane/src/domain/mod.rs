@@ -1,0 +1,7 @@
+//! Validated domain values and rules, independent of protobuf and SQL.
+
+pub mod agent;
+pub mod event;
+pub mod page;
+pub mod task;
+pub mod validate;

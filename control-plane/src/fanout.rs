@@ -1,0 +1,189 @@
+//! Live fan-out between replicas: one Postgres LISTEN connection per control-plane process,
+//! re-broadcast in process to every watcher and worker session.
+
+use serde::Deserialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::ids::{TaskId, TenantId, WorkerId};
+use crate::spawn::spawn_named;
+use crate::store::channel;
+
+/// Something that happened in the database that a live stream may care about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A task changed status.
+    TaskState {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+    },
+    /// A delta of a running attempt was stored.
+    TaskOutput {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+        /// Attempt.
+        attempt: i32,
+        /// Delta index.
+        index: i64,
+        /// The text, when it fit in the notification.
+        text: Option<String>,
+    },
+    /// A worker must stop an attempt.
+    TaskCancel {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+        /// Attempt.
+        attempt: i32,
+        /// Worker holding it.
+        worker: WorkerId,
+    },
+    /// Events were appended for a workspace.
+    Events {
+        /// Workspace.
+        tenant: TenantId,
+    },
+    /// The listener lost its connection: notifications may be missing, so every stream
+    /// re-reads what it shows from the database.
+    Resync,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    t: Uuid,
+    k: Option<Uuid>,
+    a: Option<i32>,
+    i: Option<i64>,
+    x: Option<String>,
+    w: Option<Uuid>,
+}
+
+fn parse(channel_name: &str, payload: &str) -> Option<Notice> {
+    let p: Payload = serde_json::from_str(payload).ok()?;
+    let tenant = TenantId(p.t);
+    Some(match channel_name {
+        channel::TASK_STATE => Notice::TaskState {
+            tenant,
+            task: TaskId(p.k?),
+        },
+        channel::TASK_OUTPUT => Notice::TaskOutput {
+            tenant,
+            task: TaskId(p.k?),
+            attempt: p.a?,
+            index: p.i?,
+            text: p.x,
+        },
+        channel::TASK_CANCEL => Notice::TaskCancel {
+            tenant,
+            task: TaskId(p.k?),
+            attempt: p.a?,
+            worker: WorkerId(p.w?),
+        },
+        channel::EVENTS => Notice::Events { tenant },
+        _ => return None,
+    })
+}
+
+/// The process-wide broadcaster of [`Notice`]s.
+#[derive(Clone, Debug)]
+pub struct Fanout {
+    sender: broadcast::Sender<Notice>,
+}
+
+impl Fanout {
+    /// Starts listening; stops when `shutdown` is cancelled.
+    pub async fn start(pool: &PgPool, shutdown: CancellationToken) -> Result<Self, sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener
+            .listen_all([
+                channel::TASK_STATE,
+                channel::TASK_OUTPUT,
+                channel::TASK_CANCEL,
+                channel::EVENTS,
+            ])
+            .await?;
+        let (sender, _) = broadcast::channel(16 * 1024);
+        let fanout = Self {
+            sender: sender.clone(),
+        };
+        spawn_named("fanout", async move {
+            loop {
+                let received = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    received = listener.try_recv() => received,
+                };
+                match received {
+                    Ok(Some(notification)) => {
+                        match parse(notification.channel(), notification.payload()) {
+                            Some(notice) => {
+                                let _ = sender.send(notice);
+                            }
+                            None => tracing::warn!(
+                                channel = notification.channel(),
+                                "ignoring malformed notification"
+                            ),
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("notification listener reconnecting");
+                        let _ = sender.send(Notice::Resync);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "notification listener failed; retrying");
+                        let _ = sender.send(Notice::Resync);
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(fanout)
+    }
+
+    /// A receiver of every notice from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_channel_and_rejects_garbage() {
+        let t = Uuid::now_v7();
+        let k = Uuid::now_v7();
+        assert_eq!(
+            parse(
+                channel::TASK_OUTPUT,
+                &format!(r#"{{"t":"{t}","k":"{k}","a":1,"i":3,"x":"hi"}}"#)
+            ),
+            Some(Notice::TaskOutput {
+                tenant: TenantId(t),
+                task: TaskId(k),
+                attempt: 1,
+                index: 3,
+                text: Some("hi".into())
+            })
+        );
+        assert_eq!(
+            parse(channel::EVENTS, &format!(r#"{{"t":"{t}"}}"#)),
+            Some(Notice::Events {
+                tenant: TenantId(t)
+            })
+        );
+        assert_eq!(
+            parse(channel::TASK_STATE, &format!(r#"{{"t":"{t}"}}"#)),
+            None
+        );
+        assert_eq!(parse(channel::EVENTS, "not json"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Building and running the server: migrations, pool, listener, services, health,
+//! reflection, and an ordered, bounded shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentplane_proto::v1::agent_service_server::AgentServiceServer;
+use agentplane_proto::v1::event_service_server::EventServiceServer;
+use agentplane_proto::v1::task_service_server::TaskServiceServer;
+use agentplane_proto::v1::worker_service_server::WorkerServiceServer;
+use agentplane_proto::v1::workspace_service_server::WorkspaceServiceServer;
+use anyhow::Context as _;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::{AgentApi, AppState, EventApi, TaskApi, WorkerApi, WorkspaceApi};
+use crate::auth::AuthLayer;
+use crate::config::Config;
+use crate::fanout::Fanout;
+use crate::spawn::spawn_named;
+use crate::store::{self, PoolConfig, Store};
+
+/// Largest request message accepted, in bytes.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How often health re-probes the database.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Services whose health is reported (besides the server as a whole, "").
+const SERVICES: &[&str] = &[
+    "agentplane.v1.WorkspaceService",
+    "agentplane.v1.AgentService",
+    "agentplane.v1.TaskService",
+    "agentplane.v1.EventService",
+    "agentplane.v1.WorkerService",
+];
+
+/// Applies pending migrations with an owner connection (under sqlx's advisory lock, so
+/// replicas starting together take turns).
+pub async fn migrate(url: &SecretString) -> anyhow::Result<()> {
+    let config = PoolConfig {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(30),
+        application_name: "agentplane-migrate".to_owned(),
+    };
+    let pool = store::connect(url, &config)
+        .await
+        .context("connecting to migrate")?;
+    store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    pool.close().await;
+    Ok(())
+}
+
+/// A built server, bound and connected, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    pool: PgPool,
+    state: Arc<AppState>,
+    health: HealthReporter,
+    stop: CancellationToken,
+    shutdown_grace: Duration,
+    config: Config,
+}
+
+impl Application {
+    /// Migrates (if configured), connects, and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if let Some(url) = &config.migrate_database_url {
+            migrate(url).await?;
+        }
+        let pool = store::connect(&config.database_url, &config.pool)
+            .await
+            .context("connecting to the database")?;
+        let streams = CancellationToken::new();
+        let fanout = Fanout::start(&pool, streams.clone())
+            .await
+            .context("listening for notifications")?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        let health = HealthReporter::new();
+        let state = Arc::new(AppState {
+            store: Store::new(pool.clone()),
+            fanout,
+            lease_duration: config.lease_duration,
+            heartbeat_interval: config.heartbeat_interval,
+            shutdown: streams,
+        });
+        Ok(Self {
+            listener,
+            local_addr,
+            pool,
+            state,
+            health,
+            stop: CancellationToken::new(),
+            shutdown_grace: config.shutdown_grace,
+            config,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling this token shuts the server down gracefully.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Serves until the stop token is cancelled, then drains and closes.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            local_addr,
+            pool,
+            state,
+            health,
+            stop,
+            shutdown_grace,
+            config,
+        } = self;
+        spawn_named(
+            "health_probe",
+            probe_health(state.store.clone(), health.clone(), stop.clone()),
+        );
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(agentplane_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(agentplane_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(AuthLayer::new(config.credentials.clone()))
+            .add_service(tonic_health::pb::health_server::HealthServer::new(
+                tonic_health::server::HealthService::from_health_reporter(health.clone()),
+            ))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                WorkspaceServiceServer::new(WorkspaceApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                AgentServiceServer::new(AgentApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                TaskServiceServer::new(TaskApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                EventServiceServer::new(EventApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                WorkerServiceServer::new(WorkerApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            );
+
+        tracing::info!(%local_addr, "serving gRPC");
+        let streams = state.shutdown.clone();
+        let signal = {
+            let stop = stop.clone();
+            let health = health.clone();
+            async move {
+                stop.cancelled().await;
+                tracing::info!("shutting down: draining");
+                set_all(&health, ServingStatus::NotServing).await;
+                // Long-lived streams end now so connections can close.
+                streams.cancel();
+            }
+        };
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            result = &mut serve => result.map_err(anyhow::Error::from),
+            () = async { stop.cancelled().await; tokio::time::sleep(shutdown_grace).await } => {
+                tracing::warn!("grace period over; closing remaining connections");
+                Ok(())
+            }
+        };
+        state.shutdown.cancel();
+        pool.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in SERVICES {
+        health.set_service_status(*service, status).await;
+    }
+}
+
+/// Keeps health in step with the database: NOT_SERVING until (and whenever) a probe fails.
+async fn probe_health(store: Store, health: HealthReporter, stop: CancellationToken) {
+    set_all(&health, ServingStatus::NotServing).await;
+    let mut serving = false;
+    loop {
+        let ok = store.probe().await;
+        if ok != serving && !stop.is_cancelled() {
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if !ok {
+                tracing::warn!("database probe failed; reporting NOT_SERVING");
+            }
+            set_all(&health, status).await;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Agents of one workspace.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::{NewEvent, StoreError, StoreResult, TenantTx, classify};
+use crate::domain::agent::{AgentSpec, Generation, Provider};
+use crate::ids::{AgentId, TenantId};
+
+/// An agent as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AgentRow {
+    /// Owning workspace.
+    pub tenant_id: TenantId,
+    /// Agent id.
+    pub id: AgentId,
+    /// Name.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// System prompt.
+    pub system_prompt: String,
+    /// Generation parameters.
+    pub generation: Json<Generation>,
+    /// Labels.
+    pub labels: Json<BTreeMap<String, String>>,
+    /// Concurrency limit.
+    pub max_concurrency: i32,
+    /// Attempt timeout.
+    pub task_timeout_ms: i64,
+    /// Attempts per task.
+    pub max_attempts: i32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl AgentRow {
+    /// The stored agent as a spec, for applying an update mask to it.
+    pub fn spec(&self) -> StoreResult<AgentSpec> {
+        let provider = Provider::parse(&self.provider).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("unknown provider {:?}", self.provider).into(),
+            ))
+        })?;
+        Ok(AgentSpec {
+            name: self.name.clone(),
+            provider,
+            model: self.model.clone(),
+            system_prompt: self.system_prompt.clone(),
+            generation: self.generation.0.clone(),
+            labels: self.labels.0.clone(),
+            max_concurrency: self.max_concurrency,
+            task_timeout_ms: self.task_timeout_ms,
+            max_attempts: self.max_attempts,
+        })
+    }
+}
+
+macro_rules! columns {
+    () => {
+        "tenant_id, id, name, provider, model, system_prompt, generation, labels, \
+                       max_concurrency, task_timeout_ms, max_attempts, created_at, updated_at"
+    };
+}
+
+impl TenantTx {
+    /// Creates an agent, or returns the one an earlier call with `request_id` created.
+    pub async fn create_agent(
+        &mut self,
+        spec: &AgentSpec,
+        request_id: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<AgentRow> {
+        if let Some(request_id) = request_id {
+            let existing = sqlx::query_as::<_, AgentRow>(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM agents WHERE tenant_id = $1 AND request_id = $2"
+            ))
+            .bind(self.tenant)
+            .bind(request_id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(classify)?;
+            if let Some(existing) = existing {
+                return Ok(existing);
+            }
+        }
+        let id = AgentId::generate();
+        let row = sqlx::query_as::<_, AgentRow>(concat!(
+            "INSERT INTO agents (tenant_id, id, name, provider, model, system_prompt, generation, \
+             labels, max_concurrency, task_timeout_ms, max_attempts, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
+            columns!()
+        ))
+        .bind(self.tenant)
+        .bind(id)
+        .bind(&spec.name)
+        .bind(spec.provider.as_str())
+        .bind(&spec.model)
+        .bind(&spec.system_prompt)
+        .bind(Json(&spec.generation))
+        .bind(Json(&spec.labels))
+        .bind(spec.max_concurrency)
+        .bind(spec.task_timeout_ms)
+        .bind(spec.max_attempts)
+        .bind(request_id)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        self.append_event(NewEvent {
+            actor,
+            action: "agent.created",
+            resource_type: "agent",
+            resource_id: id.0,
+            request_id,
+            data: serde_json::json!({ "name": spec.name, "provider": spec.provider.as_str(), "model": spec.model }),
+        })
+        .await?;
+        Ok(row)
+    }
+
+    /// A live agent; with `lock`, locked for a change.
+    pub async fn get_agent(&mut self, id: AgentId, lock: bool) -> StoreResult<AgentRow> {
+        let sql = if lock {
+            concat!(
+                "SELECT ",
+                columns!(),
+                " FROM agents \
+                WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE"
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                columns!(),
+                " FROM agents \
+                WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
+            )
+        };
+        sqlx::query_as::<_, AgentRow>(sql)
+            .bind(self.tenant)
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(classify)?
+            .ok_or(StoreError::NotFound("agent"))
+    }
+
+    /// Live agents after `after`, oldest first.
+    pub async fn list_agents(
+        &mut self,
+        after: Option<AgentId>,
+        limit: i64,
+    ) -> StoreResult<Vec<AgentRow>> {
+        sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM agents \
+             WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(self.tenant)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)
+    }
+
+    /// Replaces a live agent's spec.
+    pub async fn save_agent(
+        &mut self,
+        id: AgentId,
+        spec: &AgentSpec,
+        changed: &[String],
+        request_id: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<AgentRow> {
+        let row = sqlx::query_as::<_, AgentRow>(concat!(
+            "UPDATE agents SET name = $3, provider = $4, model = $5, system_prompt = $6, \
+             generation = $7, labels = $8, max_concurrency = $9, task_timeout_ms = $10, \
+             max_attempts = $11, updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
+            columns!()
+        ))
+        .bind(self.tenant)
+        .bind(id)
+        .bind(&spec.name)
+        .bind(spec.provider.as_str())
+        .bind(&spec.model)
+        .bind(&spec.system_prompt)
+        .bind(Json(&spec.generation))
+        .bind(Json(&spec.labels))
+        .bind(spec.max_concurrency)
+        .bind(spec.task_timeout_ms)
+        .bind(spec.max_attempts)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .ok_or(StoreError::NotFound("agent"))?;
+        self.append_event(NewEvent {
+            actor,
+            action: "agent.updated",
+            resource_type: "agent",
+            resource_id: id.0,
+            request_id,
+            data: serde_json::json!({ "fields": changed }),
+        })
+        .await?;
+        Ok(row)
+    }
+
+    /// Soft-deletes a live agent and cancels its pending tasks. Returns how many tasks were
+    /// canceled.
+    pub async fn delete_agent(
+        &mut self,
+        id: AgentId,
+        request_id: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<u64> {
+        let deleted = sqlx::query(
+            "UPDATE agents SET deleted_at = now(), updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind(self.tenant)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound("agent"));
+        }
+        let canceled = self
+            .cancel_tasks_where(Some(id), false, "agent deleted", actor, request_id)
+            .await?;
+        self.append_event(NewEvent {
+            actor,
+            action: "agent.deleted",
+            resource_type: "agent",
+            resource_id: id.0,
+            request_id,
+            data: serde_json::json!({ "canceled_tasks": canceled }),
+        })
+        .await?;
+        Ok(canceled)
+    }
+}

@@ -1,0 +1,127 @@
+//! The append-only event log.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{StoreResult, TenantTx, channel, classify};
+use crate::domain::event::{EventFilter, EventPosition};
+use crate::ids::TenantId;
+
+/// An event to append.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    /// Who caused it.
+    pub actor: &'a str,
+    /// What happened, `<resource>.<verb>`.
+    pub action: &'a str,
+    /// `workspace`, `agent` or `task`.
+    pub resource_type: &'a str,
+    /// The resource's id.
+    pub resource_id: Uuid,
+    /// The request id of the call that caused it.
+    pub request_id: Option<&'a str>,
+    /// Action-specific details.
+    pub data: serde_json::Value,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EventRow {
+    /// Owning workspace.
+    pub tenant_id: TenantId,
+    /// Event id.
+    pub id: Uuid,
+    /// Id of the transaction that wrote it (first part of its position).
+    pub xid: i64,
+    /// Sequence number (second part of its position).
+    pub seq: i64,
+    /// Who caused it.
+    pub actor: String,
+    /// What happened.
+    pub action: String,
+    /// Kind of resource.
+    pub resource_type: String,
+    /// Resource id.
+    pub resource_id: Uuid,
+    /// Request id, if any.
+    pub request_id: Option<String>,
+    /// Details.
+    pub data: Json<serde_json::Value>,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+impl EventRow {
+    /// The event's position in its workspace's log.
+    pub fn position(&self) -> EventPosition {
+        EventPosition {
+            xid: self.xid,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Alias kept for readability at call sites that only read.
+pub type EventRecord = EventRow;
+
+impl TenantTx {
+    /// Appends an event in this transaction and wakes event watchers on commit.
+    pub async fn append_event(&mut self, event: NewEvent<'_>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
+             request_id, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(self.tenant)
+        .bind(Uuid::now_v7())
+        .bind(event.actor)
+        .bind(event.action)
+        .bind(event.resource_type)
+        .bind(event.resource_id)
+        .bind(event.request_id)
+        .bind(Json(&event.data))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        let payload = serde_json::json!({ "t": self.tenant });
+        self.notify(channel::EVENTS, &payload).await
+    }
+
+    /// Events after `after` in log order. Only events of transactions older than every
+    /// transaction still in flight are returned, so a later read after the last position
+    /// returned can never miss an event that commits late.
+    pub async fn list_events(
+        &mut self,
+        filter: &EventFilter,
+        after: Option<EventPosition>,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRow>> {
+        sqlx::query_as::<_, EventRow>(
+            "SELECT tenant_id, id, xid::text::bigint AS xid, seq, actor, action, resource_type, \
+                    resource_id, request_id, data, created_at \
+             FROM events \
+             WHERE tenant_id = $1 \
+               AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND ($2::bigint IS NULL OR (xid, seq) > ($2::bigint::text::xid8, $3::bigint)) \
+               AND ($4::text IS NULL OR resource_type = $4) \
+               AND ($5::uuid IS NULL OR resource_id = $5) \
+               AND ($6::text IS NULL OR action = $6) \
+               AND ($7::timestamptz IS NULL OR created_at >= $7) \
+               AND ($8::timestamptz IS NULL OR created_at < $8) \
+             ORDER BY xid, seq \
+             LIMIT $9",
+        )
+        .bind(self.tenant)
+        .bind(after.map(|p| p.xid))
+        .bind(after.map(|p| p.seq))
+        .bind(filter.resource_type.as_deref())
+        .bind(filter.resource_id)
+        .bind(filter.action.as_deref())
+        .bind(filter.start_time)
+        .bind(filter.end_time)
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)
+    }
+}

@@ -1,0 +1,181 @@
+//! The workspace registry (a platform table, not tenant-owned) and workspace lifecycle.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::{NewEvent, Store, StoreError, StoreResult, TenantTx, classify};
+use crate::ids::TenantId;
+
+/// A workspace as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct WorkspaceRow {
+    /// Workspace id (the tenant id of everything it owns).
+    pub id: TenantId,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Labels.
+    pub labels: Json<BTreeMap<String, String>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! columns {
+    () => {
+        "id, display_name, labels, created_at, updated_at"
+    };
+}
+
+impl Store {
+    /// Creates a workspace, or returns the one an earlier call with `request_id` created.
+    pub async fn create_workspace(
+        &self,
+        display_name: &str,
+        labels: &BTreeMap<String, String>,
+        request_id: Option<&str>,
+        actor: &str,
+    ) -> StoreResult<WorkspaceRow> {
+        if let Some(request_id) = request_id {
+            if let Some(existing) = self.workspace_by_request_id(request_id).await? {
+                return Ok(existing);
+            }
+        }
+        let id = TenantId::generate();
+        let mut tx = self.tenant_unchecked(id).await?;
+        let inserted = sqlx::query_as::<_, WorkspaceRow>(concat!(
+            "INSERT INTO workspaces (id, display_name, labels, request_id) VALUES ($1, $2, $3, $4) \
+             RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(display_name)
+        .bind(Json(labels))
+        .bind(request_id)
+        .fetch_one(&mut *tx.tx)
+        .await
+        .map_err(classify);
+        let row = match (inserted, request_id) {
+            (Ok(row), _) => row,
+            // A concurrent call with the same request id won the race: return its workspace.
+            (Err(StoreError::AlreadyExists(_)), Some(request_id)) => {
+                drop(tx);
+                return self
+                    .workspace_by_request_id(request_id)
+                    .await?
+                    .ok_or(StoreError::NotFound("workspace"));
+            }
+            (Err(error), _) => return Err(error),
+        };
+        tx.append_event(NewEvent {
+            actor,
+            action: "workspace.created",
+            resource_type: "workspace",
+            resource_id: id.0,
+            request_id,
+            data: serde_json::json!({ "display_name": display_name }),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn workspace_by_request_id(&self, request_id: &str) -> StoreResult<Option<WorkspaceRow>> {
+        sqlx::query_as::<_, WorkspaceRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM workspaces WHERE request_id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)
+    }
+
+    /// A live workspace.
+    pub async fn get_workspace(&self, id: TenantId) -> StoreResult<WorkspaceRow> {
+        sqlx::query_as::<_, WorkspaceRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM workspaces WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?
+        .ok_or(StoreError::NotFound("workspace"))
+    }
+
+    /// Live workspaces after `after` (keyset), oldest first.
+    pub async fn list_workspaces(
+        &self,
+        after: Option<TenantId>,
+        limit: i64,
+    ) -> StoreResult<Vec<WorkspaceRow>> {
+        sqlx::query_as::<_, WorkspaceRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM workspaces WHERE deleted_at IS NULL \
+             AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)
+    }
+}
+
+impl TenantTx {
+    /// Locks this transaction's workspace row for a change; NOT_FOUND if deleted.
+    pub async fn lock_workspace(&mut self) -> StoreResult<WorkspaceRow> {
+        sqlx::query_as::<_, WorkspaceRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+        ))
+        .bind(self.tenant)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .ok_or(StoreError::NotFound("workspace"))
+    }
+
+    /// Saves a workspace's changeable fields.
+    pub async fn save_workspace(
+        &mut self,
+        display_name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> StoreResult<WorkspaceRow> {
+        sqlx::query_as::<_, WorkspaceRow>(concat!(
+            "UPDATE workspaces SET display_name = $2, labels = $3, updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL RETURNING ",
+            columns!()
+        ))
+        .bind(self.tenant)
+        .bind(display_name)
+        .bind(Json(labels))
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .ok_or(StoreError::NotFound("workspace"))
+    }
+
+    /// Marks this transaction's workspace deleted.
+    pub async fn soft_delete_workspace(&mut self) -> StoreResult<()> {
+        let deleted = sqlx::query(
+            "UPDATE workspaces SET deleted_at = now(), updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(self.tenant)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound("workspace"));
+        }
+        Ok(())
+    }
+}
