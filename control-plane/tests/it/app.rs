@@ -1,0 +1,208 @@
+//! In-process control planes and workers on port 0, and authenticated clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentplane_control_plane::config::ServeArgs;
+use agentplane_control_plane::startup::Application;
+use agentplane_proto::v1 as pb;
+use agentplane_worker::{Worker, WorkerConfig, WorkerHandle};
+use pb::agent_service_client::AgentServiceClient;
+use pb::event_service_client::EventServiceClient;
+use pb::task_service_client::TaskServiceClient;
+use pb::worker_service_client::WorkerServiceClient;
+use pb::workspace_service_client::WorkspaceServiceClient;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::pg::TestDb;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
+
+/// A running control plane.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    /// Starts a control plane on the test database.
+    pub async fn spawn(db: &TestDb) -> TestApp {
+        let args = ServeArgs {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            database_url: db.app_url(),
+            migrate_database_url: None,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            worker_token: Some(WORKER_TOKEN.to_owned()),
+            dev_mode: false,
+            db_max_connections: 10,
+            db_acquire_timeout_seconds: 5,
+            lease_seconds: 30,
+            shutdown_grace_seconds: 2,
+        };
+        let app = Application::build(args.validate().unwrap()).await.unwrap();
+        let addr = app.local_addr();
+        let stop = app.stop_token();
+        let handle = tokio::spawn(async move {
+            let _ = app.run_until_stopped().await;
+        });
+        TestApp { addr, stop, handle }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint()).unwrap().connect().await.unwrap()
+    }
+
+    /// Clients authenticated as the platform admin.
+    pub async fn admin(&self) -> Clients {
+        Clients::new(self.channel().await, ADMIN_TOKEN)
+    }
+
+    /// Starts a worker connected to this control plane.
+    pub async fn worker(&self, db: &TestDb, capacity: u32, token_delay: Duration) -> WorkerHandle {
+        Worker::start(WorkerConfig {
+            worker_id: uuid::Uuid::now_v7(),
+            control_plane_url: self.endpoint(),
+            database_url: SecretString::from(db.worker_url()),
+            worker_token: SecretString::from(WORKER_TOKEN.to_owned()),
+            capacity,
+            poll_interval_max: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(5),
+            echo_token_delay: token_delay,
+        })
+        .await
+        .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+/// An interceptor adding `authorization: Bearer <token>` (or nothing for an empty token).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+pub fn bearer(token: &str) -> Bearer {
+    Bearer((!token.is_empty()).then(|| format!("Bearer {token}").parse().unwrap()))
+}
+
+/// One client per public service.
+pub struct Clients {
+    pub workspaces: WorkspaceServiceClient<Authed>,
+    pub agents: AgentServiceClient<Authed>,
+    pub tasks: TaskServiceClient<Authed>,
+    pub events: EventServiceClient<Authed>,
+    pub workers: WorkerServiceClient<Authed>,
+}
+
+impl Clients {
+    pub fn new(channel: Channel, token: &str) -> Clients {
+        Clients {
+            workspaces: WorkspaceServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
+            agents: AgentServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
+            tasks: TaskServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
+            events: EventServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
+            workers: WorkerServiceClient::new(InterceptedService::new(channel, bearer(token))),
+        }
+    }
+
+    /// Creates a workspace and returns its id.
+    pub async fn workspace(&mut self, name: &str) -> String {
+        self.workspaces
+            .create_workspace(pb::CreateWorkspaceRequest {
+                workspace: Some(pb::Workspace { display_name: name.to_owned(), ..Default::default() }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .workspace
+            .unwrap()
+            .id
+    }
+
+    /// Creates an echo agent and returns it.
+    pub async fn echo_agent(&mut self, workspace_id: &str, name: &str) -> pb::Agent {
+        self.agents
+            .create_agent(pb::CreateAgentRequest {
+                workspace_id: workspace_id.to_owned(),
+                agent: Some(pb::Agent {
+                    name: name.to_owned(),
+                    provider: pb::Provider::Echo.into(),
+                    model: "echo-1".to_owned(),
+                    system_prompt: "You are terse.".to_owned(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .agent
+            .unwrap()
+    }
+
+    /// Submits a one-message task and returns it.
+    pub async fn task(&mut self, workspace_id: &str, agent_id: &str, prompt: &str) -> pb::Task {
+        self.tasks
+            .create_task(pb::CreateTaskRequest {
+                workspace_id: workspace_id.to_owned(),
+                agent_id: agent_id.to_owned(),
+                input: vec![user(prompt)],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap()
+    }
+
+    pub async fn get_task(&mut self, workspace_id: &str, id: &str) -> pb::Task {
+        self.tasks
+            .get_task(pb::GetTaskRequest { workspace_id: workspace_id.to_owned(), id: id.to_owned() })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap()
+    }
+
+    /// Polls until the task reaches a terminal status (at most 30 s).
+    pub async fn wait_terminal(&mut self, workspace_id: &str, id: &str) -> pb::Task {
+        for _ in 0..600 {
+            let task = self.get_task(workspace_id, id).await;
+            if task.status >= pb::TaskStatus::Succeeded as i32 {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("task {id} did not finish in time");
+    }
+}
+
+pub fn user(content: &str) -> pb::Message {
+    pb::Message { role: pb::Role::User.into(), content: content.to_owned() }
+}

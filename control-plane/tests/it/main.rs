@@ -1,0 +1,16 @@
+//! Integration tests of agentplane: a real PostgreSQL cluster started by the harness, real
+//! control planes on port 0 and real workers, talking over gRPC.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test, with its location")]
+
+mod app;
+mod pg;
+
+mod auth;
+mod end_to_end;
+mod events;
+mod isolation;
+mod queue;
+mod reflection;
+mod tasks;
+mod validation;
+mod watch;
