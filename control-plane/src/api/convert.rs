@@ -112,7 +112,7 @@ pub fn task(row: &TaskRow) -> pb::Task {
         attempt: row.attempt,
         max_attempts: row.max_attempts,
         output: row.output.clone().unwrap_or_default(),
-        usage: (status == TaskStatus::Succeeded).then(|| pb::Usage {
+        usage: (status == TaskStatus::Succeeded).then_some(pb::Usage {
             input_tokens: row.input_tokens,
             output_tokens: row.output_tokens,
             cost_micros: row.cost_micros,

@@ -177,13 +177,13 @@ fn event_filter(
         return EventFilter::default();
     };
     let resource_type = (!filter.resource_type.is_empty()).then(|| filter.resource_type.clone());
-    if let Some(kind) = &resource_type {
-        if !RESOURCE_TYPES.contains(&kind.as_str()) {
-            v.add(
-                "filter.resource_type",
-                format!("must be one of {}", RESOURCE_TYPES.join(", ")),
-            );
-        }
+    if let Some(kind) = &resource_type
+        && !RESOURCE_TYPES.contains(&kind.as_str())
+    {
+        v.add(
+            "filter.resource_type",
+            format!("must be one of {}", RESOURCE_TYPES.join(", ")),
+        );
     }
     let resource_id = v.optional_id("filter.resource_id", &filter.resource_id);
     let action = (!filter.action.is_empty()).then(|| filter.action.clone());

@@ -131,10 +131,11 @@ impl TaskWatcher {
                     self.next_index = 0;
                 }
                 self.status = status;
-                if changed && !status.is_terminal() {
-                    if let Flow::Stop = self.send(Kind::Task(convert::task(&task))).await {
-                        return Flow::Stop;
-                    }
+                if changed
+                    && !status.is_terminal()
+                    && let Flow::Stop = self.send(Kind::Task(convert::task(&task))).await
+                {
+                    return Flow::Stop;
                 }
                 let chunks = chunks
                     .into_iter()

@@ -178,10 +178,10 @@ impl TenantTx {
         new: &NewTask,
         actor: &str,
     ) -> StoreResult<(TaskRow, bool)> {
-        if let Some(request_id) = &new.request_id {
-            if let Some(existing) = self.task_by_request_id(request_id).await? {
-                return Ok((existing, false));
-            }
+        if let Some(request_id) = &new.request_id
+            && let Some(existing) = self.task_by_request_id(request_id).await?
+        {
+            return Ok((existing, false));
         }
         let agent = self.get_agent(new.agent_id, false).await?;
         let id = TaskId::generate();
@@ -203,8 +203,8 @@ impl TenantTx {
         .await
         .map_err(classify)?;
 
-        let system =
-            (!agent.system_prompt.is_empty()).then(|| (Role::System, agent.system_prompt.as_str()));
+        let system = (!agent.system_prompt.is_empty())
+            .then_some((Role::System, agent.system_prompt.as_str()));
         let messages = system
             .into_iter()
             .chain(new.input.iter().map(|m| (m.role, m.content.as_str())));

@@ -38,10 +38,10 @@ impl Store {
         request_id: Option<&str>,
         actor: &str,
     ) -> StoreResult<WorkspaceRow> {
-        if let Some(request_id) = request_id {
-            if let Some(existing) = self.workspace_by_request_id(request_id).await? {
-                return Ok(existing);
-            }
+        if let Some(request_id) = request_id
+            && let Some(existing) = self.workspace_by_request_id(request_id).await?
+        {
+            return Ok(existing);
         }
         let id = TenantId::generate();
         let mut tx = self.tenant_unchecked(id).await?;

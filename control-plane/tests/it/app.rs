@@ -59,7 +59,11 @@ impl TestApp {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint()).unwrap().connect().await.unwrap()
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Clients authenticated as the platform admin.
@@ -94,9 +98,14 @@ impl TestApp {
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -120,10 +129,19 @@ pub struct Clients {
 impl Clients {
     pub fn new(channel: Channel, token: &str) -> Clients {
         Clients {
-            workspaces: WorkspaceServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
-            agents: AgentServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
+            workspaces: WorkspaceServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
+            agents: AgentServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
             tasks: TaskServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
-            events: EventServiceClient::new(InterceptedService::new(channel.clone(), bearer(token))),
+            events: EventServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
             workers: WorkerServiceClient::new(InterceptedService::new(channel, bearer(token))),
         }
     }
@@ -132,7 +150,10 @@ impl Clients {
     pub async fn workspace(&mut self, name: &str) -> String {
         self.workspaces
             .create_workspace(pb::CreateWorkspaceRequest {
-                workspace: Some(pb::Workspace { display_name: name.to_owned(), ..Default::default() }),
+                workspace: Some(pb::Workspace {
+                    display_name: name.to_owned(),
+                    ..Default::default()
+                }),
                 request_id: String::new(),
             })
             .await
@@ -182,7 +203,10 @@ impl Clients {
 
     pub async fn get_task(&mut self, workspace_id: &str, id: &str) -> pb::Task {
         self.tasks
-            .get_task(pb::GetTaskRequest { workspace_id: workspace_id.to_owned(), id: id.to_owned() })
+            .get_task(pb::GetTaskRequest {
+                workspace_id: workspace_id.to_owned(),
+                id: id.to_owned(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -204,5 +228,8 @@ impl Clients {
 }
 
 pub fn user(content: &str) -> pb::Message {
-    pb::Message { role: pb::Role::User.into(), content: content.to_owned() }
+    pb::Message {
+        role: pb::Role::User.into(),
+        content: content.to_owned(),
+    }
 }

@@ -15,20 +15,35 @@ async fn every_rpc_requires_a_valid_bearer_token_for_its_role() {
 
     let list = pb::ListWorkspacesRequest::default();
     let mut anonymous = Clients::new(channel.clone(), "");
-    let status = anonymous.workspaces.list_workspaces(list.clone()).await.unwrap_err();
+    let status = anonymous
+        .workspaces
+        .list_workspaces(list.clone())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
     let mut wrong = Clients::new(channel.clone(), "not-a-real-token-at-all");
-    let status = wrong.workspaces.list_workspaces(list.clone()).await.unwrap_err();
+    let status = wrong
+        .workspaces
+        .list_workspaces(list.clone())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // The worker credential may not use the public API...
     let mut worker = Clients::new(channel.clone(), WORKER_TOKEN);
-    let status = worker.workspaces.list_workspaces(list.clone()).await.unwrap_err();
+    let status = worker
+        .workspaces
+        .list_workspaces(list.clone())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     let status = worker
         .tasks
-        .get_task(pb::GetTaskRequest { workspace_id: uuid::Uuid::now_v7().to_string(), id: uuid::Uuid::now_v7().to_string() })
+        .get_task(pb::GetTaskRequest {
+            workspace_id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Uuid::now_v7().to_string(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -42,7 +57,11 @@ async fn every_rpc_requires_a_valid_bearer_token_for_its_role() {
             capacity: 1,
         })),
     };
-    let status = admin.workers.session(tokio_stream::iter(vec![hello])).await.unwrap_err();
+    let status = admin
+        .workers
+        .session(tokio_stream::iter(vec![hello]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(admin.workspaces.list_workspaces(list).await.is_ok());
 
@@ -51,11 +70,14 @@ async fn every_rpc_requires_a_valid_bearer_token_for_its_role() {
     let mut serving = false;
     for _ in 0..100 {
         let response = health
-            .check(tonic_health::pb::HealthCheckRequest { service: "agentplane.v1.TaskService".into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "agentplane.v1.TaskService".into(),
+            })
             .await
             .unwrap()
             .into_inner();
-        if response.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        if response.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
             serving = true;
             break;
         }

@@ -22,10 +22,17 @@ async fn task_runs_end_to_end_through_a_worker_and_is_recorded() {
     let done = c.wait_terminal(&ws, &task.id).await;
     assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
     assert_eq!(done.attempt, 1);
-    assert!(done.output.contains("hello there, agent"), "output: {:?}", done.output);
+    assert!(
+        done.output.contains("hello there, agent"),
+        "output: {:?}",
+        done.output
+    );
     assert_eq!(done.worker_id, worker.worker_id().to_string());
     let usage = done.usage.unwrap();
-    assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{usage:?}");
+    assert!(
+        usage.input_tokens > 0 && usage.output_tokens > 0,
+        "{usage:?}"
+    );
 
     // The transcript: system prompt, input, answer.
     let transcript = c
@@ -39,15 +46,28 @@ async fn task_runs_end_to_end_through_a_worker_and_is_recorded() {
         .unwrap()
         .into_inner()
         .messages;
-    let roles: Vec<i32> = transcript.iter().map(|m| m.message.as_ref().unwrap().role).collect();
-    assert_eq!(roles, vec![pb::Role::System as i32, pb::Role::User as i32, pb::Role::Assistant as i32]);
+    let roles: Vec<i32> = transcript
+        .iter()
+        .map(|m| m.message.as_ref().unwrap().role)
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            pb::Role::System as i32,
+            pb::Role::User as i32,
+            pb::Role::Assistant as i32
+        ]
+    );
     assert_eq!(transcript[2].message.as_ref().unwrap().content, done.output);
     assert_eq!(transcript[2].attempt, 1);
 
     // Every side effect is in the event log, in order.
     let events = c
         .events
-        .list_events(pb::ListEventsRequest { workspace_id: ws.clone(), ..Default::default() })
+        .list_events(pb::ListEventsRequest {
+            workspace_id: ws.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -55,7 +75,14 @@ async fn task_runs_end_to_end_through_a_worker_and_is_recorded() {
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
-        vec!["workspace.created", "agent.created", "task.created", "task.started", "task.model_call_started", "task.succeeded"],
+        vec![
+            "workspace.created",
+            "agent.created",
+            "task.created",
+            "task.started",
+            "task.model_call_started",
+            "task.succeeded"
+        ],
         "{events:#?}"
     );
     let succeeded = events.last().unwrap();
@@ -92,8 +119,22 @@ async fn create_task_twice_with_same_request_id_returns_first() {
         request_id: "retry-me-1".to_owned(),
         ..Default::default()
     };
-    let first = c.tasks.create_task(request.clone()).await.unwrap().into_inner().task.unwrap();
-    let second = c.tasks.create_task(request.clone()).await.unwrap().into_inner().task.unwrap();
+    let first = c
+        .tasks
+        .create_task(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let second = c
+        .tasks
+        .create_task(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
     assert_eq!(first.id, second.id);
     assert_eq!(second.request_id, "retry-me-1");
 
@@ -103,7 +144,16 @@ async fn create_task_twice_with_same_request_id_returns_first() {
         let mut tasks = c.tasks.clone();
         let mut request = request.clone();
         request.request_id = "retry-me-2".to_owned();
-        handles.push(tokio::spawn(async move { tasks.create_task(request).await.unwrap().into_inner().task.unwrap().id }));
+        handles.push(tokio::spawn(async move {
+            tasks
+                .create_task(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .task
+                .unwrap()
+                .id
+        }));
     }
     let mut ids = Vec::new();
     for handle in handles {
@@ -114,7 +164,10 @@ async fn create_task_twice_with_same_request_id_returns_first() {
 
     let listed = c
         .tasks
-        .list_tasks(pb::ListTasksRequest { workspace_id: ws.clone(), ..Default::default() })
+        .list_tasks(pb::ListTasksRequest {
+            workspace_id: ws.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -10,8 +10,14 @@ use tonic::Code;
 use crate::app::TestApp;
 use crate::pg::TestDb;
 
-const WORKSPACE_TABLES: &[&str] =
-    &["agents", "tasks", "task_messages", "task_output_chunks", "usage_records", "events"];
+const WORKSPACE_TABLES: &[&str] = &[
+    "agents",
+    "tasks",
+    "task_messages",
+    "task_output_chunks",
+    "usage_records",
+    "events",
+];
 
 #[tokio::test]
 async fn row_level_security_confines_the_application_role_to_one_workspace() {
@@ -40,26 +46,35 @@ async fn row_level_security_confines_the_application_role_to_one_workspace() {
             .unwrap();
     }
     for table in WORKSPACE_TABLES {
-        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&owner)
-            .await
-            .unwrap();
-        assert!(total >= 2, "{table} should hold rows of both workspaces for this test to mean anything");
+        let total: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&owner)
+                .await
+                .unwrap();
+        assert!(
+            total >= 2,
+            "{table} should hold rows of both workspaces for this test to mean anything"
+        );
     }
 
     let mut app_conn = sqlx::PgConnection::connect(&db.app_url()).await.unwrap();
     // No tenant set: every workspace table reads empty.
     for table in WORKSPACE_TABLES {
-        let visible: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&mut app_conn)
-            .await
-            .unwrap();
+        let visible: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut app_conn)
+                .await
+                .unwrap();
         assert_eq!(visible, 0, "{table} without a tenant");
     }
 
     let (a, b) = (&ids[0], &ids[1]);
     let mut tx = app_conn.begin().await.unwrap();
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(&a.0).execute(&mut *tx).await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(&a.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     for table in WORKSPACE_TABLES {
         let (own, other): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FILTER (WHERE tenant_id = $1::uuid), count(*) FILTER (WHERE tenant_id <> $1::uuid) FROM {table}"
@@ -81,12 +96,20 @@ async fn row_level_security_confines_the_application_role_to_one_workspace() {
     .execute(&mut *tx)
     .await
     .unwrap_err();
-    assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("42501"), "{error}");
+    assert_eq!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501"),
+        "{error}"
+    );
     tx.rollback().await.unwrap();
 
     // Updating B's rows from A's transaction changes nothing.
     let mut tx = app_conn.begin().await.unwrap();
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(&a.0).execute(&mut *tx).await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(&a.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let changed = sqlx::query("UPDATE tasks SET priority = 5 WHERE tenant_id = $1::uuid")
         .bind(&b.0)
         .execute(&mut *tx)
@@ -97,7 +120,10 @@ async fn row_level_security_confines_the_application_role_to_one_workspace() {
     tx.rollback().await.unwrap();
 
     // The event log is append-only, even for the owner.
-    let error = sqlx::query("DELETE FROM events").execute(&owner).await.unwrap_err();
+    let error = sqlx::query("DELETE FROM events")
+        .execute(&owner)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("append-only"), "{error}");
     app.stop().await;
 }
@@ -117,11 +143,26 @@ async fn another_workspaces_resources_answer_not_found() {
     let task = c.task(&a, &agent.id, "secret").await;
 
     assert_eq!(
-        code(c.agents.get_agent(pb::GetAgentRequest { workspace_id: b.clone(), id: agent.id.clone() }).await),
+        code(
+            c.agents
+                .get_agent(pb::GetAgentRequest {
+                    workspace_id: b.clone(),
+                    id: agent.id.clone()
+                })
+                .await
+        ),
         Some(Code::NotFound)
     );
     assert_eq!(
-        code(c.agents.delete_agent(pb::DeleteAgentRequest { workspace_id: b.clone(), id: agent.id.clone(), ..Default::default() }).await),
+        code(
+            c.agents
+                .delete_agent(pb::DeleteAgentRequest {
+                    workspace_id: b.clone(),
+                    id: agent.id.clone(),
+                    ..Default::default()
+                })
+                .await
+        ),
         Some(Code::NotFound)
     );
     assert_eq!(
@@ -129,8 +170,14 @@ async fn another_workspaces_resources_answer_not_found() {
             c.agents
                 .update_agent(pb::UpdateAgentRequest {
                     workspace_id: b.clone(),
-                    agent: Some(pb::Agent { id: agent.id.clone(), model: "x".into(), ..Default::default() }),
-                    update_mask: Some(prost_types::FieldMask { paths: vec!["model".into()] }),
+                    agent: Some(pb::Agent {
+                        id: agent.id.clone(),
+                        model: "x".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["model".into()]
+                    }),
                     ..Default::default()
                 })
                 .await
@@ -151,28 +198,57 @@ async fn another_workspaces_resources_answer_not_found() {
         Some(Code::NotFound)
     );
     assert_eq!(
-        code(c.tasks.get_task(pb::GetTaskRequest { workspace_id: b.clone(), id: task.id.clone() }).await),
-        Some(Code::NotFound)
-    );
-    assert_eq!(
-        code(c.tasks.cancel_task(pb::CancelTaskRequest { workspace_id: b.clone(), id: task.id.clone(), ..Default::default() }).await),
-        Some(Code::NotFound)
-    );
-    assert_eq!(
         code(
             c.tasks
-                .list_task_messages(pb::ListTaskMessagesRequest { workspace_id: b.clone(), task_id: task.id.clone(), ..Default::default() })
+                .get_task(pb::GetTaskRequest {
+                    workspace_id: b.clone(),
+                    id: task.id.clone()
+                })
                 .await
         ),
         Some(Code::NotFound)
     );
     assert_eq!(
-        code(c.tasks.watch_task(pb::WatchTaskRequest { workspace_id: b.clone(), id: task.id.clone() }).await),
+        code(
+            c.tasks
+                .cancel_task(pb::CancelTaskRequest {
+                    workspace_id: b.clone(),
+                    id: task.id.clone(),
+                    ..Default::default()
+                })
+                .await
+        ),
+        Some(Code::NotFound)
+    );
+    assert_eq!(
+        code(
+            c.tasks
+                .list_task_messages(pb::ListTaskMessagesRequest {
+                    workspace_id: b.clone(),
+                    task_id: task.id.clone(),
+                    ..Default::default()
+                })
+                .await
+        ),
+        Some(Code::NotFound)
+    );
+    assert_eq!(
+        code(
+            c.tasks
+                .watch_task(pb::WatchTaskRequest {
+                    workspace_id: b.clone(),
+                    id: task.id.clone()
+                })
+                .await
+        ),
         Some(Code::NotFound)
     );
     let listed = c
         .tasks
-        .list_tasks(pb::ListTasksRequest { workspace_id: b.clone(), ..Default::default() })
+        .list_tasks(pb::ListTasksRequest {
+            workspace_id: b.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -181,7 +257,10 @@ async fn another_workspaces_resources_answer_not_found() {
         .events
         .list_events(pb::ListEventsRequest {
             workspace_id: b.clone(),
-            filter: Some(pb::EventFilter { resource_id: task.id.clone(), ..Default::default() }),
+            filter: Some(pb::EventFilter {
+                resource_id: task.id.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
@@ -191,15 +270,29 @@ async fn another_workspaces_resources_answer_not_found() {
 
     // A deleted workspace is gone for reads and writes.
     c.workspaces
-        .delete_workspace(pb::DeleteWorkspaceRequest { id: a.clone(), ..Default::default() })
+        .delete_workspace(pb::DeleteWorkspaceRequest {
+            id: a.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(
-        code(c.workspaces.get_workspace(pb::GetWorkspaceRequest { id: a.clone() }).await),
+        code(
+            c.workspaces
+                .get_workspace(pb::GetWorkspaceRequest { id: a.clone() })
+                .await
+        ),
         Some(Code::NotFound)
     );
     assert_eq!(
-        code(c.tasks.get_task(pb::GetTaskRequest { workspace_id: a.clone(), id: task.id.clone() }).await),
+        code(
+            c.tasks
+                .get_task(pb::GetTaskRequest {
+                    workspace_id: a.clone(),
+                    id: task.id.clone()
+                })
+                .await
+        ),
         Some(Code::NotFound)
     );
     let owner = db.owner_pool().await;
@@ -208,6 +301,9 @@ async fn another_workspaces_resources_answer_not_found() {
         .fetch_one(&owner)
         .await
         .unwrap();
-    assert_eq!(status, "canceled", "deleting a workspace cancels its unfinished tasks");
+    assert_eq!(
+        status, "canceled",
+        "deleting a workspace cancels its unfinished tasks"
+    );
     app.stop().await;
 }

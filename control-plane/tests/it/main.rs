@@ -1,6 +1,13 @@
 //! Integration tests of agentplane: a real PostgreSQL cluster started by the harness, real
 //! control planes on port 0 and real workers, talking over gRPC.
-#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test, with its location")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a failed unwrap is a failed test, with its location"
+)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests spawn plain tasks and join them; nothing outlives a test"
+)]
 
 mod app;
 mod pg;

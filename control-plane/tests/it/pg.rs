@@ -48,7 +48,9 @@ fn pg_bin_dir() -> Result<PathBuf, String> {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    candidates.pop().ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".to_owned())
+    candidates
+        .pop()
+        .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".to_owned())
 }
 
 fn is_root() -> bool {
@@ -86,7 +88,10 @@ fn run(mut command: Command, what: &str) -> Result<(), String> {
 
 fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 fn start_cluster() -> Result<Cluster, String> {
@@ -107,10 +112,15 @@ fn start_cluster() -> Result<Cluster, String> {
     }
     let data = dir.join("data");
     let mut initdb = pg_command(&bin.join("initdb"), root);
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
+    initdb.arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--no-sync",
+        "-E",
+        "UTF8",
+        "--locale=C",
+    ]);
     run(initdb, "initdb")?;
 
     let port = free_port()?;
@@ -145,7 +155,10 @@ fn start_cluster() -> Result<Cluster, String> {
         .spawn()
         .map_err(|e| format!("starting the cluster watchdog: {e}"))?;
 
-    let cluster = Cluster { port, socket_dir: dir };
+    let cluster = Cluster {
+        port,
+        socket_dir: dir,
+    };
     // Migrate the template on a thread with its own runtime: we may be inside a test's.
     let url = cluster.url("postgres", "postgres");
     let template_url = cluster.url("postgres", TEMPLATE);
@@ -155,12 +168,16 @@ fn start_cluster() -> Result<Cluster, String> {
             .build()
             .map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let mut admin = PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
+            let mut admin = PgConnection::connect(&url)
+                .await
+                .map_err(|e| e.to_string())?;
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {TEMPLATE}")))
                 .execute(&mut admin)
                 .await
                 .map_err(|e| e.to_string())?;
-            let pool = sqlx::PgPool::connect(&template_url).await.map_err(|e| e.to_string())?;
+            let pool = sqlx::PgPool::connect(&template_url)
+                .await
+                .map_err(|e| e.to_string())?;
             agentplane_control_plane::store::MIGRATOR
                 .run(&pool)
                 .await
@@ -211,7 +228,10 @@ impl TestDb {
         // Copies of one template may collide briefly; retry.
         let mut tries = 0;
         loop {
-            match sqlx::raw_sql(sqlx::AssertSqlSafe(create.clone())).execute(&mut admin).await {
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(create.clone()))
+                .execute(&mut admin)
+                .await
+            {
                 Ok(_) => break,
                 Err(error) if tries < 20 => {
                     tries += 1;
@@ -242,7 +262,11 @@ impl TestDb {
 
     /// A small pool as the owner, for arranging and inspecting state directly.
     pub async fn owner_pool(&self) -> sqlx::PgPool {
-        match sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&self.owner_url()).await {
+        match sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.owner_url())
+            .await
+        {
             Ok(pool) => pool,
             Err(error) => panic!("connecting as owner: {error}"),
         }

@@ -42,7 +42,11 @@ async fn seed(pool: &PgPool, max_concurrency: i32, n: usize) -> (Uuid, Uuid) {
 }
 
 async fn worker_pool(db: &TestDb) -> PgPool {
-    sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db.worker_url()).await.unwrap()
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.worker_url())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -58,7 +62,9 @@ async fn four_concurrent_claimers_claim_each_of_1000_tasks_exactly_once() {
             let worker = Uuid::now_v7();
             let mut claimed = Vec::new();
             loop {
-                let batch = claim_tasks(&pool, worker, 25, Duration::from_secs(60)).await.unwrap();
+                let batch = claim_tasks(&pool, worker, 25, Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 if batch.is_empty() {
                     break;
                 }
@@ -78,17 +84,22 @@ async fn four_concurrent_claimers_claim_each_of_1000_tasks_exactly_once() {
     assert_eq!(unique.len(), 1000);
     assert!(all.iter().all(|(_, attempt)| *attempt == 1));
 
-    let (running, attempts): (i64, i64) =
-        sqlx::query_as("SELECT count(*) FILTER (WHERE status = 'running'), sum(attempt)::bigint FROM tasks")
+    let (running, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'running'), sum(attempt)::bigint FROM tasks",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!((running, attempts), (1000, 1000));
+    let started: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE action = 'task.started'")
             .fetch_one(&owner)
             .await
             .unwrap();
-    assert_eq!((running, attempts), (1000, 1000));
-    let started: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE action = 'task.started'")
-        .fetch_one(&owner)
-        .await
-        .unwrap();
-    assert_eq!(started, 1000, "one claim event per task, written with the claim");
+    assert_eq!(
+        started, 1000,
+        "one claim event per task, written with the claim"
+    );
 }
 
 #[tokio::test]
@@ -102,7 +113,10 @@ async fn concurrent_claimers_never_exceed_the_agents_max_concurrency() {
         claimers.push(tokio::spawn(async move {
             let mut n = 0;
             for _ in 0..5 {
-                n += claim_tasks(&pool, Uuid::now_v7(), 10, Duration::from_secs(60)).await.unwrap().len();
+                n += claim_tasks(&pool, Uuid::now_v7(), 10, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .len();
             }
             n
         }));
@@ -121,27 +135,51 @@ async fn an_expired_lease_is_requeued_and_then_failed_after_max_attempts() {
     seed(&owner, 10, 1).await;
     let pool = worker_pool(&db).await;
 
-    let first = claim_tasks(&pool, Uuid::now_v7(), 1, Duration::from_millis(100)).await.unwrap();
+    let first = claim_tasks(&pool, Uuid::now_v7(), 1, Duration::from_millis(100))
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(reap_expired_leases(&pool, 100).await.unwrap(), 1);
     let (status, attempt, error): (String, i32, Option<String>) =
-        sqlx::query_as("SELECT status, attempt, error_code FROM tasks").fetch_one(&owner).await.unwrap();
-    assert_eq!((status.as_str(), attempt, error.as_deref()), ("pending", 1, Some("lease_expired")));
+        sqlx::query_as("SELECT status, attempt, error_code FROM tasks")
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attempt, error.as_deref()),
+        ("pending", 1, Some("lease_expired"))
+    );
 
     // The retry waits for its backoff; make it due now and let it expire once more.
-    sqlx::query("UPDATE tasks SET run_at = now()").execute(&owner).await.unwrap();
-    let second = claim_tasks(&pool, Uuid::now_v7(), 1, Duration::from_millis(100)).await.unwrap();
+    sqlx::query("UPDATE tasks SET run_at = now()")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let second = claim_tasks(&pool, Uuid::now_v7(), 1, Duration::from_millis(100))
+        .await
+        .unwrap();
     assert_eq!(second[0].attempt, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(reap_expired_leases(&pool, 100).await.unwrap(), 1);
-    let status: String = sqlx::query_scalar("SELECT status FROM tasks").fetch_one(&owner).await.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM tasks")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
     assert_eq!(status, "failed", "max_attempts is 2");
     let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM events ORDER BY seq")
         .fetch_all(&owner)
         .await
         .unwrap();
-    assert_eq!(actions, vec!["task.started", "task.retrying", "task.started", "task.failed"]);
+    assert_eq!(
+        actions,
+        vec![
+            "task.started",
+            "task.retrying",
+            "task.started",
+            "task.failed"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -149,7 +187,15 @@ async fn delayed_tasks_are_not_claimed_before_run_at() {
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
     seed(&owner, 10, 2).await;
-    sqlx::query("UPDATE tasks SET run_at = now() + interval '1 hour'").execute(&owner).await.unwrap();
+    sqlx::query("UPDATE tasks SET run_at = now() + interval '1 hour'")
+        .execute(&owner)
+        .await
+        .unwrap();
     let pool = worker_pool(&db).await;
-    assert!(claim_tasks(&pool, Uuid::now_v7(), 10, Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(
+        claim_tasks(&pool, Uuid::now_v7(), 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

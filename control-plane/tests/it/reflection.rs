@@ -1,24 +1,31 @@
 //! Server reflection, so grpcurl works without proto files.
 
+use tonic::service::interceptor::InterceptedService;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic::service::interceptor::InterceptedService;
 
-use crate::app::{bearer, TestApp, ADMIN_TOKEN};
+use crate::app::{ADMIN_TOKEN, TestApp, bearer};
 use crate::pg::TestDb;
 
 #[tokio::test]
 async fn reflection_lists_every_service() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
-    let mut client = ServerReflectionClient::new(InterceptedService::new(app.channel().await, bearer(ADMIN_TOKEN)));
+    let mut client = ServerReflectionClient::new(InterceptedService::new(
+        app.channel().await,
+        bearer(ADMIN_TOKEN),
+    ));
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response: {response:?}");
@@ -33,15 +40,24 @@ async fn reflection_lists_every_service() {
         "agentplane.v1.WorkspaceService",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
 
     // The descriptors are served too: a client can describe a method's request type.
     let request = ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol("agentplane.v1.TaskService".into())),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "agentplane.v1.TaskService".into(),
+        )),
     };
-    let mut responses = client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.message().await.unwrap().unwrap();
     assert!(
         matches!(response.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
@@ -55,9 +71,15 @@ async fn reflection_lists_every_service() {
 /// set, as CI sets it.
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_with_json() {
-    let available = std::process::Command::new("grpcurl").arg("-version").output().is_ok();
+    let available = std::process::Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_ok();
     if !available {
-        assert!(std::env::var_os("AGENTPLANE_REQUIRE_GRPCURL").is_none(), "grpcurl is required but not installed");
+        assert!(
+            std::env::var_os("AGENTPLANE_REQUIRE_GRPCURL").is_none(),
+            "grpcurl is required but not installed"
+        );
         eprintln!("grpcurl not installed; skipping the grpcurl check");
         return;
     }
@@ -76,7 +98,11 @@ async fn grpcurl_lists_describes_and_calls_with_json() {
                 let (before, after) = args.split_at(args.len() - 1);
                 command.args(before).arg(&addr).args(after);
                 let output = command.output().unwrap();
-                assert!(output.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+                assert!(
+                    output.status.success(),
+                    "grpcurl {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
                 String::from_utf8(output.stdout).unwrap()
             })
             .await
@@ -87,7 +113,12 @@ async fn grpcurl_lists_describes_and_calls_with_json() {
     assert!(services.contains("agentplane.v1.TaskService"), "{services}");
     let described = grpcurl(&["describe"]).await;
     assert!(described.contains("rpc CreateTask"), "{described}");
-    let created = grpcurl(&["-d", r#"{"workspace": {"display_name": "from grpcurl"}}"#, "agentplane.v1.WorkspaceService/CreateWorkspace"]).await;
+    let created = grpcurl(&[
+        "-d",
+        r#"{"workspace": {"display_name": "from grpcurl"}}"#,
+        "agentplane.v1.WorkspaceService/CreateWorkspace",
+    ])
+    .await;
     assert!(created.contains("from grpcurl"), "{created}");
     app.stop().await;
 }

@@ -25,18 +25,29 @@ impl Session {
         let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
         let (send, rx) = mpsc::channel(16);
         send.send(pb::SessionRequest {
-            kind: Some(In::Hello(pb::WorkerHello { worker_id: id.to_string(), version: "test".into(), capacity: 4 })),
+            kind: Some(In::Hello(pb::WorkerHello {
+                worker_id: id.to_string(),
+                version: "test".into(),
+                capacity: 4,
+            })),
         })
         .await
         .unwrap();
-        let mut recv = client.session(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut recv = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         let welcome = recv.message().await.unwrap().unwrap();
         assert!(matches!(welcome.kind, Some(Out::Welcome(_))), "{welcome:?}");
         Session { id, send, recv }
     }
 
     async fn send(&self, kind: In) {
-        self.send.send(pb::SessionRequest { kind: Some(kind) }).await.unwrap();
+        self.send
+            .send(pb::SessionRequest { kind: Some(kind) })
+            .await
+            .unwrap();
     }
 
     async fn succeed(&mut self, lease: pb::LeaseRef, output: &str) -> pb::ResultAck {
@@ -49,7 +60,11 @@ impl Session {
                     step: 0,
                     provider_request_id: format!("{}-{}", self.id, uuid::Uuid::now_v7()),
                     model: "echo-1".into(),
-                    usage: Some(pb::Usage { input_tokens: 3, output_tokens: 2, cost_micros: 0 }),
+                    usage: Some(pb::Usage {
+                        input_tokens: 3,
+                        output_tokens: 2,
+                        cost_micros: 0,
+                    }),
                 }],
             })),
         }))
@@ -75,14 +90,29 @@ async fn a_result_from_an_attempt_that_lost_its_lease_is_not_recorded() {
     let owner = db.owner_pool().await;
 
     let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    assert_eq!(claim_tasks(&pool, old, 1, Duration::from_millis(50)).await.unwrap().len(), 1);
+    assert_eq!(
+        claim_tasks(&pool, old, 1, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(reap_expired_leases(&pool, 10).await.unwrap(), 1);
-    sqlx::query("UPDATE tasks SET run_at = now()").execute(&owner).await.unwrap();
-    let claimed = claim_tasks(&pool, new, 1, Duration::from_secs(60)).await.unwrap();
+    sqlx::query("UPDATE tasks SET run_at = now()")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let claimed = claim_tasks(&pool, new, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(claimed[0].attempt, 2);
 
-    let lease = |attempt| pb::LeaseRef { workspace_id: ws.clone(), task_id: task.id.clone(), attempt };
+    let lease = |attempt| pb::LeaseRef {
+        workspace_id: ws.clone(),
+        task_id: task.id.clone(),
+        attempt,
+    };
     let mut stale = Session::open(&app, old).await;
     let ack = stale.succeed(lease(1), "stale answer").await;
     assert!(!ack.accepted, "{ack:?}");
@@ -98,10 +128,11 @@ async fn a_result_from_an_attempt_that_lost_its_lease_is_not_recorded() {
     assert_eq!(done.status, pb::TaskStatus::Succeeded as i32);
     assert_eq!(done.output, "fresh answer");
     assert_eq!(done.attempt, 2);
-    let answers: i64 = sqlx::query_scalar("SELECT count(*) FROM task_messages WHERE role = 'assistant'")
-        .fetch_one(&owner)
-        .await
-        .unwrap();
+    let answers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM task_messages WHERE role = 'assistant'")
+            .fetch_one(&owner)
+            .await
+            .unwrap();
     assert_eq!(answers, 1);
     app.stop().await;
 }
@@ -115,7 +146,9 @@ async fn canceling_a_running_task_stops_its_worker() {
     let mut c = app.admin().await;
     let ws = c.workspace("cancel").await;
     let agent = c.echo_agent(&ws, "coder").await;
-    let task = c.task(&ws, &agent.id, &"many words to echo slowly ".repeat(60)).await;
+    let task = c
+        .task(&ws, &agent.id, &"many words to echo slowly ".repeat(60))
+        .await;
     for _ in 0..200 {
         if c.get_task(&ws, &task.id).await.status == pb::TaskStatus::Running as i32 {
             break;
@@ -124,7 +157,11 @@ async fn canceling_a_running_task_stops_its_worker() {
     }
     let canceled = c
         .tasks
-        .cancel_task(pb::CancelTaskRequest { workspace_id: ws.clone(), id: task.id.clone(), request_id: "cancel-1".into() })
+        .cancel_task(pb::CancelTaskRequest {
+            workspace_id: ws.clone(),
+            id: task.id.clone(),
+            request_id: "cancel-1".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -134,7 +171,11 @@ async fn canceling_a_running_task_stops_its_worker() {
     // Canceling again is a precondition failure, not a second cancel.
     let again = c
         .tasks
-        .cancel_task(pb::CancelTaskRequest { workspace_id: ws.clone(), id: task.id.clone(), request_id: String::new() })
+        .cancel_task(pb::CancelTaskRequest {
+            workspace_id: ws.clone(),
+            id: task.id.clone(),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
@@ -145,7 +186,11 @@ async fn canceling_a_running_task_stops_its_worker() {
     let done = c.wait_terminal(&ws, &next.id).await;
     assert_eq!(done.status, pb::TaskStatus::Succeeded as i32);
     let still = c.get_task(&ws, &task.id).await;
-    assert_eq!(still.status, pb::TaskStatus::Canceled as i32, "a canceled task stays canceled");
+    assert_eq!(
+        still.status,
+        pb::TaskStatus::Canceled as i32,
+        "a canceled task stays canceled"
+    );
     worker.shutdown().await;
     app.stop().await;
 }
@@ -163,7 +208,12 @@ async fn a_deleted_agents_name_can_be_reused_and_its_pending_tasks_are_canceled(
         .agents
         .create_agent(pb::CreateAgentRequest {
             workspace_id: ws.clone(),
-            agent: Some(pb::Agent { name: "coder".into(), provider: pb::Provider::Echo.into(), model: "m".into(), ..Default::default() }),
+            agent: Some(pb::Agent {
+                name: "coder".into(),
+                provider: pb::Provider::Echo.into(),
+                model: "m".into(),
+                ..Default::default()
+            }),
             request_id: String::new(),
         })
         .await
@@ -171,13 +221,27 @@ async fn a_deleted_agents_name_can_be_reused_and_its_pending_tasks_are_canceled(
     assert_eq!(duplicate.code(), Code::AlreadyExists);
 
     c.agents
-        .delete_agent(pb::DeleteAgentRequest { workspace_id: ws.clone(), id: agent.id.clone(), request_id: String::new() })
+        .delete_agent(pb::DeleteAgentRequest {
+            workspace_id: ws.clone(),
+            id: agent.id.clone(),
+            request_id: String::new(),
+        })
         .await
         .unwrap();
     let reborn = c.echo_agent(&ws, "coder").await;
     assert_ne!(reborn.id, agent.id);
-    assert_eq!(c.get_task(&ws, &pending.id).await.status, pb::TaskStatus::Canceled as i32);
-    let gone = c.agents.get_agent(pb::GetAgentRequest { workspace_id: ws.clone(), id: agent.id.clone() }).await.unwrap_err();
+    assert_eq!(
+        c.get_task(&ws, &pending.id).await.status,
+        pb::TaskStatus::Canceled as i32
+    );
+    let gone = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            workspace_id: ws.clone(),
+            id: agent.id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     app.stop().await;
 }
@@ -200,7 +264,9 @@ async fn update_agent_changes_only_masked_fields() {
                 max_concurrency: 7,
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["model".into(), "max_concurrency".into()] }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["model".into(), "max_concurrency".into()],
+            }),
             request_id: String::new(),
         })
         .await

