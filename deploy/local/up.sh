@@ -17,7 +17,7 @@ cp_port=${AGENTPLANE_PORT:-50051}
 log_dir="$state/logs"
 mkdir -p "$log_dir"
 
-bash deploy/local/deps.sh
+bash deploy/local/deps.sh --tools
 
 pids=()
 pg_data=""
@@ -58,12 +58,15 @@ else
     mkdir -p "$pg_data"
     chown postgres:postgres "$pg_data"
     if ! runuser -u postgres -- test -w "$pg_data"; then
-      echo "error: the postgres user cannot write $pg_data (a parent folder is private)" >&2
-      exit 1
+      # A parent folder is private to root: keep the cluster where postgres can reach it.
+      pg_data="${TMPDIR:-/tmp}/agentplane-local-$(echo "$root" | cksum | cut -d' ' -f1)/pg"
+      mkdir -p "$pg_data"
+      chown -R postgres:postgres "$(dirname "$pg_data")"
+      echo "==> $state is not reachable by the postgres user; the cluster lives in $pg_data"
     fi
   fi
   if [ ! -f "$pg_data/PG_VERSION" ]; then
-    echo "==> creating a private PostgreSQL cluster in .state/local/pg"
+    echo "==> creating a private PostgreSQL cluster in $pg_data"
     "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 --locale=C >"$log_dir/initdb.log"
   fi
   pg_port=$(free_port)
@@ -110,7 +113,7 @@ done
 for n in 1 2; do
   echo "==> starting worker $n"
   AGENTPLANE_WORKER_DATABASE_URL=$worker_url AGENTPLANE_WORKER_TOKEN=dev-worker-token \
-    "$bin/agentplane-worker" --control-plane-url "http://127.0.0.1:$cp_port" \
+    "$bin/agentplane-worker" --control-plane-url "http://127.0.0.1:$cp_port" --echo-token-delay-ms 60 \
     >"$log_dir/worker-$n.log" 2>&1 &
   pids+=($!)
 done
@@ -124,14 +127,13 @@ ws=$(echo "$ids" | sed -n 's/.*WORKSPACE_ID=\([^ ]*\).*/\1/p')
 task=$(echo "$ids" | sed -n 's/.*TASK_ID=\([^ ]*\).*/\1/p')
 agent=$(echo "$ids" | sed -n 's/.*AGENT_ID=\([^ ]*\).*/\1/p')
 
-grpcurl_hint="grpcurl"
-command -v grpcurl >/dev/null 2>&1 || grpcurl_hint="$root/.state/tools/bin/grpcurl   # bash deploy/local/deps.sh --tools installs it"
+grpcurl_bin=$(command -v grpcurl || echo "$root/.state/tools/bin/grpcurl")
 cat <<HINT
 
 agentplane is running: control plane on 127.0.0.1:$cp_port, two workers, logs in .state/local/logs.
 Go on by hand with grpcurl (reflection is on; the dev admin token is dev-admin-token):
 
-  alias apc='$grpcurl_hint -plaintext -H "authorization: Bearer dev-admin-token"'
+  alias apc='$grpcurl_bin -plaintext -H "authorization: Bearer dev-admin-token"'
   apc 127.0.0.1:$cp_port list
   apc 127.0.0.1:$cp_port describe agentplane.v1.TaskService
   apc -d '{"workspace_id":"$ws","agent_id":"$agent","input":[{"role":"ROLE_USER","content":"hi again"}]}' \\

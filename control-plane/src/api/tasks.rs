@@ -12,7 +12,7 @@ use super::workspaces::{page_after, split_page};
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::principal;
 use crate::domain::page;
-use crate::domain::task::{self as rules, InputMessage, NewTask, Role};
+use crate::domain::task::{self as rules, InputMessage, NewTask, Role, TaskStatus};
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
 use crate::ids::{AgentId, TaskId, TenantId};
@@ -209,7 +209,11 @@ impl TaskService for TaskApi {
         let first = pb::WatchTaskResponse {
             kind: Some(pb::watch_task_response::Kind::Snapshot(pb::TaskSnapshot {
                 task: Some(convert::task(&snapshot.task)),
-                output: snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
+                // Live output is dropped once a task ends; a finished task's answer is its output.
+                output: match (&snapshot.task.output, snapshot.task.status()) {
+                    (Some(output), TaskStatus::Succeeded) => output.clone(),
+                    _ => snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
+                },
                 next_delta_index: watcher.next_index(),
             })),
         };

@@ -405,8 +405,11 @@ impl TenantTx {
         Ok(changed.len() as u64)
     }
 
-    /// Drops live output of a task that stopped running and tells watchers.
+    /// Drops live output of a task that stopped running, tells watchers, and wakes workers:
+    /// a slot under the agent's max_concurrency may have opened.
     async fn task_left_running(&mut self, id: TaskId) -> StoreResult<()> {
+        self.notify(channel::TASK_READY, &serde_json::Value::Null)
+            .await?;
         sqlx::query("DELETE FROM task_output_chunks WHERE tenant_id = $1 AND task_id = $2")
             .bind(self.tenant)
             .bind(id)
@@ -672,10 +675,6 @@ impl TenantTx {
                     }),
                 })
                 .await?;
-                if retry {
-                    self.notify(channel::TASK_READY, &serde_json::Value::Null)
-                        .await?;
-                }
             }
         }
         self.task_left_running(id).await?;
@@ -711,8 +710,6 @@ impl TenantTx {
             data: serde_json::json!({ "attempt": attempt }),
         })
         .await?;
-        self.notify(channel::TASK_READY, &serde_json::Value::Null)
-            .await?;
         self.task_left_running(id).await?;
         Ok(LeaseCheck::Accepted)
     }

@@ -10,6 +10,8 @@
 )]
 
 mod app;
+mod fake_control_plane;
+mod fixtures;
 mod pg;
 
 mod auth;
@@ -21,3 +23,5 @@ mod reflection;
 mod tasks;
 mod validation;
 mod watch;
+mod worker_queue;
+mod worker_stream;

@@ -271,4 +271,16 @@ impl TestDb {
             Err(error) => panic!("connecting as owner: {error}"),
         }
     }
+
+    /// A small pool as the worker role.
+    pub async fn worker_pool(&self) -> sqlx::PgPool {
+        match sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.worker_url())
+            .await
+        {
+            Ok(pool) => pool,
+            Err(error) => panic!("connecting as worker: {error}"),
+        }
+    }
 }

@@ -144,6 +144,10 @@ async fn a_watcher_that_reconnects_loses_nothing() {
     while let Some(message) = stream.message().await.unwrap() {
         finished.apply(message);
     }
+    assert_eq!(
+        finished.output, last.output,
+        "a finished task's snapshot carries its answer"
+    );
     assert_eq!(finished.last.unwrap().output, last.output);
     worker.shutdown().await;
     app.stop().await;

@@ -1,0 +1,202 @@
+//! A scriptable stand-in for the control plane's `WorkerService`, on port 0. It checks the
+//! bearer token, welcomes each stream, answers heartbeats (renewing every lease except those
+//! marked lost), and hands everything else to the test, which acknowledges results itself.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentplane_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use agentplane_proto::v1::{
+    HeartbeatAck, LeaseRef, ResultAck, SessionRequest, SessionResponse, WorkerWelcome,
+    session_request, session_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+pub const TOKEN: &str = "worker-test-token";
+
+type Responses = mpsc::UnboundedSender<Result<SessionResponse, Status>>;
+
+#[derive(Default)]
+struct Shared {
+    /// The stream currently open, to answer on.
+    current: Option<Responses>,
+    /// Task ids whose leases heartbeats report as lost.
+    lost: HashSet<String>,
+    sessions: usize,
+}
+
+/// What the test sees: every non-heartbeat message, tagged with the stream it came on.
+pub struct FakeControlPlane {
+    pub addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    received: mpsc::UnboundedReceiver<(usize, SessionRequest)>,
+}
+
+struct Service {
+    shared: Arc<Mutex<Shared>>,
+    received: mpsc::UnboundedSender<(usize, SessionRequest)>,
+    heartbeat_interval: Duration,
+    lease_duration: Duration,
+}
+
+#[tonic::async_trait]
+impl WorkerService for Service {
+    type SessionStream = UnboundedReceiverStream<Result<SessionResponse, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let authorized = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"));
+        if !authorized {
+            return Err(Status::unauthenticated("bad worker token"));
+        }
+        let mut requests = request.into_inner();
+        let hello = requests.next().await;
+        if !matches!(
+            hello,
+            Some(Ok(SessionRequest {
+                kind: Some(session_request::Kind::Hello(_))
+            }))
+        ) {
+            return Err(Status::invalid_argument("first message must be a hello"));
+        }
+        let (responses, stream) = mpsc::unbounded_channel();
+        let _ = responses.send(Ok(SessionResponse {
+            kind: Some(session_response::Kind::Welcome(WorkerWelcome {
+                heartbeat_interval: Some(self.heartbeat_interval.try_into().expect("duration")),
+                lease_duration: Some(self.lease_duration.try_into().expect("duration")),
+            })),
+        }));
+        let session = {
+            let mut shared = self.shared.lock().expect("lock");
+            shared.sessions += 1;
+            shared.current = Some(responses.clone());
+            shared.sessions
+        };
+        let shared = Arc::clone(&self.shared);
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = requests.next().await {
+                if let Some(session_request::Kind::Heartbeat(beat)) = &message.kind {
+                    let lost: HashSet<String> = shared.lock().expect("lock").lost.clone();
+                    let (lost, renewed): (Vec<LeaseRef>, Vec<LeaseRef>) = beat
+                        .leases
+                        .iter()
+                        .cloned()
+                        .partition(|lease| lost.contains(&lease.task_id));
+                    let _ = responses.send(Ok(SessionResponse {
+                        kind: Some(session_response::Kind::HeartbeatAck(HeartbeatAck {
+                            renewed,
+                            lost,
+                        })),
+                    }));
+                    continue;
+                }
+                let _ = received.send((session, message));
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(stream)))
+    }
+}
+
+impl FakeControlPlane {
+    /// Serves on 127.0.0.1:0 until the test's runtime ends.
+    pub async fn start(heartbeat_interval: Duration, lease_duration: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (received_tx, received) = mpsc::unbounded_channel();
+        let service = Service {
+            shared: Arc::clone(&shared),
+            received: received_tx,
+            heartbeat_interval,
+            lease_duration,
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WorkerServiceServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Self {
+            addr,
+            shared,
+            received,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next message the worker sent (heartbeats excepted), within 10 s.
+    pub async fn next(&mut self) -> (usize, session_request::Kind) {
+        let (session, message) =
+            tokio::time::timeout(Duration::from_secs(10), self.received.recv())
+                .await
+                .expect("the worker sent nothing within 10s")
+                .expect("the fake control plane stopped");
+        (session, message.kind.expect("a message kind"))
+    }
+
+    /// Whatever the worker sends within `wait`.
+    pub async fn drain_for(&mut self, wait: Duration) -> Vec<(usize, session_request::Kind)> {
+        let mut messages = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some((session, message))) =
+            tokio::time::timeout_at(deadline, self.received.recv()).await
+        {
+            if let Some(kind) = message.kind {
+                messages.push((session, kind));
+            }
+        }
+        messages
+    }
+
+    /// Acknowledges a result or release on the current stream.
+    pub fn ack(&self, lease: LeaseRef) {
+        self.respond(session_response::Kind::ResultAck(ResultAck {
+            lease: Some(lease),
+            accepted: true,
+            reason: String::new(),
+        }));
+    }
+
+    /// From now on, heartbeats report this task's lease as lost.
+    pub fn lose(&self, task_id: &str) {
+        self.shared
+            .lock()
+            .expect("lock")
+            .lost
+            .insert(task_id.to_owned());
+    }
+
+    /// Ends the current stream with an error status, as a crashing replica would.
+    pub fn break_stream(&self) {
+        let current = self.shared.lock().expect("lock").current.take();
+        if let Some(current) = current {
+            let _ = current.send(Err(Status::unavailable("replica going away")));
+        }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.shared.lock().expect("lock").sessions
+    }
+
+    fn respond(&self, kind: session_response::Kind) {
+        let shared = self.shared.lock().expect("lock");
+        let current = shared.current.as_ref().expect("an open stream");
+        let _ = current.send(Ok(SessionResponse { kind: Some(kind) }));
+    }
+}

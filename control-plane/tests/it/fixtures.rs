@@ -1,0 +1,67 @@
+//! Rows inserted directly as the schema owner, for tests of the worker's queue SQL.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Inserts a workspace.
+pub async fn workspace(owner: &PgPool) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO workspaces (id, display_name) VALUES ($1, 'test')")
+        .bind(id)
+        .execute(owner)
+        .await
+        .unwrap();
+    id
+}
+
+/// Inserts an echo agent allowed `max_concurrency` running tasks.
+pub async fn agent(owner: &PgPool, tenant: Uuid, max_concurrency: i32) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO agents (tenant_id, id, name, provider, model, max_concurrency, \
+                             task_timeout_ms, max_attempts, generation) \
+         VALUES ($1, $2, $3, 'echo', 'echo-1', $4, 60000, 3, '{\"temperature\": 0.2}')",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(
+        format!("a{}", id.simple())
+            .chars()
+            .take(40)
+            .collect::<String>(),
+    )
+    .bind(max_concurrency)
+    .execute(owner)
+    .await
+    .unwrap();
+    id
+}
+
+/// Inserts a pending task with a system prompt and one user message.
+pub async fn task(owner: &PgPool, tenant: Uuid, agent: Uuid, priority: i32, text: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tasks (tenant_id, id, agent_id, priority, max_attempts) \
+         VALUES ($1, $2, $3, $4, 3)",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(agent)
+    .bind(priority)
+    .execute(owner)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content) \
+         VALUES ($1, $2, $3, 0, 'system', 'Be brief.'), ($1, $4, $3, 1, 'user', $5)",
+    )
+    .bind(tenant)
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(Uuid::now_v7())
+    .bind(text)
+    .execute(owner)
+    .await
+    .unwrap();
+    id
+}

@@ -1,0 +1,210 @@
+//! A whole worker against the fake control plane: what it sends, and how it behaves when
+//! the stream breaks, a lease is lost, or it shuts down.
+
+use std::time::{Duration, Instant};
+
+use agentplane_proto::v1::{WorkerResult, session_request::Kind, worker_result};
+use agentplane_worker::{Worker, WorkerConfig};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use crate::fake_control_plane::{FakeControlPlane, TOKEN};
+use crate::fixtures::{agent, task, workspace};
+use crate::pg::TestDb;
+
+fn config(
+    db: &TestDb,
+    cp: &FakeControlPlane,
+    capacity: u32,
+    token_delay: Duration,
+) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: Uuid::now_v7(),
+        control_plane_url: cp.url(),
+        database_url: SecretString::from(db.worker_url()),
+        worker_token: SecretString::from(TOKEN),
+        capacity,
+        poll_interval_max: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(5),
+        echo_token_delay: token_delay,
+    }
+}
+
+/// Reads messages until a result, returning the `(index, text)` outputs seen before it.
+async fn outputs_until_result(
+    cp: &mut FakeControlPlane,
+    session: usize,
+) -> (Vec<(i64, String)>, WorkerResult) {
+    let mut outputs = Vec::new();
+    loop {
+        let (on, kind) = cp.next().await;
+        assert_eq!(on, session, "message on an unexpected stream: {kind:?}");
+        match kind {
+            Kind::Output(output) => outputs.push((output.index, output.text)),
+            Kind::Event(event) => assert_eq!(event.action, "task.model_call_started"),
+            Kind::Result(result) => return (outputs, result),
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn results_are_sent_again_after_a_reconnect_until_acknowledged() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    let task_id = task(&owner, tenant, agent_id, 0, "one two three").await;
+    let mut cp = FakeControlPlane::start(Duration::from_millis(100), Duration::from_secs(30)).await;
+    let worker = Worker::start(config(&db, &cp, 2, Duration::from_millis(1)))
+        .await
+        .unwrap();
+
+    let (outputs, result) = outputs_until_result(&mut cp, 1).await;
+    let indexes: Vec<i64> = outputs.iter().map(|(index, _)| *index).collect();
+    assert_eq!(
+        indexes,
+        (0..outputs.len() as i64).collect::<Vec<_>>(),
+        "no gaps"
+    );
+    let text: String = outputs.iter().map(|(_, text)| text.as_str()).collect();
+    assert_eq!(text, "You said: one two three");
+    let lease = result.lease.clone().unwrap();
+    assert_eq!(
+        (
+            lease.workspace_id.as_str(),
+            lease.task_id.as_str(),
+            lease.attempt
+        ),
+        (tenant.to_string().as_str(), task_id.to_string().as_str(), 1)
+    );
+    let Some(worker_result::Outcome::Success(success)) = &result.outcome else {
+        panic!("expected success: {result:?}");
+    };
+    assert_eq!(success.output, text);
+    assert_eq!(success.finish_reason, "stop");
+    let call = &success.calls[0];
+    assert_eq!(call.provider_request_id, format!("{task_id}-1-0"));
+    let usage = call.usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (7 + 8, 5));
+
+    // The result is not acknowledged and the stream breaks: everything comes again.
+    cp.break_stream();
+    let (replayed, again) = outputs_until_result(&mut cp, 2).await;
+    assert_eq!(replayed, outputs);
+    assert_eq!(again, result);
+    cp.ack(lease);
+
+    let started = Instant::now();
+    worker.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        cp.drain_for(Duration::from_millis(200))
+            .await
+            .iter()
+            .all(|(_, kind)| !matches!(kind, Kind::Result(_))),
+        "an acknowledged result is not sent again"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_releases_attempts_still_running_after_the_grace_period() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    let task_id = task(&owner, tenant, agent_id, 0, "slow words take ages").await;
+    let mut cp = FakeControlPlane::start(Duration::from_millis(100), Duration::from_secs(30)).await;
+    let mut settings = config(&db, &cp, 2, Duration::from_secs(10));
+    settings.shutdown_grace = Duration::from_millis(100);
+    let worker = Worker::start(settings).await.unwrap();
+
+    loop {
+        if let (_, Kind::Output(_)) = cp.next().await {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let shutdown = tokio::spawn(worker.shutdown());
+    let release = loop {
+        match cp.next().await {
+            (_, Kind::Release(release)) => break release,
+            (_, Kind::Output(_) | Kind::Event(_)) => {}
+            (_, other) => panic!("unexpected message {other:?}"),
+        }
+    };
+    let lease = release.lease.unwrap();
+    assert_eq!(lease.task_id, task_id.to_string());
+    cp.ack(lease);
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown finishes once the release is acknowledged")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_its_attempt_silently_and_frees_the_slot() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    let lost = task(
+        &owner,
+        tenant,
+        agent_id,
+        1,
+        &"many words to echo ".repeat(50),
+    )
+    .await;
+    let next = task(&owner, tenant, agent_id, 0, "next").await;
+    let mut cp = FakeControlPlane::start(Duration::from_millis(50), Duration::from_secs(30)).await;
+    let worker = Worker::start(config(&db, &cp, 1, Duration::from_millis(50)))
+        .await
+        .unwrap();
+
+    loop {
+        if let (_, Kind::Output(output)) = cp.next().await {
+            assert_eq!(output.lease.unwrap().task_id, lost.to_string());
+            break;
+        }
+    }
+    cp.lose(&lost.to_string());
+    // Capacity is 1: the next task can only run once the lost attempt freed its slot.
+    let result = loop {
+        match cp.next().await {
+            (_, Kind::Result(result)) => break result,
+            (_, Kind::Output(_) | Kind::Event(_)) => {}
+            (_, other) => panic!("unexpected message {other:?}"),
+        }
+    };
+    let lease = result.lease.unwrap();
+    assert_eq!(
+        lease.task_id,
+        next.to_string(),
+        "no result for the lost lease"
+    );
+    cp.ack(lease);
+    worker.shutdown().await;
+    assert_eq!(cp.sessions(), 1);
+}
+
+#[tokio::test]
+async fn start_fails_when_the_control_plane_rejects_the_token() {
+    let db = TestDb::new().await;
+    let cp = FakeControlPlane::start(Duration::from_secs(1), Duration::from_secs(30)).await;
+    let mut settings = config(&db, &cp, 1, Duration::ZERO);
+    settings.worker_token = SecretString::from("not-the-token");
+    let error = Worker::start(settings).await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("bad worker token"), "{message}");
+    assert!(!message.contains("not-the-token"), "{message}");
+}

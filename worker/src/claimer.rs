@@ -1,0 +1,203 @@
+//! The claim loop: while the control-plane stream is up and capacity is free, claim tasks
+//! and start an attempt for each. It wakes on `agentplane_task_ready` notifications and
+//! also polls with backoff, so a lost notification costs latency, never a task.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::backoff::{Backoff, jittered};
+use crate::lease::{Attempt, LeaseKey};
+use crate::link::Outbound;
+use crate::queue::{self, ClaimedTask, TASK_READY_CHANNEL};
+use crate::runner::{self, RunContext};
+use crate::spawn::spawn_named;
+
+/// First pause of the idle poll backoff.
+const POLL_INTERVAL_MIN: Duration = Duration::from_millis(50);
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(500);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Everything the claim loop works with.
+pub(crate) struct Claimer {
+    pub(crate) pool: PgPool,
+    pub(crate) worker_id: Uuid,
+    /// One permit per task that may run at once.
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) capacity: u32,
+    pub(crate) poll_interval_max: Duration,
+    pub(crate) wake: Arc<Notify>,
+    /// Parent of every attempt's token: canceling it stops attempts for shutdown.
+    pub(crate) attempts_shutdown: CancellationToken,
+    pub(crate) context: Arc<RunContext>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Claimer {
+    /// Runs until `stop` fires. A claim in flight is finished (and its tasks started) first.
+    pub(crate) async fn run(self) {
+        let mut link = self.context.link.clone();
+        let mut idle = Backoff::new(POLL_INTERVAL_MIN, self.poll_interval_max);
+        loop {
+            let lease_duration = tokio::select! {
+                up = link.wait_until_up() => match up {
+                    Ok(lease_duration) => lease_duration,
+                    Err(_) => return,
+                },
+                () = self.stop.cancelled() => return,
+            };
+            let permits = tokio::select! {
+                permits = self.free_slots() => permits,
+                () = self.stop.cancelled() => return,
+            };
+            let Some(permits) = permits else { return };
+            let wanted = u32::try_from(permits.len()).unwrap_or(u32::MAX);
+            let claimed_at = Instant::now();
+            let claimed =
+                queue::claim_tasks(&self.pool, self.worker_id, wanted, lease_duration).await;
+            match claimed {
+                Ok(tasks) if !tasks.is_empty() => {
+                    tracing::debug!(claimed = tasks.len(), wanted, "claimed tasks");
+                    self.start_attempts(tasks, permits, claimed_at).await;
+                    idle.reset();
+                    // Capacity may still be free: try again at once.
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "claiming tasks failed"),
+            }
+            drop(permits);
+            tokio::select! {
+                () = self.wake.notified() => idle.reset(),
+                () = tokio::time::sleep(idle.next_delay()) => {}
+                () = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Waits for one free slot, then takes every other free one. `None` if the semaphore
+    /// was closed.
+    async fn free_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = Arc::clone(&self.slots).acquire_owned().await.ok()?;
+        let mut permits = vec![first];
+        while permits.len() < usize::try_from(self.capacity).unwrap_or(usize::MAX) {
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    async fn start_attempts(
+        &self,
+        tasks: Vec<ClaimedTask>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        claimed_at: Instant,
+    ) {
+        for task in tasks {
+            let Some(permit) = permits.pop() else {
+                // claim_tasks never returns more than asked; the lease lapses if it did.
+                tracing::error!(task_id = %task.task_id, "claimed more tasks than free slots");
+                continue;
+            };
+            let lease = LeaseKey {
+                tenant_id: task.tenant_id,
+                task_id: task.task_id,
+                attempt: task.attempt,
+            };
+            let attempt = Arc::new(Attempt::new(lease, claimed_at, &self.attempts_shutdown));
+            if self
+                .context
+                .link
+                .send(Outbound::Register(Arc::clone(&attempt)))
+                .await
+                .is_err()
+            {
+                tracing::warn!(%lease, "link stopped; leaving the task to lease expiry");
+                continue;
+            }
+            let span = tracing::info_span!(
+                "attempt",
+                tenant_id = %task.tenant_id,
+                task_id = %task.task_id,
+                agent_id = %task.agent_id,
+                attempt = task.attempt,
+            );
+            tracing::info!(parent: &span, provider = %task.agent.provider, model = %task.agent.model, "attempt started");
+            let run = runner::run_attempt(Arc::clone(&self.context), task, attempt, permit);
+            spawn_named("attempt", run.instrument(span));
+        }
+    }
+}
+
+/// Listens on `agentplane_task_ready` and wakes the claim loop; reconnects with backoff.
+/// While it is down the claim loop still polls.
+pub(crate) async fn listen_for_ready_tasks(
+    pool: PgPool,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(LISTEN_RETRY_MIN, LISTEN_RETRY_MAX);
+    loop {
+        let error = tokio::select! {
+            error = listen(&pool, &wake, &mut backoff) => error,
+            () = stop.cancelled() => return,
+        };
+        tracing::warn!(%error, "task-ready listener failed; polling until it is back");
+        tokio::select! {
+            () = tokio::time::sleep(jittered(backoff.next_delay())) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn listen(pool: &PgPool, wake: &Notify, backoff: &mut Backoff) -> sqlx::Error {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(error) => return error,
+    };
+    if let Err(error) = listener.listen(TASK_READY_CHANNEL).await {
+        return error;
+    }
+    backoff.reset();
+    // Anything announced before LISTEN took effect was missed: look once.
+    wake.notify_one();
+    loop {
+        match listener.recv().await {
+            Ok(_) => wake.notify_one(),
+            Err(error) => return error,
+        }
+    }
+}
+
+/// Reaps expired leases every `interval` until `stop` fires.
+pub(crate) async fn reap_expired_leases(pool: PgPool, interval: Duration, stop: CancellationToken) {
+    const BATCH: i64 = 100;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(jittered(interval)) => {}
+            () = stop.cancelled() => return,
+        }
+        loop {
+            match queue::reap_expired_leases(&pool, BATCH).await {
+                Ok(reaped) if reaped >= u64::try_from(BATCH).unwrap_or(u64::MAX) => {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "reaping expired leases failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! What the link remembers about each lease it holds: the output sent so far (replayed after
+//! a reconnect, where repeated indexes are ignored), the ending until it is acknowledged,
+//! and when the lease runs out if it is not renewed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentplane_proto::v1::{
+    LeaseRef, SessionRequest, WorkerOutput, WorkerRelease, WorkerResult, session_request,
+    worker_result,
+};
+
+use crate::lease::{Attempt, LeaseKey, StopReason};
+
+/// How an attempt ended, as its runner reports it.
+#[derive(Debug, Clone)]
+pub(crate) enum Ending {
+    /// It produced an answer or failed: report it.
+    Result(worker_result::Outcome),
+    /// It was stopped by shutdown: give the task back.
+    Release,
+    /// The control plane no longer wants to hear about it: send nothing.
+    Abandon,
+}
+
+#[derive(Debug)]
+struct Entry {
+    attempt: Arc<Attempt>,
+    outputs: Vec<SessionRequest>,
+    /// The result or release, kept until acknowledged; `None` while the attempt runs.
+    ending: Option<SessionRequest>,
+    /// When the lease lapses unless renewed.
+    deadline: Instant,
+}
+
+/// Every lease the worker holds: running attempts and endings awaiting their ack.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    entries: HashMap<LeaseKey, Entry>,
+}
+
+impl Ledger {
+    /// Starts tracking a freshly claimed attempt whose lease lasts `lease_duration`.
+    pub(crate) fn register(&mut self, attempt: Arc<Attempt>, lease_duration: Duration) {
+        let deadline = attempt.claimed_at + lease_duration;
+        self.entries.insert(
+            attempt.lease,
+            Entry {
+                attempt,
+                outputs: Vec::new(),
+                ending: None,
+                deadline,
+            },
+        );
+    }
+
+    /// Records a piece of output; returns the message to send, or `None` if the attempt is
+    /// no longer wanted.
+    pub(crate) fn output(
+        &mut self,
+        lease: LeaseKey,
+        index: i64,
+        text: String,
+    ) -> Option<SessionRequest> {
+        let entry = self.live_entry(lease)?;
+        let message = SessionRequest {
+            kind: Some(session_request::Kind::Output(WorkerOutput {
+                lease: Some(lease.to_proto()),
+                index,
+                text,
+            })),
+        };
+        entry.outputs.push(message.clone());
+        Some(message)
+    }
+
+    /// Whether messages about `lease` should still be sent.
+    pub(crate) fn is_wanted(&self, lease: LeaseKey) -> bool {
+        self.entries
+            .get(&lease)
+            .is_some_and(|entry| !entry.attempt.is_abandoned())
+    }
+
+    /// Records how an attempt ended; returns the message to send, if any.
+    pub(crate) fn finish(&mut self, lease: LeaseKey, ending: Ending) -> Option<SessionRequest> {
+        let message = match ending {
+            Ending::Abandon => None,
+            Ending::Release => Some(session_request::Kind::Release(WorkerRelease {
+                lease: Some(lease.to_proto()),
+            })),
+            Ending::Result(outcome) => Some(session_request::Kind::Result(WorkerResult {
+                lease: Some(lease.to_proto()),
+                outcome: Some(outcome),
+            })),
+        };
+        let Some(kind) = message else {
+            self.entries.remove(&lease);
+            return None;
+        };
+        let Some(entry) = self.live_entry(lease) else {
+            self.entries.remove(&lease);
+            return None;
+        };
+        let message = SessionRequest { kind: Some(kind) };
+        entry.ending = Some(message.clone());
+        Some(message)
+    }
+
+    /// The control plane acknowledged the ending of `lease`: forget it. Returns whether an
+    /// ending was waiting for that ack.
+    pub(crate) fn acknowledge(&mut self, lease: LeaseKey) -> bool {
+        let ended = self
+            .entries
+            .get(&lease)
+            .is_some_and(|entry| entry.ending.is_some());
+        if ended {
+            self.entries.remove(&lease);
+        }
+        ended
+    }
+
+    /// Stops an attempt the control plane canceled or declared lost, and drops everything
+    /// queued for it. Returns whether the lease was held.
+    pub(crate) fn revoke(&mut self, lease: LeaseKey, reason: StopReason) -> bool {
+        let Some(entry) = self.entries.get_mut(&lease) else {
+            return false;
+        };
+        entry.attempt.stop(reason);
+        entry.outputs.clear();
+        if entry.ending.take().is_some() {
+            // The runner is done and will send nothing more.
+            self.entries.remove(&lease);
+        }
+        true
+    }
+
+    /// The lease was extended until `deadline`.
+    pub(crate) fn renew(&mut self, lease: LeaseKey, deadline: Instant) {
+        if let Some(entry) = self.entries.get_mut(&lease) {
+            entry.deadline = entry.deadline.max(deadline);
+        }
+    }
+
+    /// Stops running attempts whose lease lapsed before `now` (another worker may hold the
+    /// task by now) and returns them. Endings already produced are kept for the control
+    /// plane to judge.
+    pub(crate) fn stop_lapsed(&mut self, now: Instant) -> Vec<LeaseKey> {
+        let lapsed: Vec<LeaseKey> = self
+            .entries
+            .values()
+            .filter(|entry| {
+                entry.ending.is_none() && !entry.attempt.is_abandoned() && entry.deadline < now
+            })
+            .map(|entry| entry.attempt.lease)
+            .collect();
+        for lease in &lapsed {
+            self.revoke(*lease, StopReason::LeaseExpired);
+        }
+        lapsed
+    }
+
+    /// Every lease to renew: running attempts and endings not yet acknowledged.
+    pub(crate) fn held_leases(&self) -> Vec<LeaseRef> {
+        let mut leases: Vec<LeaseKey> = self
+            .entries
+            .values()
+            .filter(|entry| !entry.attempt.is_abandoned())
+            .map(|entry| entry.attempt.lease)
+            .collect();
+        leases.sort_unstable();
+        leases.into_iter().map(LeaseKey::to_proto).collect()
+    }
+
+    /// What to send again on a new stream: each attempt's output, then its ending.
+    pub(crate) fn replay(&self) -> Vec<SessionRequest> {
+        self.entries
+            .values()
+            .filter(|entry| !entry.attempt.is_abandoned())
+            .flat_map(|entry| entry.outputs.iter().chain(entry.ending.iter()).cloned())
+            .collect()
+    }
+
+    /// Whether nothing is held any more.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn live_entry(&mut self, lease: LeaseKey) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(&lease)
+            .filter(|entry| !entry.attempt.is_abandoned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentplane_proto::v1::WorkerFailure;
+    use tokio_util::sync::CancellationToken;
+    use uuid::Uuid;
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn attempt(shutdown: &CancellationToken) -> Arc<Attempt> {
+        let lease = LeaseKey {
+            tenant_id: Uuid::now_v7(),
+            task_id: Uuid::now_v7(),
+            attempt: 1,
+        };
+        Arc::new(Attempt::new(lease, Instant::now(), shutdown))
+    }
+
+    fn failure() -> Ending {
+        Ending::Result(worker_result::Outcome::Failure(WorkerFailure {
+            code: "timeout".to_owned(),
+            message: "too slow".to_owned(),
+            retryable: true,
+        }))
+    }
+
+    fn kinds(messages: &[SessionRequest]) -> Vec<&'static str> {
+        messages
+            .iter()
+            .map(|message| match message.kind {
+                Some(session_request::Kind::Output(_)) => "output",
+                Some(session_request::Kind::Result(_)) => "result",
+                Some(session_request::Kind::Release(_)) => "release",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keeps_output_and_ending_for_replay_until_acknowledged() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let lease = running.lease;
+        ledger.register(running, LEASE);
+        assert!(ledger.output(lease, 0, "a".to_owned()).is_some());
+        assert!(ledger.output(lease, 1, "b".to_owned()).is_some());
+        assert_eq!(kinds(&ledger.replay()), ["output", "output"]);
+        assert_eq!(ledger.held_leases().len(), 1);
+
+        assert!(ledger.finish(lease, failure()).is_some());
+        assert_eq!(kinds(&ledger.replay()), ["output", "output", "result"]);
+        assert_eq!(ledger.held_leases().len(), 1, "renewed until acked");
+
+        assert!(ledger.acknowledge(lease));
+        assert!(ledger.is_empty());
+        assert!(ledger.replay().is_empty());
+    }
+
+    #[test]
+    fn an_ack_before_the_ending_is_ignored() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let lease = running.lease;
+        ledger.register(running, LEASE);
+        assert!(!ledger.acknowledge(lease));
+        assert!(!ledger.is_empty());
+    }
+
+    #[test]
+    fn revoking_stops_the_attempt_and_drops_what_it_sends_later() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let lease = running.lease;
+        ledger.register(Arc::clone(&running), LEASE);
+        ledger.output(lease, 0, "a".to_owned());
+        assert!(ledger.revoke(lease, StopReason::Revoked));
+        assert!(running.cancellation().is_cancelled());
+        assert!(ledger.held_leases().is_empty());
+        assert!(ledger.replay().is_empty());
+        assert!(ledger.output(lease, 1, "b".to_owned()).is_none());
+        assert!(ledger.finish(lease, failure()).is_none());
+        assert!(ledger.is_empty(), "the runner's ending clears the entry");
+    }
+
+    #[test]
+    fn revoking_a_finished_attempt_forgets_its_ending() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let finished = attempt(&shutdown);
+        let lease = finished.lease;
+        ledger.register(finished, LEASE);
+        ledger.finish(lease, Ending::Release);
+        assert!(ledger.revoke(lease, StopReason::Revoked));
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn abandoning_removes_the_entry() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let lease = running.lease;
+        ledger.register(running, LEASE);
+        assert!(ledger.finish(lease, Ending::Abandon).is_none());
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn lapsed_running_leases_are_stopped_but_endings_are_kept() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let finished = attempt(&shutdown);
+        ledger.register(Arc::clone(&running), LEASE);
+        ledger.register(Arc::clone(&finished), LEASE);
+        ledger.finish(finished.lease, failure());
+
+        assert!(ledger.stop_lapsed(Instant::now()).is_empty());
+        let later = Instant::now() + LEASE + Duration::from_secs(1);
+        ledger.renew(running.lease, Instant::now() + LEASE / 2);
+        assert_eq!(ledger.stop_lapsed(later), [running.lease]);
+        assert_eq!(running.stop_reason(), Some(StopReason::LeaseExpired));
+        assert_eq!(kinds(&ledger.replay()), ["result"]);
+    }
+
+    #[test]
+    fn renewal_extends_the_deadline() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        ledger.register(Arc::clone(&running), LEASE);
+        let much_later = Instant::now() + LEASE * 3;
+        ledger.renew(running.lease, much_later + LEASE);
+        assert!(ledger.stop_lapsed(much_later).is_empty());
+    }
+}

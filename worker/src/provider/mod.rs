@@ -1,0 +1,263 @@
+//! Model providers behind one interface, looked up by an agent's `provider` text.
+//!
+//! A provider takes a [`ModelRequest`], streams text pieces into an [`OutputSink`] as it
+//! generates them, and returns the whole answer with its usage. Real vendor adapters
+//! (Anthropic, OpenAI, Gemini, OpenAI-compatible) plug in behind [`ModelProvider`]; this crate
+//! ships only the offline [`echo::EchoProvider`].
+
+pub mod echo;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Generated tokens per call when the agent does not say.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+
+/// Who wrote a message of the conversation sent to a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatRole {
+    /// The caller.
+    User,
+    /// The model (few-shot history or earlier turns).
+    Assistant,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Its author.
+    pub role: ChatRole,
+    /// Its text.
+    pub content: String,
+}
+
+/// Sampling parameters, from an agent's `generation` column; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct GenerationParams {
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling cut-off.
+    pub top_p: Option<f64>,
+    /// Upper bound on generated tokens; [`DEFAULT_MAX_OUTPUT_TOKENS`] when unset.
+    pub max_output_tokens: Option<u32>,
+    /// Generation stops before the first of these.
+    pub stop_sequences: Vec<String>,
+}
+
+impl GenerationParams {
+    /// Parses an agent's `generation` JSON; unknown keys are ignored.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        Self::deserialize(value)
+    }
+
+    /// The token limit that applies to a call.
+    pub fn effective_max_output_tokens(&self) -> u32 {
+        self.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+    }
+}
+
+/// One call to a model.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    /// Idempotency id sent to the provider, derived from (task, attempt, step).
+    pub request_id: String,
+    /// The provider's model name.
+    pub model: String,
+    /// Instructions framing the conversation, if any.
+    pub system: Option<String>,
+    /// The conversation, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Sampling parameters.
+    pub generation: GenerationParams,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model finished, or hit a stop sequence.
+    Stop,
+    /// The output token limit was reached.
+    MaxTokens,
+}
+
+impl FinishReason {
+    /// The wire name reported to the control plane.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::MaxTokens => "max_tokens",
+        }
+    }
+}
+
+/// What a call consumed and cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelUsage {
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Generated tokens.
+    pub output_tokens: i64,
+    /// Cost in micro-dollars.
+    pub cost_micros: i64,
+}
+
+/// A finished call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelResponse {
+    /// The whole answer (the concatenation of every piece sent to the sink).
+    pub text: String,
+    /// Why generation stopped.
+    pub finish_reason: FinishReason,
+    /// The model that answered, as the provider names it.
+    pub model: String,
+    /// What the call consumed.
+    pub usage: ModelUsage,
+}
+
+/// Why a call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The caller canceled the call (or stopped reading its output).
+    #[error("the model call was canceled")]
+    Canceled,
+    /// The provider refused the request as invalid; retrying will not help.
+    #[error("the provider rejected the request: {0}")]
+    InvalidRequest(String),
+    /// A failure that may pass: overload, rate limit, network trouble, a 5xx.
+    #[error("the provider is unavailable: {message}")]
+    Unavailable {
+        /// What went wrong.
+        message: String,
+        /// How long the provider asked us to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl ProviderError {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Canceled)
+    }
+}
+
+/// Where a provider sends text pieces as they are generated.
+pub type OutputSink = mpsc::Sender<String>;
+
+/// The future a provider call returns.
+pub type ModelFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ModelResponse, ProviderError>> + Send + 'a>>;
+
+/// A model provider. Implementations must stop promptly once `cancel` fires, and send every
+/// piece of the answer, in order, to `sink` (the concatenation equals `ModelResponse::text`).
+pub trait ModelProvider: Send + Sync {
+    /// Runs one call.
+    fn generate(
+        &self,
+        request: ModelRequest,
+        sink: OutputSink,
+        cancel: CancellationToken,
+    ) -> ModelFuture<'_>;
+}
+
+/// The providers this worker can run, by the name stored in `agents.provider`.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_name: HashMap<String, Arc<dyn ModelProvider>>,
+}
+
+impl Providers {
+    /// The providers built into this binary: `echo`.
+    pub fn builtin(echo_token_delay: Duration) -> Self {
+        let mut providers = Self::default();
+        providers.register("echo", Arc::new(echo::EchoProvider::new(echo_token_delay)));
+        providers
+    }
+
+    /// Adds (or replaces) a provider under `name`.
+    pub fn register(&mut self, name: &str, provider: Arc<dyn ModelProvider>) {
+        self.by_name.insert(name.to_owned(), provider);
+    }
+
+    /// The provider registered under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn ModelProvider>> {
+        self.by_name.get(name).cloned()
+    }
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.by_name.keys().collect();
+        names.sort();
+        formatter.debug_set().entries(names).finish()
+    }
+}
+
+/// The idempotency id of provider call `step` of `attempt` of a task.
+pub fn provider_request_id(task_id: uuid::Uuid, attempt: i32, step: i32) -> String {
+    format!("{task_id}-{attempt}-{step}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_params_parse_every_key_and_tolerate_missing_ones() {
+        let full = serde_json::json!({
+            "temperature": 0.7, "top_p": 0.9, "max_output_tokens": 256,
+            "stop_sequences": ["\n\n"], "something_new": true
+        });
+        let params = GenerationParams::from_json(&full).expect("parses");
+        assert_eq!(params.temperature, Some(0.7));
+        assert_eq!(params.top_p, Some(0.9));
+        assert_eq!(params.effective_max_output_tokens(), 256);
+        assert_eq!(params.stop_sequences, ["\n\n"]);
+
+        let empty = GenerationParams::from_json(&serde_json::json!({})).expect("parses");
+        assert_eq!(empty, GenerationParams::default());
+        assert_eq!(
+            empty.effective_max_output_tokens(),
+            DEFAULT_MAX_OUTPUT_TOKENS
+        );
+        assert!(GenerationParams::from_json(&serde_json::Value::Null).is_ok());
+    }
+
+    #[test]
+    fn generation_params_reject_wrong_types() {
+        let bad = serde_json::json!({"max_output_tokens": "many"});
+        assert!(GenerationParams::from_json(&bad).is_err());
+        let negative = serde_json::json!({"max_output_tokens": -1});
+        assert!(GenerationParams::from_json(&negative).is_err());
+    }
+
+    #[test]
+    fn provider_request_ids_are_deterministic_per_task_attempt_and_step() {
+        let task = uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+        assert_eq!(
+            provider_request_id(task, 2, 0),
+            "01920000-0000-7000-8000-000000000001-2-0"
+        );
+        assert_ne!(
+            provider_request_id(task, 2, 0),
+            provider_request_id(task, 3, 0)
+        );
+    }
+
+    #[test]
+    fn builtin_providers_include_echo() {
+        let providers = Providers::builtin(Duration::ZERO);
+        assert!(providers.get("echo").is_some());
+        assert!(providers.get("anthropic").is_none());
+    }
+}
