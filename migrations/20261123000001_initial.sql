@@ -208,5 +208,8 @@ GRANT SELECT, INSERT, UPDATE ON workspaces, agents, tasks, workers TO agentplane
 GRANT SELECT, INSERT ON task_messages, usage_records, events TO agentplane_app;
 GRANT SELECT, INSERT, DELETE ON task_output_chunks TO agentplane_app;
 GRANT SELECT ON agents, task_messages TO agentplane_worker;
-GRANT SELECT, UPDATE ON tasks TO agentplane_worker;
+GRANT SELECT ON tasks TO agentplane_worker;
+-- Only the columns the claim and lease expiry change: a worker cannot write results.
+GRANT UPDATE (status, attempt, worker_id, lease_expires_at, run_at, started_at, ended_at,
+              updated_at, error_code, error_message) ON tasks TO agentplane_worker;
 GRANT INSERT ON events TO agentplane_worker;

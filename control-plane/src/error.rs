@@ -51,6 +51,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::AlreadyExists(what) => ApiError::AlreadyExists(what),
             StoreError::FailedPrecondition(what) => ApiError::FailedPrecondition(what),
+            StoreError::InvalidInput(what) => ApiError::invalid("request", what),
             StoreError::Unavailable(error) => {
                 tracing::warn!(%error, "database unavailable");
                 ApiError::Unavailable
@@ -64,10 +65,11 @@ impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let message = error.to_string();
         let (code, details) = match error {
-            ApiError::InvalidArgument(violations) => (
-                Code::InvalidArgument,
-                ErrorDetails::with_bad_request(violations),
-            ),
+            ApiError::InvalidArgument(violations) => {
+                let mut details = reason("INVALID_ARGUMENT");
+                details.set_bad_request(violations);
+                (Code::InvalidArgument, details)
+            }
             ApiError::NotFound(_) => (Code::NotFound, reason("NOT_FOUND")),
             ApiError::AlreadyExists(_) => (Code::AlreadyExists, reason("ALREADY_EXISTS")),
             ApiError::FailedPrecondition(_) => {

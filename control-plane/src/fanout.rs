@@ -12,6 +12,9 @@ use crate::ids::{TaskId, TenantId, WorkerId};
 use crate::spawn::spawn_named;
 use crate::store::channel;
 
+/// How long after a listener reconnect streams are told to re-read once more.
+const RESYNC_AFTER_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Something that happened in the database that a live stream may care about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
@@ -115,9 +118,18 @@ impl Fanout {
             sender: sender.clone(),
         };
         spawn_named("fanout", async move {
+            // After a reconnect, LISTEN is re-issued on the next receive; whatever was
+            // notified before that is lost, so streams re-read once more a moment later.
+            let mut resync_at: Option<tokio::time::Instant> = None;
             loop {
+                let later = resync_at.unwrap_or_else(tokio::time::Instant::now);
                 let received = tokio::select! {
                     () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(later), if resync_at.is_some() => {
+                        resync_at = None;
+                        let _ = sender.send(Notice::Resync);
+                        continue;
+                    }
                     received = listener.try_recv() => received,
                 };
                 match received {
@@ -135,10 +147,12 @@ impl Fanout {
                     Ok(None) => {
                         tracing::warn!("notification listener reconnecting");
                         let _ = sender.send(Notice::Resync);
+                        resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
                     }
                     Err(error) => {
                         tracing::warn!(%error, "notification listener failed; retrying");
                         let _ = sender.send(Notice::Resync);
+                        resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
                 }

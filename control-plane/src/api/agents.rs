@@ -12,6 +12,7 @@ use crate::domain::page;
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
 use crate::ids::{AgentId, TenantId};
+use crate::store::StoreError;
 
 /// Fields UpdateAgent may change.
 const UPDATABLE: &[&str] = &[
@@ -76,11 +77,37 @@ impl AgentService for AgentApi {
             .tenant(tenant)
             .await
             .map_err(ApiError::from)?;
-        let row = tx
-            .create_agent(&spec, request_id.as_deref(), actor)
-            .await
-            .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+        let row = match tx.create_agent(&spec, request_id.as_deref(), actor).await {
+            Ok(row) => {
+                tx.commit().await.map_err(ApiError::from)?;
+                row
+            }
+            // A concurrent call with the same request id committed first: answer with its agent.
+            Err(StoreError::AlreadyExists(_)) if request_id.is_some() => {
+                drop(tx);
+                let mut tx = self
+                    .state
+                    .store
+                    .tenant(tenant)
+                    .await
+                    .map_err(ApiError::from)?;
+                let found = tx
+                    .agent_by_request_id(request_id.as_deref().unwrap_or_default())
+                    .await
+                    .map_err(ApiError::from)?;
+                match found {
+                    Some(row) => row,
+                    // The conflict was the name, not the request id.
+                    None => {
+                        return Err(ApiError::AlreadyExists(
+                            "an agent with this name already exists".to_owned(),
+                        )
+                        .into());
+                    }
+                }
+            }
+            Err(error) => return Err(ApiError::from(error).into()),
+        };
         Ok(Response::new(pb::CreateAgentResponse {
             agent: Some(convert::agent(&row)),
         }))
@@ -112,7 +139,14 @@ impl AgentService for AgentApi {
         let mut v = Violations::new();
         let tenant: Option<TenantId> = v.id("workspace_id", &request.workspace_id);
         let limit = v.page_size("page_size", request.page_size);
-        let after = page_after(&mut v, "agents", &request.page_token);
+        let after = page_after(
+            &mut v,
+            &format!(
+                "agents/{}",
+                tenant.map(|t| t.to_string()).unwrap_or_default()
+            ),
+            &request.page_token,
+        );
         v.finish()?;
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
@@ -127,9 +161,11 @@ impl AgentService for AgentApi {
             .list_agents(after.map(AgentId), limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let (rows, next) = split_page(rows, limit, |row| page::encode_id("agents", row.id.0));
+        let (items, next) = split_page(rows, limit, convert::agent, |row| {
+            page::encode_id(&format!("agents/{}", row.tenant_id), row.id.0)
+        });
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: rows.iter().map(convert::agent).collect(),
+            agents: items,
             next_page_token: next,
         }))
     }

@@ -20,7 +20,13 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// A protobuf timestamp as a time, if it is valid.
 pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(ts.nanos).ok()?;
+    // Years 1 to 9999, as google.protobuf.Timestamp defines (and PostgreSQL can store).
+    if !(-62_135_596_800..=253_402_300_799).contains(&ts.seconds) {
+        return None;
+    }
+    let nanos = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
     Utc.timestamp_opt(ts.seconds, nanos).single()
 }
 

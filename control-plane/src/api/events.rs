@@ -64,10 +64,11 @@ impl EventService for EventApi {
             .list_events(&filter, after, limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let (rows, next) =
-            super::workspaces::split_page(rows, limit, |row| page::encode_event(row.position()));
+        let (items, next) = super::workspaces::split_page(rows, limit, convert::event, |row| {
+            page::encode_event(row.position())
+        });
         Ok(Response::new(pb::ListEventsResponse {
-            events: rows.iter().map(convert::event).collect(),
+            events: items,
             next_page_token: next,
         }))
     }
@@ -141,12 +142,14 @@ async fn watch_events(
                 break;
             }
         }
-        // Wait for news about this workspace.
+        // Wait for news about this workspace, or re-read at the deadline anyway: notices for
+        // other workspaces must not keep postponing it.
+        let deadline = tokio::time::Instant::now() + WATCH_POLL;
         loop {
             tokio::select! {
                 () = state.shutdown.cancelled() => return,
                 () = sender.closed() => return,
-                received = tokio::time::timeout(WATCH_POLL, notices.recv()) => match received {
+                received = tokio::time::timeout_at(deadline, notices.recv()) => match received {
                     Ok(Ok(Notice::Events { tenant: t })) if t == tenant => break,
                     Ok(Ok(Notice::Resync)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => break,
                     Ok(Err(broadcast::error::RecvError::Closed)) => return,

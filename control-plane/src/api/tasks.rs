@@ -100,7 +100,14 @@ impl TaskService for TaskApi {
             }
         };
         let limit = v.page_size("page_size", request.page_size);
-        let before = page_after(&mut v, "tasks", &request.page_token);
+        let before = page_after(
+            &mut v,
+            &format!(
+                "tasks/{}",
+                tenant.map(|t| t.to_string()).unwrap_or_default()
+            ),
+            &request.page_token,
+        );
         v.finish()?;
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
@@ -115,9 +122,11 @@ impl TaskService for TaskApi {
             .list_tasks(status, agent, before.map(TaskId), limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let (rows, next) = split_page(rows, limit, |row| page::encode_id("tasks", row.id.0));
+        let (items, next) = split_page(rows, limit, convert::task, |row| {
+            page::encode_id(&format!("tasks/{}", row.tenant_id), row.id.0)
+        });
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: rows.iter().map(convert::task).collect(),
+            tasks: items,
             next_page_token: next,
         }))
     }
@@ -177,11 +186,11 @@ impl TaskService for TaskApi {
             .list_task_messages(id, after, limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let (rows, next) = split_page(rows, limit, |row| {
+        let (items, next) = split_page(rows, limit, convert::task_message, |row| {
             page::encode_number(&kind, i64::from(row.position))
         });
         Ok(Response::new(pb::ListTaskMessagesResponse {
-            messages: rows.iter().map(convert::task_message).collect(),
+            messages: items,
             next_page_token: next,
         }))
     }
@@ -210,9 +219,12 @@ impl TaskService for TaskApi {
             kind: Some(pb::watch_task_response::Kind::Snapshot(pb::TaskSnapshot {
                 task: Some(convert::task(&snapshot.task)),
                 // Live output is dropped once a task ends; a finished task's answer is its output.
-                output: match (&snapshot.task.output, snapshot.task.status()) {
-                    (Some(output), TaskStatus::Succeeded) => output.clone(),
-                    _ => snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
+                output: match snapshot.task.status() {
+                    TaskStatus::Running => {
+                        snapshot.chunks.iter().map(|c| c.content.as_str()).collect()
+                    }
+                    TaskStatus::Succeeded => snapshot.task.output.clone().unwrap_or_default(),
+                    _ => String::new(),
                 },
                 next_delta_index: watcher.next_index(),
             })),

@@ -70,16 +70,21 @@ impl TaskWatcher {
     /// Streams until the task ends, the client leaves, or the server shuts down.
     pub async fn run(mut self, mut notices: broadcast::Receiver<Notice>) {
         let shutdown = self.state.shutdown.clone();
+        // Re-read on a fixed schedule, however many unrelated notices arrive in between.
+        let mut deadline = tokio::time::Instant::now() + RESYNC_INTERVAL;
         loop {
             let flow = tokio::select! {
                 () = shutdown.cancelled() => Flow::Stop,
                 () = self.sender.closed() => Flow::Stop,
-                received = tokio::time::timeout(RESYNC_INTERVAL, notices.recv()) => {
+                received = tokio::time::timeout_at(deadline, notices.recv()) => {
                     match received {
                         Ok(Ok(notice)) => self.apply(notice).await,
                         Ok(Err(broadcast::error::RecvError::Closed)) => Flow::Stop,
-                        // Lagged, or quiet for a while: re-read.
-                        Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => self.sync().await,
+                        // Lagged, or the deadline passed: re-read.
+                        Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => {
+                            deadline = tokio::time::Instant::now() + RESYNC_INTERVAL;
+                            self.sync().await
+                        }
                     }
                 }
             };

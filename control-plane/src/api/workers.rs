@@ -126,10 +126,18 @@ impl Session {
                 () = shutdown.cancelled() => break,
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
-                        if let Err(status) = self.handle(message).await {
-                            tracing::warn!(worker_id = %self.worker, %status, "ending worker session");
-                            let _ = self.sender.send(Err(status)).await;
-                            break;
+                        match self.handle(message).await {
+                            Ok(()) => {}
+                            // One malformed message is dropped; ending the session would only
+                            // make the worker reconnect and send it again.
+                            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                                tracing::warn!(worker_id = %self.worker, %status, "dropping an invalid message from a worker");
+                            }
+                            Err(status) => {
+                                tracing::warn!(worker_id = %self.worker, %status, "ending worker session");
+                                let _ = self.sender.send(Err(status)).await;
+                                break;
+                            }
                         }
                     }
                     Ok(None) => break,
@@ -228,9 +236,15 @@ impl Session {
             .map_err(ApiError::from)?;
         // Output for an attempt this worker no longer holds is dropped; the heartbeat or a
         // cancel tells the worker to stop.
-        tx.append_output(self.worker, task, attempt, output.index, &output.text)
-            .await
-            .map_err(ApiError::from)?;
+        tx.append_output(
+            self.worker,
+            task,
+            attempt,
+            output.index,
+            &without_nul(&output.text),
+        )
+        .await
+        .map_err(ApiError::from)?;
         tx.commit().await.map_err(ApiError::from)?;
         Ok(())
     }
@@ -255,7 +269,11 @@ impl Session {
             .as_ref()
             .map(convert::struct_to_json)
             .unwrap_or_else(|| serde_json::json!({}));
-        if data.to_string().len() > MAX_EVENT_DATA_BYTES {
+        let encoded = data.to_string();
+        if encoded.contains("\\u0000") {
+            return Err(ApiError::invalid("event.data", "must not contain NUL characters").into());
+        }
+        if encoded.len() > MAX_EVENT_DATA_BYTES {
             return Err(ApiError::invalid("event.data", "must be at most 16 KiB as JSON").into());
         }
         if let Some(map) = data.as_object_mut() {
@@ -289,20 +307,14 @@ impl Session {
 
     async fn result(&self, result: pb::WorkerResult) -> Result<(), Status> {
         let (tenant, task, attempt) = parse_lease(result.lease.as_ref(), "result.lease")?;
-        let outcome = match result.outcome {
-            Some(pb::worker_result::Outcome::Success(success)) => success_outcome(success)?,
-            Some(pb::worker_result::Outcome::Failure(failure)) => {
-                let mut v = Violations::new();
-                v.text("result.failure.code", &failure.code, 1, 64);
-                v.finish()?;
-                ResultOutcome::Failure {
-                    code: failure.code,
-                    message: truncate_bytes(&failure.message, rules::MAX_FAILURE_MESSAGE_BYTES)
-                        .to_owned(),
-                    retryable: failure.retryable,
-                }
+        let outcome = match result_outcome(result.outcome) {
+            Ok(outcome) => outcome,
+            // Acknowledge a malformed result as not recorded, so the worker stops resending
+            // it; the lease runs out and the task is retried.
+            Err(status) => {
+                let check = LeaseCheck::Rejected(format!("invalid result: {}", status.message()));
+                return self.ack(tenant, task, attempt, check).await;
             }
-            None => return Err(ApiError::invalid("result.outcome", "is required").into()),
         };
         let mut tx = self
             .state
@@ -354,6 +366,26 @@ impl Session {
             reason,
         };
         self.send(Out::ResultAck(ack)).await
+    }
+}
+
+fn result_outcome(outcome: Option<pb::worker_result::Outcome>) -> Result<ResultOutcome, Status> {
+    match outcome {
+        Some(pb::worker_result::Outcome::Success(success)) => success_outcome(success),
+        Some(pb::worker_result::Outcome::Failure(failure)) => {
+            let mut v = Violations::new();
+            v.text("result.failure.code", &failure.code, 1, 64);
+            v.finish()?;
+            Ok(ResultOutcome::Failure {
+                code: failure.code,
+                message: without_nul(truncate_bytes(
+                    &failure.message,
+                    rules::MAX_FAILURE_MESSAGE_BYTES,
+                )),
+                retryable: failure.retryable,
+            })
+        }
+        None => Err(ApiError::invalid("result.outcome", "is required").into()),
     }
 }
 
@@ -414,8 +446,8 @@ fn success_outcome(success: pb::WorkerSuccess) -> Result<ResultOutcome, Status> 
     }
     v.finish()?;
     Ok(ResultOutcome::Success {
-        output: success.output,
-        finish_reason: success.finish_reason,
+        output: without_nul(&success.output),
+        finish_reason: without_nul(&success.finish_reason),
         calls,
     })
 }
@@ -446,4 +478,9 @@ fn lease_ref(tenant: TenantId, task: TaskId, attempt: i32) -> pb::LeaseRef {
         task_id: task.to_string(),
         attempt,
     }
+}
+
+/// Model output may contain NUL, which PostgreSQL text cannot hold: it becomes U+FFFD.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }

@@ -12,6 +12,10 @@ use crate::error::ApiError;
 use crate::ids::TenantId;
 use crate::store::NewEvent;
 
+/// Largest page of a list response, in encoded bytes (clients reject messages over 4 MiB
+/// by default).
+const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
 /// Longest display name.
 const MAX_DISPLAY_NAME: usize = 200;
 
@@ -100,9 +104,11 @@ impl WorkspaceService for WorkspaceApi {
             .list_workspaces(after.map(TenantId), limit + 1)
             .await
             .map_err(ApiError::from)?;
-        let (rows, next) = split_page(rows, limit, |row| page::encode_id("workspaces", row.id.0));
+        let (items, next) = split_page(rows, limit, convert::workspace, |row| {
+            page::encode_id("workspaces", row.id.0)
+        });
         Ok(Response::new(pb::ListWorkspacesResponse {
-            workspaces: rows.iter().map(convert::workspace).collect(),
+            workspaces: items,
             next_page_token: next,
         }))
     }
@@ -222,19 +228,28 @@ pub(super) fn page_after(v: &mut Violations, kind: &str, token: &str) -> Option<
 }
 
 /// Cuts a page fetched with `limit + 1` rows: returns the page and the next token.
-pub(super) fn split_page<T>(
-    mut rows: Vec<T>,
+pub(super) fn split_page<R, P: prost::Message>(
+    rows: Vec<R>,
     limit: i64,
-    token: impl Fn(&T) -> String,
-) -> (Vec<T>, String) {
+    convert: impl Fn(&R) -> P,
+    token: impl Fn(&R) -> String,
+) -> (Vec<P>, String) {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        let next = rows.last().map(&token).unwrap_or_default();
-        (rows, next)
-    } else {
-        (rows, String::new())
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    let mut bytes = 0usize;
+    let mut last = None;
+    for row in &rows {
+        let item = convert(row);
+        bytes = bytes.saturating_add(item.encoded_len());
+        // A page stops at `limit` rows or at the byte budget, whichever comes first, but
+        // always holds at least one row so paging makes progress.
+        if items.len() == limit || (!items.is_empty() && bytes > MAX_PAGE_BYTES) {
+            return (items, last.map(&token).unwrap_or_default());
+        }
+        items.push(item);
+        last = Some(row);
     }
+    (items, String::new())
 }
 
 /// Validates an update mask against the fields that may change; returns its paths.

@@ -70,6 +70,7 @@ impl Violations {
 
     /// Checks a required string's length in characters.
     pub fn text(&mut self, field: &str, value: &str, min: usize, max: usize) {
+        self.no_nul(field, value);
         let chars = value.chars().count();
         if min > 0 && value.is_empty() {
             self.add(field, "is required");
@@ -78,8 +79,16 @@ impl Violations {
         }
     }
 
-    /// Checks a string's size in bytes.
+    /// Rejects NUL characters, which PostgreSQL text cannot hold.
+    pub fn no_nul(&mut self, field: &str, value: &str) {
+        if value.contains('\0') {
+            self.add(field, "must not contain NUL characters");
+        }
+    }
+
+    /// Checks a string's size in bytes (and that it holds no NUL).
     pub fn max_bytes(&mut self, field: &str, value: &str, max: usize) {
+        self.no_nul(field, value);
         if value.len() > max {
             self.add(field, format!("must be at most {max} bytes"));
         }
@@ -121,10 +130,12 @@ impl Violations {
                     format!("label keys must be 1 to {MAX_LABEL_KEY} characters of [a-z0-9_.-]"),
                 );
             }
-            if value.chars().count() > MAX_LABEL_VALUE {
+            if value.chars().count() > MAX_LABEL_VALUE || value.contains('\0') {
                 self.add(
                     &format!("{field}[{}]", truncate(key, 64)),
-                    format!("label values must be at most {MAX_LABEL_VALUE} characters"),
+                    format!(
+                        "label values must be at most {MAX_LABEL_VALUE} characters, without NUL"
+                    ),
                 );
             }
         }

@@ -152,6 +152,35 @@ impl TenantTx {
             .ok_or(StoreError::NotFound("agent"))
     }
 
+    /// A live agent, share-locked so a concurrent delete waits for this transaction.
+    pub async fn share_lock_agent(&mut self, id: AgentId) -> StoreResult<AgentRow> {
+        sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE"
+        ))
+        .bind(self.tenant)
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .ok_or(StoreError::NotFound("agent"))
+    }
+
+    /// The agent created with this idempotency key, if any.
+    pub async fn agent_by_request_id(&mut self, request_id: &str) -> StoreResult<Option<AgentRow>> {
+        sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM agents WHERE tenant_id = $1 AND request_id = $2"
+        ))
+        .bind(self.tenant)
+        .bind(request_id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)
+    }
+
     /// Live agents after `after`, oldest first.
     pub async fn list_agents(
         &mut self,

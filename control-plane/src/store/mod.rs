@@ -51,6 +51,9 @@ pub enum StoreError {
     /// A referenced row is missing or in the wrong state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The database refused a value as malformed.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// The database cannot be reached or refused the connection.
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
@@ -74,6 +77,11 @@ pub fn classify(error: sqlx::Error) -> StoreError {
             // foreign_key_violation
             Some("23503") => {
                 StoreError::FailedPrecondition("a referenced resource does not exist".to_owned())
+            }
+            // Text PostgreSQL cannot store (NUL), times out of its range, values too long:
+            // bad input that validation let through.
+            Some("22021" | "22P05" | "22008" | "22001" | "22P02") => {
+                StoreError::InvalidInput(db.message().to_owned())
             }
             // check_violation
             Some("23514") => StoreError::FailedPrecondition(format!(

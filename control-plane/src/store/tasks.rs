@@ -11,6 +11,9 @@ use super::{NewEvent, StoreError, StoreResult, TenantTx, channel, classify};
 use crate::domain::task::{NewTask, Role, TaskStatus, retry_backoff};
 use crate::ids::{AgentId, TaskId, TenantId, WorkerId};
 
+/// Largest NOTIFY payload sent (PostgreSQL's limit is 8000 bytes).
+const MAX_NOTIFY_PAYLOAD: usize = 7900;
+
 /// A task as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct TaskRow {
@@ -183,11 +186,14 @@ impl TenantTx {
         {
             return Ok((existing, false));
         }
-        let agent = self.get_agent(new.agent_id, false).await?;
+        // FOR SHARE on both rows: a concurrent DeleteAgent or DeleteWorkspace waits for this
+        // task to commit and then cancels it, instead of leaving it pending forever.
+        self.share_lock_workspace().await?;
+        let agent = self.share_lock_agent(new.agent_id).await?;
         let id = TaskId::generate();
         let task = sqlx::query_as::<_, TaskRow>(concat!(
             "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, max_attempts, \
-             request_id) VALUES ($1, $2, $3, $4, coalesce($5, now()), $6, $7, $8) \
+             request_id) VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8) \
              RETURNING ",
             columns!()
         ))
@@ -385,23 +391,77 @@ impl TenantTx {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(classify)?;
-        for (id, old_status, attempt, worker) in &changed {
-            self.append_event(NewEvent {
-                actor,
-                action: "task.canceled",
-                resource_type: "task",
-                resource_id: id.0,
-                request_id,
-                data: serde_json::json!({ "reason": reason, "was": old_status }),
-            })
-            .await?;
-            self.task_left_running(*id).await?;
-            if let (true, Some(worker)) = (old_status == "running", worker) {
-                let payload =
-                    serde_json::json!({ "t": self.tenant, "k": id, "a": attempt, "w": worker });
-                self.notify(channel::TASK_CANCEL, &payload).await?;
-            }
+        if changed.is_empty() {
+            return Ok(0);
         }
+        // One statement per kind of row, however many tasks: a workspace with a large
+        // backlog must not hold its rows (and the event log's read horizon) for long.
+        let task_ids: Vec<TaskId> = changed.iter().map(|c| c.0).collect();
+        let event_ids: Vec<Uuid> = changed.iter().map(|_| Uuid::now_v7()).collect();
+        let was: Vec<&str> = changed.iter().map(|c| c.1.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
+             request_id, data) \
+             SELECT $1, e.id, $4, 'task.canceled', 'task', e.task_id, $5, \
+                    jsonb_build_object('reason', $6::text, 'was', e.was) \
+             FROM unnest($2::uuid[], $3::uuid[], $7::text[]) AS e(id, task_id, was)",
+        )
+        .bind(self.tenant)
+        .bind(&event_ids)
+        .bind(&task_ids)
+        .bind(actor)
+        .bind(request_id)
+        .bind(reason)
+        .bind(&was)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("DELETE FROM task_output_chunks WHERE tenant_id = $1 AND task_id = ANY($2)")
+            .bind(self.tenant)
+            .bind(&task_ids)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(classify)?;
+        let (cancel_ids, cancel_attempts, cancel_workers): (Vec<TaskId>, Vec<i32>, Vec<Uuid>) =
+            changed
+                .iter()
+                .filter(|c| c.1 == "running")
+                .filter_map(|c| c.3.map(|w| (c.0, c.2, w)))
+                .fold(
+                    (Vec::new(), Vec::new(), Vec::new()),
+                    |mut acc, (id, attempt, worker)| {
+                        acc.0.push(id);
+                        acc.1.push(attempt);
+                        acc.2.push(worker);
+                        acc
+                    },
+                );
+        sqlx::query(
+            "SELECT pg_notify($2, json_build_object('t', $1::uuid, 'k', k)::text) \
+             FROM unnest($3::uuid[]) AS k",
+        )
+        .bind(self.tenant)
+        .bind(channel::TASK_STATE)
+        .bind(&task_ids)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "SELECT pg_notify($2, json_build_object('t', $1::uuid, 'k', c.k, 'a', c.a, 'w', c.w)::text) \
+             FROM unnest($3::uuid[], $4::int[], $5::uuid[]) AS c(k, a, w)",
+        )
+        .bind(self.tenant)
+        .bind(channel::TASK_CANCEL)
+        .bind(&cancel_ids)
+        .bind(&cancel_attempts)
+        .bind(&cancel_workers)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        self.notify(channel::EVENTS, &serde_json::json!({ "t": self.tenant }))
+            .await?;
+        self.notify(channel::TASK_READY, &serde_json::Value::Null)
+            .await?;
         Ok(changed.len() as u64)
     }
 
@@ -512,7 +572,7 @@ impl TenantTx {
             "INSERT INTO task_output_chunks (tenant_id, task_id, attempt, seq, content) \
              SELECT $1, $2, $3, $4, $5 WHERE EXISTS ( \
                  SELECT 1 FROM tasks WHERE tenant_id = $1 AND id = $2 AND attempt = $3 \
-                 AND status = 'running' AND worker_id = $6) \
+                 AND status = 'running' AND worker_id = $6 FOR SHARE) \
              ON CONFLICT DO NOTHING",
         )
         .bind(self.tenant)
@@ -527,10 +587,12 @@ impl TenantTx {
         .rows_affected()
             == 1;
         if inserted {
-            // Notification payloads are limited to 8000 bytes; watchers fetch larger text.
-            let text = (content.len() <= 6000).then_some(content);
-            let payload =
-                serde_json::json!({ "t": self.tenant, "k": id, "a": attempt, "i": seq, "x": text });
+            // Notification payloads are limited to 8000 bytes after JSON escaping; without
+            // the text, watchers read it from the table.
+            let mut payload = serde_json::json!({ "t": self.tenant, "k": id, "a": attempt, "i": seq, "x": content });
+            if payload.to_string().len() > MAX_NOTIFY_PAYLOAD {
+                payload["x"] = serde_json::Value::Null;
+            }
             self.notify(channel::TASK_OUTPUT, &payload).await?;
         }
         Ok(inserted)

@@ -143,6 +143,20 @@ impl TenantTx {
         .ok_or(StoreError::NotFound("workspace"))
     }
 
+    /// Share-locks this transaction's workspace while something is created in it, so a
+    /// concurrent delete waits; NOT_FOUND if deleted.
+    pub async fn share_lock_workspace(&mut self) -> StoreResult<()> {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+        )
+        .bind(self.tenant)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .map(|_| ())
+        .ok_or(StoreError::NotFound("workspace"))
+    }
+
     /// Saves a workspace's changeable fields.
     pub async fn save_workspace(
         &mut self,

@@ -162,6 +162,38 @@ async fn create_task_twice_with_same_request_id_returns_first() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
 
+    // Concurrent CreateAgent retries answer with one agent too.
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let mut agents = c.agents.clone();
+        let request = pb::CreateAgentRequest {
+            workspace_id: ws.clone(),
+            agent: Some(pb::Agent {
+                name: "twin".into(),
+                provider: pb::Provider::Echo.into(),
+                model: "echo-1".into(),
+                ..Default::default()
+            }),
+            request_id: "agent-retry".into(),
+        };
+        handles.push(tokio::spawn(async move {
+            agents
+                .create_agent(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .agent
+                .unwrap()
+                .id
+        }));
+    }
+    let mut agent_ids = Vec::new();
+    for handle in handles {
+        agent_ids.push(handle.await.unwrap());
+    }
+    agent_ids.dedup();
+    assert_eq!(agent_ids.len(), 1, "{agent_ids:?}");
+
     let listed = c
         .tasks
         .list_tasks(pb::ListTasksRequest {

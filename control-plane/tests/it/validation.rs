@@ -60,6 +60,18 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
     );
     assert_violation(
         c.workspaces
+            .create_workspace(pb::CreateWorkspaceRequest {
+                workspace: Some(pb::Workspace {
+                    display_name: "nul\0here".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await,
+        "workspace.display_name",
+    );
+    assert_violation(
+        c.workspaces
             .get_workspace(pb::GetWorkspaceRequest {
                 id: "not-a-uuid".into(),
             })
@@ -269,6 +281,22 @@ async fn bad_requests_get_invalid_argument_with_field_violations() {
             })
             .await,
         "run_at",
+    );
+    assert_violation(
+        c.tasks
+            .create_task(pb::CreateTaskRequest {
+                run_at: Some(prost_types::Timestamp {
+                    seconds: -9_000_000_000_000,
+                    nanos: 0,
+                }),
+                ..create_task(vec![user("x")])
+            })
+            .await,
+        "run_at",
+    );
+    assert_violation(
+        c.tasks.create_task(create_task(vec![user("a\0b")])).await,
+        "input[0].content",
     );
     assert_violation(
         c.tasks

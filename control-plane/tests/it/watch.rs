@@ -152,3 +152,31 @@ async fn a_watcher_that_reconnects_loses_nothing() {
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn output_too_large_for_a_notification_after_escaping_still_streams() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("escapes").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    // One 7,000-byte token of quotes becomes a 14,000-byte JSON string: over NOTIFY's limit.
+    let quotes = "\"".repeat(7000);
+    let task = c.task(&ws, &agent.id, &quotes).await;
+    let mut stream = watch(&mut c, &ws, &task.id).await;
+    let worker = app.worker(&db, 1, Duration::from_millis(1)).await;
+    let mut seen = Seen::default();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.apply(message);
+    }
+    let last = seen.last.clone().unwrap();
+    assert_eq!(last.status, pb::TaskStatus::Succeeded as i32, "{last:?}");
+    assert!(last.output.contains(&quotes));
+    assert_eq!(seen.output, last.output);
+    worker.shutdown().await;
+    app.stop().await;
+}
