@@ -71,12 +71,7 @@ impl AgentService for AgentApi {
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let row = match tx.create_agent(&spec, request_id.as_deref(), actor).await {
             Ok(row) => {
                 tx.commit().await.map_err(ApiError::from)?;
@@ -85,12 +80,7 @@ impl AgentService for AgentApi {
             // A concurrent call with the same request id committed first: answer with its agent.
             Err(StoreError::AlreadyExists(_)) if request_id.is_some() => {
                 drop(tx);
-                let mut tx = self
-                    .state
-                    .store
-                    .tenant(tenant)
-                    .await
-                    .map_err(ApiError::from)?;
+                let mut tx = self.state.tenant(tenant).await?;
                 let found = tx
                     .agent_by_request_id(request_id.as_deref().unwrap_or_default())
                     .await
@@ -119,12 +109,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         let request = request.into_inner();
         let (tenant, id) = agent_ref(&request.workspace_id, &request.id)?;
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let row = tx.get_agent(id, false).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some(convert::agent(&row)),
@@ -151,12 +136,7 @@ impl AgentService for AgentApi {
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let rows = tx
             .list_agents(after.map(AgentId), limit + 1)
             .await
@@ -185,12 +165,7 @@ impl AgentService for AgentApi {
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish()?;
 
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let current = tx.get_agent(id, true).await.map_err(ApiError::from)?;
         let mut spec = current.spec().map_err(ApiError::from)?;
         let mut v = Violations::new();
@@ -235,12 +210,7 @@ impl AgentService for AgentApi {
         let mut v = Violations::new();
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish()?;
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         tx.delete_agent(id, request_id.as_deref(), actor)
             .await
             .map_err(ApiError::from)?;

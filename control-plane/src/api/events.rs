@@ -54,12 +54,7 @@ impl EventService for EventApi {
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let rows = tx
             .list_events(&filter, after, limit + 1)
             .await
@@ -89,13 +84,7 @@ impl EventService for EventApi {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
         // Fail now, not in the stream, if the workspace is unknown.
-        drop(
-            self.state
-                .store
-                .tenant(tenant)
-                .await
-                .map_err(ApiError::from)?,
-        );
+        drop(self.state.tenant(tenant).await?);
         let notices = self.state.fanout.subscribe();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         spawn_named(

@@ -21,8 +21,10 @@ pub use tasks::TaskApi;
 pub use workers::WorkerApi;
 pub use workspaces::WorkspaceApi;
 
+use crate::error::ApiError;
 use crate::fanout::Fanout;
-use crate::store::Store;
+use crate::ids::TenantId;
+use crate::store::{Store, TenantTx};
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
@@ -37,6 +39,16 @@ pub struct AppState {
     pub heartbeat_interval: Duration,
     /// Cancelled when the server shuts down: streams end.
     pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// A transaction scoped to a live workspace (NOT_FOUND otherwise).
+    pub async fn tenant(&self, tenant: TenantId) -> Result<TenantTx, tonic::Status> {
+        self.store
+            .tenant(tenant)
+            .await
+            .map_err(|e| ApiError::from(e).into())
+    }
 }
 
 /// Shared state handle.

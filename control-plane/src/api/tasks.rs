@@ -72,12 +72,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let request = request.into_inner();
         let (tenant, id) = task_ref(&request.workspace_id, "id", &request.id)?;
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let task = tx.get_task(id).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(convert::task(&task)),
@@ -112,12 +107,7 @@ impl TaskService for TaskApi {
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let rows = tx
             .list_tasks(status, agent, before.map(TaskId), limit + 1)
             .await
@@ -141,12 +131,7 @@ impl TaskService for TaskApi {
         let mut v = Violations::new();
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish()?;
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let task = tx
             .cancel_task(id, request_id.as_deref(), actor)
             .await
@@ -176,12 +161,7 @@ impl TaskService for TaskApi {
             position.and_then(|p| i32::try_from(p).ok())
         };
         v.finish()?;
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let rows = tx
             .list_task_messages(id, after, limit + 1)
             .await
@@ -205,12 +185,7 @@ impl TaskService for TaskApi {
         let (tenant, id) = task_ref(&request.workspace_id, "id", &request.id)?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
         let notices = self.state.fanout.subscribe();
-        let mut tx = self
-            .state
-            .store
-            .tenant(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(tenant).await?;
         let snapshot = tx.task_snapshot(id).await.map_err(ApiError::from)?;
         drop(tx);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);

@@ -142,7 +142,7 @@ impl WorkspaceService for WorkspaceApi {
             return Err(ApiError::invalid("workspace.id", "is required").into());
         };
 
-        let mut tx = self.state.store.tenant(id).await.map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(id).await?;
         let current = tx.lock_workspace().await.map_err(ApiError::from)?;
         let display_name = if paths.iter().any(|p| p == "display_name") {
             workspace.display_name
@@ -187,7 +187,7 @@ impl WorkspaceService for WorkspaceApi {
         let Some(id) = id else {
             return Err(ApiError::invalid("id", "is required").into());
         };
-        let mut tx = self.state.store.tenant(id).await.map_err(ApiError::from)?;
+        let mut tx = self.state.tenant(id).await?;
         tx.lock_workspace().await.map_err(ApiError::from)?;
         let canceled = tx
             .cancel_tasks_where(
