@@ -87,7 +87,7 @@ async fn grpcurl_lists_describes_and_calls_with_json() {
     let app = TestApp::spawn(&db).await;
     let addr = app.addr.to_string();
     let header = format!("authorization: Bearer {ADMIN_TOKEN}");
-    let grpcurl = |args: &[&str]| {
+    let grpcurl = |args: &[&str], succeed: bool| {
         let addr = addr.clone();
         let header = header.clone();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -98,27 +98,45 @@ async fn grpcurl_lists_describes_and_calls_with_json() {
                 let (before, after) = args.split_at(args.len() - 1);
                 command.args(before).arg(&addr).args(after);
                 let output = command.output().unwrap();
-                assert!(
+                assert_eq!(
                     output.status.success(),
+                    succeed,
                     "grpcurl {args:?}: {}",
                     String::from_utf8_lossy(&output.stderr)
                 );
-                String::from_utf8(output.stdout).unwrap()
+                let mut text = String::from_utf8(output.stdout).unwrap();
+                text.push_str(&String::from_utf8_lossy(&output.stderr));
+                text
             })
             .await
             .unwrap()
         }
     };
-    let services = grpcurl(&["list"]).await;
+    let services = grpcurl(&["list"], true).await;
     assert!(services.contains("agentplane.v1.TaskService"), "{services}");
-    let described = grpcurl(&["describe"]).await;
+    let described = grpcurl(&["describe"], true).await;
     assert!(described.contains("rpc CreateTask"), "{described}");
-    let created = grpcurl(&[
-        "-d",
-        r#"{"workspace": {"display_name": "from grpcurl"}}"#,
-        "agentplane.v1.WorkspaceService/CreateWorkspace",
-    ])
+    let created = grpcurl(
+        &[
+            "-d",
+            r#"{"workspace": {"display_name": "from grpcurl"}}"#,
+            "agentplane.v1.WorkspaceService/CreateWorkspace",
+        ],
+        true,
+    )
     .await;
     assert!(created.contains("from grpcurl"), "{created}");
+    // Error details are served by reflection too, so grpcurl shows them decoded.
+    let rejected = grpcurl(
+        &[
+            "-d",
+            r#"{"id": "nope"}"#,
+            "agentplane.v1.WorkspaceService/GetWorkspace",
+        ],
+        false,
+    )
+    .await;
+    assert!(rejected.contains("InvalidArgument"), "{rejected}");
+    assert!(rejected.contains("must be a UUID"), "{rejected}");
     app.stop().await;
 }
