@@ -91,6 +91,14 @@ impl TestApp {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
     }
+
+    /// Stops the server; true if it finished on its own (within 10 s).
+    pub async fn stop_and_wait(self) -> bool {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .is_ok()
+    }
 }
 
 /// An interceptor adding `authorization: Bearer <token>` (or nothing for an empty token).

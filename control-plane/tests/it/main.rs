@@ -18,6 +18,7 @@ mod auth;
 mod end_to_end;
 mod events;
 mod isolation;
+mod lifecycle;
 mod queue;
 mod reflection;
 mod tasks;
