@@ -391,17 +391,16 @@ fn result_outcome(outcome: Option<pb::worker_result::Outcome>) -> Result<ResultO
 
 fn success_outcome(success: pb::WorkerSuccess) -> Result<ResultOutcome, Status> {
     let mut v = Violations::new();
-    v.max_bytes(
-        "result.success.output",
-        &success.output,
-        rules::MAX_OUTPUT_BYTES,
-    );
-    v.text(
-        "result.success.finish_reason",
-        &success.finish_reason,
-        0,
-        64,
-    );
+    // Model text may hold NUL; it is replaced below rather than refused, as deltas are.
+    if success.output.len() > rules::MAX_OUTPUT_BYTES {
+        v.add("result.success.output", "must be at most 1 MiB");
+    }
+    if success.finish_reason.chars().count() > 64 {
+        v.add(
+            "result.success.finish_reason",
+            "must be at most 64 characters",
+        );
+    }
     if success.calls.len() > rules::MAX_MODEL_CALLS {
         v.add("result.success.calls", "at most 1000 calls");
     }
