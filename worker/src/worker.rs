@@ -26,6 +26,9 @@ const DB_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the control plane to acknowledge the last endings.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the claim, listen and reap loops to stop (a claim in flight
+/// finishes first); stragglers are aborted.
+const LOOP_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Entry point: [`Worker::start`].
 #[derive(Debug)]
@@ -161,9 +164,7 @@ impl WorkerHandle {
     pub async fn shutdown(self) {
         tracing::info!(worker_id = %self.worker_id, "worker shutting down");
         self.claim_stop.cancel();
-        for task in self.loops {
-            let _ = task.await;
-        }
+        stop_loops(self.loops, LOOP_STOP_WAIT).await;
 
         let all_slots = self.capacity;
         let finished =
@@ -197,5 +198,40 @@ impl WorkerHandle {
         let _ = self.link_task.await;
         self.pool.close().await;
         tracing::info!(worker_id = %self.worker_id, "worker stopped");
+    }
+}
+
+/// Waits up to `wait` for `loops` to end (their stop token already fired), then aborts the
+/// ones still running. An aborted claim rolls back; tasks it had already claimed are
+/// reaped when their leases expire.
+async fn stop_loops(mut loops: Vec<JoinHandle<()>>, wait: Duration) {
+    let joined = tokio::time::timeout(wait, futures::future::join_all(loops.iter_mut())).await;
+    if joined.is_err() {
+        let stuck = loops.iter().filter(|task| !task.is_finished()).count();
+        tracing::warn!(
+            stuck,
+            ?wait,
+            "background loops did not stop in time; aborting them"
+        );
+        for task in &loops {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stopping_loops_is_bounded_and_aborts_stragglers() {
+        let quick = spawn_named("quick", async {});
+        let stuck = spawn_named("stuck", std::future::pending::<()>());
+        let stuck_abort = stuck.abort_handle();
+        let started = tokio::time::Instant::now();
+        stop_loops(vec![quick, stuck], Duration::from_millis(50)).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(stuck_abort.is_finished(), "the stuck loop was aborted");
     }
 }

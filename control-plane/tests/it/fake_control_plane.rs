@@ -27,6 +27,8 @@ struct Shared {
     current: Option<Responses>,
     /// Task ids whose leases heartbeats report as lost.
     lost: HashSet<String>,
+    /// Whether new streams end right after the welcome.
+    hang_up: bool,
     sessions: usize,
 }
 
@@ -80,6 +82,11 @@ impl WorkerService for Service {
         let session = {
             let mut shared = self.shared.lock().expect("lock");
             shared.sessions += 1;
+            if shared.hang_up {
+                // Dropping the sender ends the response stream after the welcome.
+                drop(responses);
+                return Ok(Response::new(UnboundedReceiverStream::new(stream)));
+            }
             shared.current = Some(responses.clone());
             shared.sessions
         };
@@ -188,6 +195,11 @@ impl FakeControlPlane {
         if let Some(current) = current {
             let _ = current.send(Err(Status::unavailable("replica going away")));
         }
+    }
+
+    /// From now on, streams end right after the welcome (or not, with `false`).
+    pub fn hang_up_after_welcome(&self, hang_up: bool) {
+        self.shared.lock().expect("lock").hang_up = hang_up;
     }
 
     pub fn sessions(&self) -> usize {

@@ -321,3 +321,40 @@ async fn list_tasks_pages_newest_first_and_filters() {
     assert_eq!(seen, created);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn model_output_with_nul_is_recorded_with_a_replacement_character() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("nul").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let task = c.task(&ws, &agent.id, "say nul").await;
+    let pool = db.worker_pool().await;
+    let worker = uuid::Uuid::now_v7();
+    assert_eq!(
+        claim_tasks(&pool, worker, 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut session = Session::open(&app, worker).await;
+    let lease = pb::LeaseRef {
+        workspace_id: ws.clone(),
+        task_id: task.id.clone(),
+        attempt: 1,
+    };
+    session
+        .send(In::Output(pb::WorkerOutput {
+            lease: Some(lease.clone()),
+            index: 0,
+            text: "a\0".into(),
+        }))
+        .await;
+    let ack = session.succeed(lease, "a\0b").await;
+    assert!(ack.accepted, "{ack:?}");
+    let done = c.get_task(&ws, &task.id).await;
+    assert_eq!(done.output, "a\u{FFFD}b");
+    app.stop().await;
+}

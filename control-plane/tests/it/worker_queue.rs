@@ -205,3 +205,46 @@ async fn released_attempts_do_not_count_towards_max_attempts_when_reaping() {
         serde_json::json!({"attempt": 3, "reason": "lease_expired"})
     );
 }
+
+#[tokio::test]
+async fn a_claim_stuck_on_an_agent_lock_gives_up_and_claims_nothing() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    let task_id = task(&owner, tenant, agent_id, 0, "hi").await;
+    // Another session holds the agent's claim lock and never lets go.
+    let mut holder = owner.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || $2::text, 0))")
+        .bind(tenant)
+        .bind(agent_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let pool = db.worker_pool().await;
+
+    let started = std::time::Instant::now();
+    let claimed = tokio::time::timeout(
+        Duration::from_secs(20),
+        claim_tasks(&pool, Uuid::now_v7(), 1, LEASE),
+    )
+    .await
+    .expect("the lock wait is bounded")
+    .unwrap();
+    assert!(claimed.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+        .bind(task_id)
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending", "the timed-out claim was rolled back");
+
+    holder.rollback().await.unwrap();
+    let claimed = claim_tasks(&pool, Uuid::now_v7(), 1, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the pool's connection is usable again");
+}

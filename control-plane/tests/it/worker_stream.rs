@@ -88,10 +88,11 @@ async fn results_are_sent_again_after_a_reconnect_until_acknowledged() {
     let usage = call.usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (7 + 8, 5));
 
-    // The result is not acknowledged and the stream breaks: everything comes again.
+    // The result is not acknowledged and the stream breaks: it comes again, without the
+    // output it supersedes.
     cp.break_stream();
     let (replayed, again) = outputs_until_result(&mut cp, 2).await;
-    assert_eq!(replayed, outputs);
+    assert_eq!(replayed, []);
     assert_eq!(again, result);
     cp.ack(lease);
 
@@ -195,6 +196,43 @@ async fn a_lost_lease_stops_its_attempt_silently_and_frees_the_slot() {
     cp.ack(lease);
     worker.shutdown().await;
     assert_eq!(cp.sessions(), 1);
+}
+
+#[tokio::test]
+async fn a_control_plane_that_hangs_up_after_the_welcome_is_retried_with_growing_pauses() {
+    let db = TestDb::new().await;
+    let mut cp = FakeControlPlane::start(Duration::from_millis(50), Duration::from_secs(30)).await;
+    let worker = Worker::start(config(&db, &cp, 1, Duration::ZERO))
+        .await
+        .unwrap();
+    // Let the first stream prove healthy (its heartbeats are answered), then break it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cp.hang_up_after_welcome(true);
+    cp.break_stream();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Pauses of 100, 200, 400, 800 ms (each jittered down by up to half): at most 6 streams
+    // in 2 s, where resetting the backoff at every welcome would open 20 to 40.
+    let reconnects = cp.sessions() - 1;
+    assert!(
+        (2..=6).contains(&reconnects),
+        "{reconnects} reconnects in 2s"
+    );
+
+    // Once streams stay up again, the worker works as before.
+    cp.hang_up_after_welcome(false);
+    let owner = db.owner_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    let task_id = task(&owner, tenant, agent_id, 0, "back again").await;
+    let result = loop {
+        if let (_, Kind::Result(result)) = cp.next().await {
+            break result;
+        }
+    };
+    let lease = result.lease.unwrap();
+    assert_eq!(lease.task_id, task_id.to_string());
+    cp.ack(lease);
+    worker.shutdown().await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! What the link remembers about each lease it holds: the output sent so far (replayed after
-//! a reconnect, where repeated indexes are ignored), the ending until it is acknowledged,
-//! and when the lease runs out if it is not renewed.
+//! What the link remembers about each lease it holds: the output sent so far while the
+//! attempt runs (replayed after a reconnect, where repeated indexes are ignored), the ending
+//! until it is acknowledged (the output is dropped then: the result carries the whole
+//! answer), and when the lease runs out if it is not renewed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +25,11 @@ pub(crate) enum Ending {
     Abandon,
 }
 
+/// One lease held.
 #[derive(Debug)]
 struct Entry {
     attempt: Arc<Attempt>,
+    /// Output sent while the attempt runs; cleared when it ends.
     outputs: Vec<SessionRequest>,
     /// The result or release, kept until acknowledged; `None` while the attempt runs.
     ending: Option<SessionRequest>,
@@ -56,14 +59,16 @@ impl Ledger {
     }
 
     /// Records a piece of output; returns the message to send, or `None` if the attempt is
-    /// no longer wanted.
+    /// no longer wanted or has already ended.
     pub(crate) fn output(
         &mut self,
         lease: LeaseKey,
         index: i64,
         text: String,
     ) -> Option<SessionRequest> {
-        let entry = self.live_entry(lease)?;
+        let entry = self
+            .live_entry(lease)
+            .filter(|entry| entry.ending.is_none())?;
         let message = SessionRequest {
             kind: Some(session_request::Kind::Output(WorkerOutput {
                 lease: Some(lease.to_proto()),
@@ -82,7 +87,8 @@ impl Ledger {
             .is_some_and(|entry| !entry.attempt.is_abandoned())
     }
 
-    /// Records how an attempt ended; returns the message to send, if any.
+    /// Records how an attempt ended and forgets its output (the ending supersedes it);
+    /// returns the message to send, if any.
     pub(crate) fn finish(&mut self, lease: LeaseKey, ending: Ending) -> Option<SessionRequest> {
         let message = match ending {
             Ending::Abandon => None,
@@ -103,6 +109,7 @@ impl Ledger {
             return None;
         };
         let message = SessionRequest { kind: Some(kind) };
+        entry.outputs = Vec::new();
         entry.ending = Some(message.clone());
         Some(message)
     }
@@ -245,12 +252,32 @@ mod tests {
         assert_eq!(ledger.held_leases().len(), 1);
 
         assert!(ledger.finish(lease, failure()).is_some());
-        assert_eq!(kinds(&ledger.replay()), ["output", "output", "result"]);
+        assert_eq!(
+            kinds(&ledger.replay()),
+            ["result"],
+            "the ending supersedes the output"
+        );
         assert_eq!(ledger.held_leases().len(), 1, "renewed until acked");
 
         assert!(ledger.acknowledge(lease));
         assert!(ledger.is_empty());
         assert!(ledger.replay().is_empty());
+    }
+
+    #[test]
+    fn a_release_also_drops_the_output() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let lease = running.lease;
+        ledger.register(running, LEASE);
+        ledger.output(lease, 0, "a".repeat(1000));
+        assert!(ledger.finish(lease, Ending::Release).is_some());
+        assert_eq!(kinds(&ledger.replay()), ["release"]);
+        assert!(
+            ledger.output(lease, 1, "late".to_owned()).is_none(),
+            "nothing follows the ending"
+        );
     }
 
     #[test]

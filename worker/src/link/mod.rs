@@ -2,23 +2,25 @@
 //! reconnects it with backoff when it breaks, heartbeats every lease held, and re-sends
 //! output and endings after a reconnect until each ending is acknowledged.
 //!
-//! Runners and the claim loop talk to it through [`LinkHandle`]; the link always keeps
-//! reading that queue (also while disconnected), so producers never wait on the network.
+//! Runners and the claim loop talk to it through [`LinkHandle`], a bounded queue. While
+//! disconnected the link keeps reading that queue (what must be resent is in the ledger);
+//! while connected it reads it only as fast as the stream takes messages, so a slow control
+//! plane slows the runners down instead of growing a backlog without bound. Heartbeats do
+//! not wait behind that backlog.
 
 mod ledger;
+mod serve;
 mod session;
+#[cfg(test)]
+mod tests;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentplane_proto::v1::{
-    SessionRequest, SessionResponse, WorkerEvent, WorkerHeartbeat, session_request,
-    session_response,
-};
+use agentplane_proto::v1::{SessionRequest, WorkerEvent, session_request};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use ledger::Ending;
@@ -26,16 +28,16 @@ use ledger::Ledger;
 pub(crate) use session::{SessionError, SessionSettings};
 
 use crate::backoff::{Backoff, jittered};
-use crate::lease::{Attempt, LeaseKey, StopReason};
+use crate::lease::Attempt;
 use crate::spawn::spawn_named;
 
 /// Requests queued towards the link before producers wait.
 const INBOX_CAPACITY: usize = 1024;
 /// How often lapsed leases are looked for.
 const LAPSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Most leases in one heartbeat (the control plane's limit).
-const MAX_LEASES_PER_HEARTBEAT: usize = 10_000;
+/// First pause before reconnecting; it doubles while streams keep failing.
 const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
+/// Longest pause before reconnecting.
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
 /// Whether the stream is up, and the lease length it grants.
@@ -81,9 +83,29 @@ pub(crate) struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Queues a message; fails only once the link has stopped.
+    /// Queues a message, waiting while the queue is full; fails only once the link has
+    /// stopped.
     pub(crate) async fn send(&self, message: Outbound) -> Result<(), LinkStopped> {
         self.inbox.send(message).await.map_err(|_| LinkStopped)
+    }
+
+    /// Queues a message without waiting, for callers that cannot wait (drop guards). When
+    /// the queue is full a background task delivers it; it is lost only if the link has
+    /// stopped or no runtime is running.
+    pub(crate) fn send_now(&self, message: Outbound) {
+        match self.inbox.try_send(message) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(message)) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    tracing::warn!("no runtime to deliver a message to the link; dropped");
+                    return;
+                }
+                let inbox = self.inbox.clone();
+                spawn_named("link-deliver", async move {
+                    let _ = inbox.send(message).await;
+                });
+            }
+        }
     }
 
     /// Waits until the stream is up and returns the lease length it grants.
@@ -97,6 +119,14 @@ impl LinkHandle {
             LinkState::Up { lease_duration } => Ok(lease_duration),
             LinkState::Down => Err(LinkStopped),
         }
+    }
+
+    /// A handle whose messages land in the returned receiver, for runner tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
+        let (inbox, receiver) = mpsc::channel(capacity);
+        let (_, state) = watch::channel(LinkState::Down);
+        (Self { inbox, state }, receiver)
     }
 }
 
@@ -115,30 +145,13 @@ pub(crate) fn start(
     JoinHandle<()>,
     oneshot::Receiver<Result<(), SessionError>>,
 ) {
-    let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
-    let (state_tx, state) = watch::channel(LinkState::Down);
+    let (handle, link) = Link::new(settings, stop);
     let (first_tx, first_rx) = oneshot::channel();
-    let link = Link {
-        settings,
-        inbox,
-        inbox_open: true,
-        ledger: Ledger::default(),
-        state: state_tx,
-        lease_duration: Duration::ZERO,
-        drains: Vec::new(),
-        stop,
-    };
     let task = spawn_named("control-plane-link", link.run(first_tx));
-    (
-        LinkHandle {
-            inbox: inbox_tx,
-            state,
-        },
-        task,
-        first_rx,
-    )
+    (handle, task, first_rx)
 }
 
+/// The link task's state.
 struct Link {
     settings: SessionSettings,
     inbox: mpsc::Receiver<Outbound>,
@@ -158,6 +171,29 @@ enum SessionEnd {
 }
 
 impl Link {
+    /// A link that has not connected yet, and the handle into it.
+    fn new(settings: SessionSettings, stop: CancellationToken) -> (LinkHandle, Self) {
+        let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (state_tx, state) = watch::channel(LinkState::Down);
+        let link = Self {
+            settings,
+            inbox,
+            inbox_open: true,
+            ledger: Ledger::default(),
+            state: state_tx,
+            lease_duration: Duration::ZERO,
+            drains: Vec::new(),
+            stop,
+        };
+        let handle = LinkHandle {
+            inbox: inbox_tx,
+            state,
+        };
+        (handle, link)
+    }
+
+    /// Connects, serves and reconnects until stopped; `first` hears how the first attempt
+    /// to connect went (if it failed, the link ends).
     async fn run(mut self, first: oneshot::Sender<Result<(), SessionError>>) {
         let mut first = Some(first);
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
@@ -171,7 +207,8 @@ impl Link {
                     tokio::select! {
                         opened = &mut open => break Some(opened),
                         message = self.inbox.recv(), if self.inbox_open => {
-                            self.absorb(message, None);
+                            // Disconnected: the ledger keeps what must be resent.
+                            let _ = self.absorb(message);
                         }
                         _ = lapse_check.tick() => self.stop_lapsed(),
                         () = self.stop.cancelled() => break None,
@@ -184,8 +221,9 @@ impl Link {
                     if let Some(first) = first.take() {
                         let _ = first.send(Ok(()));
                     }
-                    backoff.reset();
-                    let end = self.serve(session, &mut lapse_check).await;
+                    // `serve` starts the backoff over once the stream proves healthy, so a
+                    // control plane that hangs up right after the welcome is not hammered.
+                    let end = self.serve(session, &mut lapse_check, &mut backoff).await;
                     self.state.send_replace(LinkState::Down);
                     match end {
                         SessionEnd::Stopped => break,
@@ -208,7 +246,7 @@ impl Link {
                 tokio::select! {
                     () = &mut pause => break,
                     message = self.inbox.recv(), if self.inbox_open => {
-                        self.absorb(message, None);
+                        let _ = self.absorb(message);
                     }
                     _ = lapse_check.tick() => self.stop_lapsed(),
                     () = self.stop.cancelled() => return,
@@ -217,78 +255,14 @@ impl Link {
         }
     }
 
-    /// Serves one open stream until it breaks or the link is stopped.
-    async fn serve(
-        &mut self,
-        session: session::Session,
-        lapse_check: &mut tokio::time::Interval,
-    ) -> SessionEnd {
-        let session::Session {
-            requests,
-            mut responses,
-            heartbeat_interval,
-            lease_duration,
-        } = session;
-        self.lease_duration = lease_duration;
-        tracing::info!(
-            ?heartbeat_interval,
-            ?lease_duration,
-            "connected to the control plane"
-        );
-        let mut beats_in_flight = VecDeque::new();
-        let mut sent = true;
-        for message in self.ledger.replay() {
-            sent &= requests.send(message).is_ok();
-        }
-        sent &= self.send_heartbeat(&requests, &mut beats_in_flight);
-        if !sent {
-            return SessionEnd::Broken(SessionError::Closed);
-        }
-        self.state.send_replace(LinkState::Up { lease_duration });
-
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + heartbeat_interval,
-            heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let sent = tokio::select! {
-                () = self.stop.cancelled() => return SessionEnd::Stopped,
-                message = self.inbox.recv(), if self.inbox_open => {
-                    self.absorb(message, Some(&requests))
-                }
-                response = responses.next() => match response {
-                    Some(Ok(response)) => {
-                        self.handle_response(response, &mut beats_in_flight);
-                        true
-                    }
-                    Some(Err(status)) => return SessionEnd::Broken(SessionError::Status(status)),
-                    None => return SessionEnd::Broken(SessionError::Closed),
-                },
-                _ = heartbeat.tick() => self.send_heartbeat(&requests, &mut beats_in_flight),
-                _ = lapse_check.tick() => {
-                    self.stop_lapsed();
-                    true
-                }
-            };
-            if !sent {
-                return SessionEnd::Broken(SessionError::Closed);
-            }
-        }
-    }
-
-    /// Handles a message from the rest of the worker; sends it on `requests` when
-    /// connected. Returns false if the stream refused it.
-    fn absorb(
-        &mut self,
-        message: Option<Outbound>,
-        requests: Option<&mpsc::UnboundedSender<SessionRequest>>,
-    ) -> bool {
+    /// Handles a message from the rest of the worker; returns what to send on the stream,
+    /// if anything (while disconnected the caller drops it: the ledger keeps what matters).
+    fn absorb(&mut self, message: Option<Outbound>) -> Option<SessionRequest> {
         let Some(message) = message else {
             self.inbox_open = false;
-            return true;
+            return None;
         };
-        let outgoing = match message {
+        match message {
             Outbound::Register(attempt) => {
                 self.ledger.register(attempt, self.lease_duration);
                 None
@@ -322,91 +296,10 @@ impl Link {
                 self.settle_drains();
                 None
             }
-        };
-        match (outgoing, requests) {
-            (Some(outgoing), Some(requests)) => requests.send(outgoing).is_ok(),
-            _ => true,
         }
     }
 
-    fn handle_response(
-        &mut self,
-        response: SessionResponse,
-        beats_in_flight: &mut VecDeque<Instant>,
-    ) {
-        match response.kind {
-            Some(session_response::Kind::HeartbeatAck(ack)) => {
-                let sent_at = beats_in_flight.pop_front().unwrap_or_else(Instant::now);
-                let deadline = sent_at + self.lease_duration;
-                for lease in ack.renewed.iter().filter_map(LeaseKey::from_proto) {
-                    self.ledger.renew(lease, deadline);
-                }
-                for lease in ack.lost.iter().filter_map(LeaseKey::from_proto) {
-                    if self.ledger.revoke(lease, StopReason::Revoked) {
-                        tracing::info!(%lease, "lease lost; stopping the attempt");
-                    }
-                }
-                self.settle_drains();
-            }
-            Some(session_response::Kind::ResultAck(ack)) => {
-                let Some(lease) = ack.lease.as_ref().and_then(LeaseKey::from_proto) else {
-                    tracing::warn!("result ack without a valid lease");
-                    return;
-                };
-                if !self.ledger.acknowledge(lease) {
-                    return;
-                }
-                if ack.accepted {
-                    tracing::debug!(%lease, "result acknowledged");
-                } else {
-                    tracing::warn!(%lease, reason = %ack.reason, "control plane declined the result");
-                }
-                self.settle_drains();
-            }
-            Some(session_response::Kind::Cancel(cancel)) => {
-                let Some(lease) = cancel.lease.as_ref().and_then(LeaseKey::from_proto) else {
-                    tracing::warn!("cancel without a valid lease");
-                    return;
-                };
-                if self.ledger.revoke(lease, StopReason::Revoked) {
-                    tracing::info!(%lease, reason = %cancel.reason, "attempt canceled by the control plane");
-                }
-                self.settle_drains();
-            }
-            Some(session_response::Kind::Welcome(_)) => {
-                tracing::warn!("unexpected second welcome; ignored");
-            }
-            None => tracing::warn!("empty message from the control plane; ignored"),
-        }
-    }
-
-    /// Sends one heartbeat (several if over the per-message limit). Returns false if the
-    /// stream refused it.
-    fn send_heartbeat(
-        &self,
-        requests: &mpsc::UnboundedSender<SessionRequest>,
-        beats_in_flight: &mut VecDeque<Instant>,
-    ) -> bool {
-        let leases = self.ledger.held_leases();
-        let mut chunks: Vec<Vec<_>> = leases
-            .chunks(MAX_LEASES_PER_HEARTBEAT)
-            .map(<[_]>::to_vec)
-            .collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        for leases in chunks {
-            let beat = SessionRequest {
-                kind: Some(session_request::Kind::Heartbeat(WorkerHeartbeat { leases })),
-            };
-            if requests.send(beat).is_err() {
-                return false;
-            }
-            beats_in_flight.push_back(Instant::now());
-        }
-        true
-    }
-
+    /// Stops the attempts whose lease ran out without renewal.
     fn stop_lapsed(&mut self) {
         for lease in self.ledger.stop_lapsed(Instant::now()) {
             tracing::warn!(%lease, "lease lapsed without renewal; stopping the attempt");

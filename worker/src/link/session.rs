@@ -1,14 +1,22 @@
 //! Opening one `WorkerService.Session` stream: hello out, welcome back.
+//!
+//! What the worker sends travels through two bounded queues merged into the request stream:
+//! heartbeats, always taken first, and everything else in order. The transport takes from
+//! them only as fast as HTTP/2 flow control (that is, the control plane) allows, so a slow
+//! control plane fills the data queue, the link stops reading its inbox, and runners wait;
+//! heartbeats still go out ahead of the backlog.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use agentplane_proto::v1::worker_service_client::WorkerServiceClient;
 use agentplane_proto::v1::{
     SessionRequest, SessionResponse, WorkerHello, session_request, session_response,
 };
+use futures::Stream;
+use futures::stream::{PollNext, select_with_strategy};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::Streaming;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
@@ -21,6 +29,11 @@ const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 /// Shortest heartbeat period accepted, so a bad welcome cannot make the worker spin.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+/// Messages other than heartbeats waiting for the transport; when full, the link stops
+/// reading its inbox until the transport takes some.
+pub(crate) const DATA_QUEUE: usize = 64;
+/// Heartbeats waiting for the transport; a beat that finds the queue full is skipped.
+const BEAT_QUEUE: usize = 4;
 
 /// Why a stream could not be opened or broke.
 #[derive(Debug, thiserror::Error)]
@@ -68,18 +81,63 @@ impl SessionSettings {
     }
 }
 
+/// The control plane's messages on one stream.
+pub(crate) type Responses =
+    Pin<Box<dyn Stream<Item = Result<SessionResponse, tonic::Status>> + Send>>;
+
 /// An open stream, after the welcome.
-#[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) requests: mpsc::UnboundedSender<SessionRequest>,
-    pub(crate) responses: Streaming<SessionResponse>,
+    pub(crate) requests: Requests,
+    pub(crate) responses: Responses,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) lease_duration: Duration,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Session")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("lease_duration", &self.lease_duration)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending side of one stream: a bounded queue for heartbeats, which the transport
+/// always takes first, and a bounded queue for everything else, kept in order.
+#[derive(Debug, Clone)]
+pub(crate) struct Requests {
+    beats: mpsc::Sender<SessionRequest>,
+    data: mpsc::Sender<SessionRequest>,
+}
+
+impl Requests {
+    /// The two queues and the request stream that merges them, heartbeats first.
+    pub(crate) fn new() -> (Self, impl Stream<Item = SessionRequest> + Send + 'static) {
+        let (beats, beat_rx) = mpsc::channel(BEAT_QUEUE);
+        let (data, data_rx) = mpsc::channel(DATA_QUEUE);
+        let merged = select_with_strategy(
+            ReceiverStream::new(beat_rx),
+            ReceiverStream::new(data_rx),
+            |(): &mut ()| PollNext::Left,
+        );
+        (Self { beats, data }, merged)
+    }
+
+    /// The heartbeat queue, which the transport empties first.
+    pub(crate) fn beats(&self) -> &mpsc::Sender<SessionRequest> {
+        &self.beats
+    }
+
+    /// The queue of every other message, kept in order.
+    pub(crate) fn data(&self) -> &mpsc::Sender<SessionRequest> {
+        &self.data
+    }
+}
+
 /// Opens a stream: sends the hello and waits for the welcome.
 pub(crate) async fn open(settings: &SessionSettings) -> Result<Session, SessionError> {
-    let (requests, outgoing) = mpsc::unbounded_channel();
+    let (requests, outgoing) = Requests::new();
     let hello = SessionRequest {
         kind: Some(session_request::Kind::Hello(WorkerHello {
             worker_id: settings.worker_id.to_string(),
@@ -87,8 +145,8 @@ pub(crate) async fn open(settings: &SessionSettings) -> Result<Session, SessionE
             capacity: i32::try_from(settings.capacity).unwrap_or(i32::MAX),
         })),
     };
-    // The receiver is alive, so this cannot fail.
-    let _ = requests.send(hello);
+    // The queue is empty and its receiver alive, so this cannot fail.
+    let _ = requests.data().try_send(hello);
 
     let authorization = settings.authorization.clone();
     let mut client = WorkerServiceClient::with_interceptor(
@@ -100,12 +158,9 @@ pub(crate) async fn open(settings: &SessionSettings) -> Result<Session, SessionE
             Ok(request)
         },
     );
-    let response = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        client.session(UnboundedReceiverStream::new(outgoing)),
-    )
-    .await
-    .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT))??;
+    let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.session(outgoing))
+        .await
+        .map_err(|_| SessionError::Timeout(HANDSHAKE_TIMEOUT))??;
     let mut responses = response.into_inner();
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, responses.message())
         .await
@@ -128,7 +183,7 @@ pub(crate) async fn open(settings: &SessionSettings) -> Result<Session, SessionE
     }
     Ok(Session {
         requests,
-        responses,
+        responses: Box::pin(responses),
         heartbeat_interval,
         lease_duration,
     })

@@ -13,6 +13,9 @@
 //!    tried on these later passes, as they are taken out of sorted order).
 //! 5. Mark the chosen tasks running, append a `task.started` event each, load transcripts,
 //!    notify, commit. Unchosen candidates are released by the commit.
+//!
+//! Lock waits are bounded to 5 s and statements to 30 s; a claim that times out claims
+//! nothing (with a warning) and the loop tries again later.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,7 +24,10 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::choose::{AgentKey, AgentState, Candidate, ClaimPlan};
-use super::{AgentSettings, ClaimedTask, Notifications, TranscriptMessage, unzip_pairs};
+use super::{
+    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, bound_waits, is_wait_timeout,
+    unzip_pairs,
+};
 
 /// Candidates looked at per task wanted.
 const WINDOW_PER_TASK: usize = 4;
@@ -30,7 +36,24 @@ const MAX_PASSES: usize = 3;
 
 /// Claims up to `max` tasks for `worker_id` with a lease of `lease`, in one transaction.
 /// Returns the tasks claimed (possibly none), each with its agent settings and transcript.
+/// A claim that waited too long for a lock or a statement claims nothing.
 pub async fn claim_tasks(
+    pool: &PgPool,
+    worker_id: Uuid,
+    max: u32,
+    lease: Duration,
+) -> Result<Vec<ClaimedTask>, sqlx::Error> {
+    match claim(pool, worker_id, max, lease).await {
+        Err(error) if is_wait_timeout(&error) => {
+            tracing::warn!(%error, "claim gave up waiting for a lock or statement; claimed nothing");
+            Ok(Vec::new())
+        }
+        claimed => claimed,
+    }
+}
+
+/// The claim transaction; an error rolls it back.
+async fn claim(
     pool: &PgPool,
     worker_id: Uuid,
     max: u32,
@@ -42,6 +65,7 @@ pub async fn claim_tasks(
     }
     let window = i64::try_from(max.saturating_mul(WINDOW_PER_TASK)).unwrap_or(i64::MAX);
     let mut tx = pool.begin().await?;
+    bound_waits(&mut tx).await?;
     let mut plan = ClaimPlan::new(max);
     for pass in 0..MAX_PASSES {
         let candidates = select_candidates(&mut tx, window, &plan).await?;

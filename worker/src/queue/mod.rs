@@ -120,6 +120,29 @@ impl Notifications {
     }
 }
 
+/// Bounds the waits of the current transaction, as `SET LOCAL` does: a lock not granted
+/// within 5 s fails its statement with SQLSTATE 55P03, and any statement running 30 s fails
+/// with 57014, so a stuck lock cannot hold a claim (or shutdown) forever.
+async fn bound_waits(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config('lock_timeout', '5s', true), \
+                set_config('statement_timeout', '30s', true)",
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Whether `error` is a lock timeout (55P03) or statement timeout (57014) set by
+/// [`bound_waits`]: the transaction gave up waiting, and is best treated as having found
+/// nothing to do.
+fn is_wait_timeout(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "55P03" || code == "57014")
+}
+
 /// Splits pairs into the two arrays that `unnest($1::uuid[], $2::uuid[])` takes.
 fn unzip_pairs(pairs: impl IntoIterator<Item = (Uuid, Uuid)>) -> (Vec<Uuid>, Vec<Uuid>) {
     pairs.into_iter().unzip()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Notifications, TASK_READY_CHANNEL};
+use super::{Notifications, TASK_READY_CHANNEL, bound_waits, is_wait_timeout};
 use crate::backoff::retry_delay;
 
 const LEASE_EXPIRED_CODE: &str = "lease_expired";
@@ -54,12 +54,25 @@ struct ReapedTask {
 }
 
 /// Requeues or fails up to `limit` running tasks whose lease has expired, in one transaction
-/// (rows another reaper holds are skipped). Returns how many tasks changed.
+/// (rows another reaper holds are skipped). Returns how many tasks changed. Lock waits and
+/// statements are bounded as in the claim; a reap that times out changes nothing.
 pub async fn reap_expired_leases(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
+    match reap(pool, limit).await {
+        Err(error) if is_wait_timeout(&error) => {
+            tracing::warn!(%error, "reap gave up waiting for a lock or statement; reaped nothing");
+            Ok(0)
+        }
+        reaped => reaped,
+    }
+}
+
+/// The reap transaction; an error rolls it back.
+async fn reap(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
     if limit <= 0 {
         return Ok(0);
     }
     let mut tx = pool.begin().await?;
+    bound_waits(&mut tx).await?;
     let expired: Vec<ExpiredTask> = sqlx::query_as(
         "SELECT tenant_id, id, attempt, releases, max_attempts FROM tasks \
          WHERE status = 'running' AND lease_expires_at < now() \

@@ -1,6 +1,10 @@
 //! Running one attempt: build the model request from the claimed task, call the provider
 //! under the agent's timeout, stream its output to the link, and report how it ended.
 
+mod output;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +13,6 @@ use prost_types::value::Kind;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use crate::coalesce::{Coalescer, MAX_OUTPUT_CHUNK_BYTES};
 use crate::lease::{Attempt, StopReason};
 use crate::link::{Ending, LinkHandle, Outbound};
 use crate::provider::{
@@ -17,13 +20,10 @@ use crate::provider::{
     provider_request_id,
 };
 use crate::queue::ClaimedTask;
+use output::{MAX_OUTPUT_BYTES, OutputTooLarge, forward_output, without_nul};
 
-/// At most one output message per window (pieces arriving meanwhile travel together).
-const COALESCE_WINDOW: Duration = Duration::from_millis(20);
 /// Provider pieces buffered before the provider waits for the link.
 const PIECE_BUFFER: usize = 256;
-/// Largest `WorkerSuccess.output` the control plane accepts.
-const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Largest `WorkerFailure.message` the control plane accepts.
 const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
 
@@ -42,14 +42,50 @@ enum Outcome {
     Stopped,
 }
 
+/// Reports an attempt abandoned if its runner stops (a panic, or its task dropped) before
+/// handing its ending to the link: the link then stops renewing the lease, and the task is
+/// reaped once it expires instead of being held forever.
+struct EndingGuard {
+    link: LinkHandle,
+    /// The attempt, until its ending has been handed over.
+    attempt: Option<Arc<Attempt>>,
+}
+
+impl EndingGuard {
+    /// The ending was handed over (or the link is gone): nothing to do on drop.
+    fn disarm(&mut self) {
+        self.attempt = None;
+    }
+}
+
+impl Drop for EndingGuard {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            tracing::error!(
+                lease = %attempt.lease,
+                "attempt stopped without reporting an ending; abandoning its lease"
+            );
+            self.link.send_now(Outbound::Finish {
+                attempt,
+                ending: Ending::Abandon,
+            });
+        }
+    }
+}
+
 /// Runs a claimed attempt to its end, reports the ending to the link, then frees the
-/// capacity slot held by `permit`.
+/// capacity slot held by `permit`. If it panics or is dropped first, the attempt is
+/// reported abandoned (see [`EndingGuard`]).
 pub(crate) async fn run_attempt(
     context: Arc<RunContext>,
     task: ClaimedTask,
     attempt: Arc<Attempt>,
     permit: OwnedSemaphorePermit,
 ) {
+    let mut guard = EndingGuard {
+        link: context.link.clone(),
+        attempt: Some(Arc::clone(&attempt)),
+    };
     let started = Instant::now();
     let outcome = execute(&context, &task, &attempt).await;
     let ending = match (outcome, attempt.stop_reason()) {
@@ -74,12 +110,12 @@ pub(crate) async fn run_attempt(
         Ending::Release => tracing::info!(elapsed_ms, "attempt stopped for shutdown; releasing"),
         Ending::Abandon => tracing::info!(elapsed_ms, "attempt abandoned"),
     }
-    if context
+    let reported = context
         .link
         .send(Outbound::Finish { attempt, ending })
-        .await
-        .is_err()
-    {
+        .await;
+    guard.disarm();
+    if reported.is_err() {
         tracing::warn!("link stopped before the attempt's ending could be reported");
     }
     drop(permit);
@@ -114,11 +150,11 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
     let (sink, pieces) = mpsc::channel(PIECE_BUFFER);
     let call_cancel = attempt.cancellation().child_token();
     let _stop_call_on_exit = call_cancel.clone().drop_guard();
-    let call = provider.generate(request, sink, call_cancel);
-    let forward = forward_output(pieces, &context.link, attempt);
+    let call = provider.generate(request, sink, call_cancel.clone());
+    let forward = forward_output(pieces, &context.link, attempt, &call_cancel);
     let work = async {
-        let (result, ()) = tokio::join!(call, forward);
-        result
+        let (result, forwarded) = tokio::join!(call, forward);
+        forwarded.map(|()| result)
     };
     let timeout = task.agent.task_timeout;
     let result = tokio::select! {
@@ -135,11 +171,19 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
             ),
             true,
         ),
-        Ok(Ok(response)) => success(response, step, request_id),
-        Ok(Err(ProviderError::Canceled)) if attempt.cancellation().is_cancelled() => {
+        Ok(Err(OutputTooLarge { streamed })) => failure(
+            "output_too_large",
+            format!(
+                "the answer passed the {MAX_OUTPUT_BYTES}-byte limit while streaming \
+                 ({streamed} bytes received)"
+            ),
+            false,
+        ),
+        Ok(Ok(Ok(response))) => success(response, step, request_id),
+        Ok(Ok(Err(ProviderError::Canceled))) if attempt.cancellation().is_cancelled() => {
             Outcome::Stopped
         }
-        Ok(Err(error)) => failure("provider_error", error.to_string(), error.is_retryable()),
+        Ok(Ok(Err(error))) => failure("provider_error", error.to_string(), error.is_retryable()),
     }
 }
 
@@ -185,61 +229,21 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
     })
 }
 
-/// Sends provider pieces to the link as numbered output, coalesced by [`Coalescer`].
-/// Returns when the provider drops its sink.
-async fn forward_output(
-    mut pieces: mpsc::Receiver<String>,
-    link: &LinkHandle,
-    attempt: &Arc<Attempt>,
-) {
-    let mut coalescer = Coalescer::new(COALESCE_WINDOW, MAX_OUTPUT_CHUNK_BYTES);
-    let mut next_index = 0i64;
-    loop {
-        let (ready, done) = tokio::select! {
-            piece = pieces.recv() => match piece {
-                Some(piece) => (coalescer.push(&piece, Instant::now()), false),
-                None => (coalescer.take_rest(Instant::now()).into_iter().collect(), true),
-            },
-            () = sleep_until(coalescer.flush_at()) => {
-                (coalescer.take_due(Instant::now()).into_iter().collect(), false)
-            }
-        };
-        for text in ready {
-            let output = Outbound::Output {
-                attempt: Arc::clone(attempt),
-                index: next_index,
-                text,
-            };
-            next_index += 1;
-            // A stopped link is noticed when the ending is reported.
-            let _ = link.send(output).await;
-        }
-        if done {
-            return;
-        }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
+/// The successful outcome of `response`, or a failure if it is too large to store.
 fn success(response: ModelResponse, step: i32, provider_request_id: String) -> Outcome {
-    if response.text.len() > MAX_OUTPUT_BYTES {
+    let output = without_nul(response.text);
+    if output.len() > MAX_OUTPUT_BYTES {
         return failure(
             "output_too_large",
             format!(
                 "the answer is {} bytes, over the {MAX_OUTPUT_BYTES}-byte limit",
-                response.text.len()
+                output.len()
             ),
             false,
         );
     }
     Outcome::Reported(worker_result::Outcome::Success(WorkerSuccess {
-        output: response.text,
+        output,
         finish_reason: response.finish_reason.as_str().to_owned(),
         calls: vec![ModelCall {
             step,
@@ -254,10 +258,11 @@ fn success(response: ModelResponse, step: i32, provider_request_id: String) -> O
     }))
 }
 
+/// A failed outcome; the message is made storable (no NUL) and cut to the wire limit.
 fn failure(code: &str, message: String, retryable: bool) -> Outcome {
     Outcome::Reported(worker_result::Outcome::Failure(WorkerFailure {
         code: code.to_owned(),
-        message: truncate(message, MAX_FAILURE_MESSAGE_BYTES),
+        message: truncate(without_nul(message), MAX_FAILURE_MESSAGE_BYTES),
         retryable,
     }))
 }
@@ -288,92 +293,5 @@ fn struct_of<const N: usize>(fields: [(&str, Kind); N]) -> prost_types::Struct {
             .into_iter()
             .map(|(name, kind)| (name.to_owned(), prost_types::Value { kind: Some(kind) }))
             .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::{AgentSettings, TranscriptMessage};
-
-    fn task(messages: &[(&str, &str)], generation: serde_json::Value) -> ClaimedTask {
-        ClaimedTask {
-            tenant_id: uuid::Uuid::now_v7(),
-            task_id: uuid::Uuid::now_v7(),
-            agent_id: uuid::Uuid::now_v7(),
-            attempt: 2,
-            agent: AgentSettings {
-                provider: "echo".to_owned(),
-                model: "echo-large".to_owned(),
-                generation,
-                task_timeout: Duration::from_secs(60),
-            },
-            messages: messages
-                .iter()
-                .map(|(role, content)| TranscriptMessage {
-                    role: (*role).to_owned(),
-                    content: (*content).to_owned(),
-                })
-                .collect(),
-        }
-    }
-
-    fn reported_failure(outcome: Outcome) -> WorkerFailure {
-        match outcome {
-            Outcome::Reported(worker_result::Outcome::Failure(failure)) => failure,
-            _ => panic!("expected a failure"),
-        }
-    }
-
-    #[test]
-    fn builds_the_request_from_the_transcript() {
-        let task = task(
-            &[
-                ("system", "Be brief."),
-                ("user", "hi"),
-                ("assistant", "hello"),
-                ("user", "again"),
-            ],
-            serde_json::json!({"max_output_tokens": 5}),
-        );
-        let Ok(request) = build_request(&task) else {
-            panic!("valid task")
-        };
-        assert_eq!(request.system.as_deref(), Some("Be brief."));
-        assert_eq!(request.messages.len(), 3);
-        assert_eq!(request.messages[1].role, ChatRole::Assistant);
-        assert_eq!(request.model, "echo-large");
-        assert_eq!(request.generation.max_output_tokens, Some(5));
-        assert_eq!(request.request_id, format!("{}-2-0", task.task_id));
-    }
-
-    #[test]
-    fn unknown_roles_and_bad_generation_fail_without_retry() {
-        let Err(outcome) = build_request(&task(&[("tool", "x")], serde_json::json!({}))) else {
-            panic!("must fail")
-        };
-        let failure = reported_failure(outcome);
-        assert_eq!(failure.code, "invalid_task");
-        assert!(!failure.retryable);
-
-        let bad = serde_json::json!({"temperature": "hot"});
-        let Err(outcome) = build_request(&task(&[("user", "x")], bad)) else {
-            panic!("must fail")
-        };
-        assert_eq!(reported_failure(outcome).code, "invalid_agent");
-    }
-
-    #[test]
-    fn failure_messages_are_truncated_on_char_boundaries() {
-        let long = "é".repeat(MAX_FAILURE_MESSAGE_BYTES);
-        let failure = reported_failure(failure("provider_error", long, true));
-        assert!(failure.message.len() <= MAX_FAILURE_MESSAGE_BYTES);
-        assert!(failure.message.chars().all(|c| c == 'é'));
-    }
-
-    #[test]
-    fn timeouts_are_described_readably() {
-        assert_eq!(describe(Duration::from_secs(600)), "600s");
-        assert_eq!(describe(Duration::from_millis(1500)), "1500ms");
     }
 }
