@@ -61,6 +61,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<StoreError> for tonic::Status {
+    fn from(error: StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         let message = error.to_string();

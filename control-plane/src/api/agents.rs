@@ -74,7 +74,7 @@ impl AgentService for AgentApi {
         let mut tx = self.state.tenant(tenant).await?;
         let row = match tx.create_agent(&spec, request_id.as_deref(), actor).await {
             Ok(row) => {
-                tx.commit().await.map_err(ApiError::from)?;
+                tx.commit().await?;
                 row
             }
             // A concurrent call with the same request id committed first: answer with its agent.
@@ -83,8 +83,7 @@ impl AgentService for AgentApi {
                 let mut tx = self.state.tenant(tenant).await?;
                 let found = tx
                     .agent_by_request_id(request_id.as_deref().unwrap_or_default())
-                    .await
-                    .map_err(ApiError::from)?;
+                    .await?;
                 match found {
                     Some(row) => row,
                     // The conflict was the name, not the request id.
@@ -110,7 +109,7 @@ impl AgentService for AgentApi {
         let request = request.into_inner();
         let (tenant, id) = agent_ref(&request.workspace_id, &request.id)?;
         let mut tx = self.state.tenant(tenant).await?;
-        let row = tx.get_agent(id, false).await.map_err(ApiError::from)?;
+        let row = tx.get_agent(id, false).await?;
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some(convert::agent(&row)),
         }))
@@ -137,10 +136,7 @@ impl AgentService for AgentApi {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
         let mut tx = self.state.tenant(tenant).await?;
-        let rows = tx
-            .list_agents(after.map(AgentId), limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+        let rows = tx.list_agents(after.map(AgentId), limit + 1).await?;
         let (items, next) = split_page(rows, limit, convert::agent, |row| {
             page::encode_id(&format!("agents/{}", row.tenant_id), row.id.0)
         });
@@ -166,8 +162,8 @@ impl AgentService for AgentApi {
         v.finish()?;
 
         let mut tx = self.state.tenant(tenant).await?;
-        let current = tx.get_agent(id, true).await.map_err(ApiError::from)?;
-        let mut spec = current.spec().map_err(ApiError::from)?;
+        let current = tx.get_agent(id, true).await?;
+        let mut spec = current.spec()?;
         let mut v = Violations::new();
         for path in &paths {
             match path.as_str() {
@@ -192,9 +188,8 @@ impl AgentService for AgentApi {
         v.finish()?;
         let row = tx
             .save_agent(id, &spec, &paths, request_id.as_deref(), actor)
-            .await
-            .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+            .await?;
+        tx.commit().await?;
         Ok(Response::new(pb::UpdateAgentResponse {
             agent: Some(convert::agent(&row)),
         }))
@@ -211,10 +206,8 @@ impl AgentService for AgentApi {
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish()?;
         let mut tx = self.state.tenant(tenant).await?;
-        tx.delete_agent(id, request_id.as_deref(), actor)
-            .await
-            .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+        tx.delete_agent(id, request_id.as_deref(), actor).await?;
+        tx.commit().await?;
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 }

@@ -55,10 +55,7 @@ impl EventService for EventApi {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
         let mut tx = self.state.tenant(tenant).await?;
-        let rows = tx
-            .list_events(&filter, after, limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+        let rows = tx.list_events(&filter, after, limit + 1).await?;
         let (items, next) = super::workspaces::split_page(rows, limit, convert::event, |row| {
             page::encode_event(row.position())
         });

@@ -41,22 +41,21 @@ impl TaskService for TaskApi {
         let actor = principal(&request)?.actor();
         let (tenant, new) = new_task(request.into_inner())?;
         let store = &self.state.store;
-        let mut tx = store.tenant(tenant).await.map_err(ApiError::from)?;
+        let mut tx = store.tenant(tenant).await?;
         let task = match tx.create_task(&new, actor).await {
             Ok((task, created)) => {
                 if created {
-                    tx.commit().await.map_err(ApiError::from)?;
+                    tx.commit().await?;
                 }
                 task
             }
             // A concurrent call with the same request id committed first: answer with its task.
             Err(StoreError::AlreadyExists(_)) if new.request_id.is_some() => {
                 drop(tx);
-                let mut tx = store.tenant(tenant).await.map_err(ApiError::from)?;
+                let mut tx = store.tenant(tenant).await?;
                 let request_id = new.request_id.as_deref().unwrap_or_default();
                 tx.task_by_request_id(request_id)
-                    .await
-                    .map_err(ApiError::from)?
+                    .await?
                     .ok_or(ApiError::NotFound("task"))?
             }
             Err(error) => return Err(ApiError::from(error).into()),
@@ -73,7 +72,7 @@ impl TaskService for TaskApi {
         let request = request.into_inner();
         let (tenant, id) = task_ref(&request.workspace_id, "id", &request.id)?;
         let mut tx = self.state.tenant(tenant).await?;
-        let task = tx.get_task(id).await.map_err(ApiError::from)?;
+        let task = tx.get_task(id).await?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(convert::task(&task)),
         }))
@@ -110,8 +109,7 @@ impl TaskService for TaskApi {
         let mut tx = self.state.tenant(tenant).await?;
         let rows = tx
             .list_tasks(status, agent, before.map(TaskId), limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let (items, next) = split_page(rows, limit, convert::task, |row| {
             page::encode_id(&format!("tasks/{}", row.tenant_id), row.id.0)
         });
@@ -132,11 +130,8 @@ impl TaskService for TaskApi {
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish()?;
         let mut tx = self.state.tenant(tenant).await?;
-        let task = tx
-            .cancel_task(id, request_id.as_deref(), actor)
-            .await
-            .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+        let task = tx.cancel_task(id, request_id.as_deref(), actor).await?;
+        tx.commit().await?;
         Ok(Response::new(pb::CancelTaskResponse {
             task: Some(convert::task(&task)),
         }))
@@ -162,10 +157,7 @@ impl TaskService for TaskApi {
         };
         v.finish()?;
         let mut tx = self.state.tenant(tenant).await?;
-        let rows = tx
-            .list_task_messages(id, after, limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+        let rows = tx.list_task_messages(id, after, limit + 1).await?;
         let (items, next) = split_page(rows, limit, convert::task_message, |row| {
             page::encode_number(&kind, i64::from(row.position))
         });
@@ -186,7 +178,7 @@ impl TaskService for TaskApi {
         // Subscribe before reading the snapshot so nothing between the two is missed.
         let notices = self.state.fanout.subscribe();
         let mut tx = self.state.tenant(tenant).await?;
-        let snapshot = tx.task_snapshot(id).await.map_err(ApiError::from)?;
+        let snapshot = tx.task_snapshot(id).await?;
         drop(tx);
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let watcher = TaskWatcher::new(self.state.clone(), tenant, id, &snapshot, sender.clone());

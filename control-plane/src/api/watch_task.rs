@@ -32,6 +32,8 @@ pub struct TaskWatcher {
     attempt: i32,
     status: TaskStatus,
     next_index: i64,
+    /// Output of the current attempt sent so far.
+    sent: String,
     sender: Sender,
 }
 
@@ -58,6 +60,7 @@ impl TaskWatcher {
             attempt: snapshot.task.attempt,
             status: snapshot.task.status(),
             next_index,
+            sent: snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
             sender,
         }
     }
@@ -134,6 +137,7 @@ impl TaskWatcher {
                 if task.attempt != self.attempt {
                     self.attempt = task.attempt;
                     self.next_index = 0;
+                    self.sent.clear();
                 }
                 self.status = status;
                 if changed
@@ -150,6 +154,24 @@ impl TaskWatcher {
                     return Flow::Stop;
                 }
                 if status.is_terminal() {
+                    // Live output is dropped when a task ends; deltas this watcher had not
+                    // read by then arrive as one, so the deltas still add up to the answer.
+                    if let Some(rest) = task
+                        .output
+                        .as_deref()
+                        .filter(|_| status == TaskStatus::Succeeded)
+                        .and_then(|output| output.strip_prefix(self.sent.as_str()))
+                        .filter(|rest| !rest.is_empty())
+                    {
+                        let chunk = OutputChunk {
+                            attempt: self.attempt,
+                            seq: self.next_index,
+                            content: rest.to_owned(),
+                        };
+                        if let Flow::Stop = self.send_chunks(vec![chunk]).await {
+                            return Flow::Stop;
+                        }
+                    }
                     let _ = self.send(Kind::Task(convert::task(&task))).await;
                     return Flow::Stop;
                 }
@@ -178,6 +200,7 @@ impl TaskWatcher {
     async fn send_chunks(&mut self, chunks: Vec<OutputChunk>) -> Flow {
         for chunk in chunks {
             self.next_index = chunk.seq + 1;
+            self.sent.push_str(&chunk.content);
             let delta = pb::OutputDelta {
                 attempt: chunk.attempt,
                 index: chunk.seq,

@@ -73,8 +73,7 @@ impl WorkerService for WorkerApi {
         self.state
             .store
             .upsert_worker(worker, &hello.version, hello.capacity)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         tracing::info!(worker_id = %worker, version = hello.version, capacity = hello.capacity, "worker connected");
 
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
@@ -192,17 +191,11 @@ impl Session {
         }
         let mut ack = pb::HeartbeatAck::default();
         for (tenant, leases) in by_tenant {
-            let mut tx = self
-                .state
-                .store
-                .tenant_unchecked(tenant)
-                .await
-                .map_err(ApiError::from)?;
+            let mut tx = self.state.store.tenant_unchecked(tenant).await?;
             let renewed = tx
                 .renew_leases(self.worker, &leases, self.state.lease_duration)
-                .await
-                .map_err(ApiError::from)?;
-            tx.commit().await.map_err(ApiError::from)?;
+                .await?;
+            tx.commit().await?;
             for (task, attempt) in leases {
                 let lease = lease_ref(tenant, task, attempt);
                 if renewed.contains(&(task, attempt)) {
@@ -212,11 +205,7 @@ impl Session {
                 }
             }
         }
-        self.state
-            .store
-            .touch_worker(self.worker)
-            .await
-            .map_err(ApiError::from)?;
+        self.state.store.touch_worker(self.worker).await?;
         self.send(Out::HeartbeatAck(ack)).await
     }
 
@@ -228,12 +217,7 @@ impl Session {
         if output.text.len() > rules::MAX_DELTA_BYTES {
             return Err(ApiError::invalid("output.text", "must be at most 64 KiB").into());
         }
-        let mut tx = self
-            .state
-            .store
-            .tenant_unchecked(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.store.tenant_unchecked(tenant).await?;
         // Output for an attempt this worker no longer holds is dropped; the heartbeat or a
         // cancel tells the worker to stop.
         tx.append_output(
@@ -243,9 +227,8 @@ impl Session {
             output.index,
             &without_nul(&output.text),
         )
-        .await
-        .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -279,17 +262,8 @@ impl Session {
         if let Some(map) = data.as_object_mut() {
             map.insert("attempt".to_owned(), attempt.into());
         }
-        let mut tx = self
-            .state
-            .store
-            .tenant_unchecked(tenant)
-            .await
-            .map_err(ApiError::from)?;
-        if tx
-            .holds_attempt(self.worker, task, attempt)
-            .await
-            .map_err(ApiError::from)?
-        {
+        let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+        if tx.holds_attempt(self.worker, task, attempt).await? {
             tx.append_event(crate::store::NewEvent {
                 actor: &self.actor,
                 action: &event.action,
@@ -298,9 +272,8 @@ impl Session {
                 request_id: None,
                 data,
             })
-            .await
-            .map_err(ApiError::from)?;
-            tx.commit().await.map_err(ApiError::from)?;
+            .await?;
+            tx.commit().await?;
         }
         Ok(())
     }
@@ -316,33 +289,21 @@ impl Session {
                 return self.ack(tenant, task, attempt, check).await;
             }
         };
-        let mut tx = self
-            .state
-            .store
-            .tenant_unchecked(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.store.tenant_unchecked(tenant).await?;
         let check = tx
             .record_result(self.worker, task, attempt, &outcome, &self.actor)
-            .await
-            .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+            .await?;
+        tx.commit().await?;
         self.ack(tenant, task, attempt, check).await
     }
 
     async fn release(&self, release: pb::WorkerRelease) -> Result<(), Status> {
         let (tenant, task, attempt) = parse_lease(release.lease.as_ref(), "release.lease")?;
-        let mut tx = self
-            .state
-            .store
-            .tenant_unchecked(tenant)
-            .await
-            .map_err(ApiError::from)?;
+        let mut tx = self.state.store.tenant_unchecked(tenant).await?;
         let check = tx
             .release_attempt(self.worker, task, attempt, &self.actor)
-            .await
-            .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+            .await?;
+        tx.commit().await?;
         self.ack(tenant, task, attempt, check).await
     }
 

@@ -60,8 +60,7 @@ impl WorkspaceService for WorkspaceApi {
                 request_id.as_deref(),
                 actor,
             )
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         Ok(Response::new(pb::CreateWorkspaceResponse {
             workspace: Some(convert::workspace(&row)),
         }))
@@ -78,12 +77,7 @@ impl WorkspaceService for WorkspaceApi {
         let Some(id) = id else {
             return Err(ApiError::invalid("id", "is required").into());
         };
-        let row = self
-            .state
-            .store
-            .get_workspace(id)
-            .await
-            .map_err(ApiError::from)?;
+        let row = self.state.store.get_workspace(id).await?;
         Ok(Response::new(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&row)),
         }))
@@ -102,8 +96,7 @@ impl WorkspaceService for WorkspaceApi {
             .state
             .store
             .list_workspaces(after.map(TenantId), limit + 1)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let (items, next) = split_page(rows, limit, convert::workspace, |row| {
             page::encode_id("workspaces", row.id.0)
         });
@@ -143,7 +136,7 @@ impl WorkspaceService for WorkspaceApi {
         };
 
         let mut tx = self.state.tenant(id).await?;
-        let current = tx.lock_workspace().await.map_err(ApiError::from)?;
+        let current = tx.lock_workspace().await?;
         let display_name = if paths.iter().any(|p| p == "display_name") {
             workspace.display_name
         } else {
@@ -154,10 +147,7 @@ impl WorkspaceService for WorkspaceApi {
         } else {
             current.labels.0
         };
-        let row = tx
-            .save_workspace(&display_name, &labels)
-            .await
-            .map_err(ApiError::from)?;
+        let row = tx.save_workspace(&display_name, &labels).await?;
         tx.append_event(NewEvent {
             actor,
             action: "workspace.updated",
@@ -166,9 +156,8 @@ impl WorkspaceService for WorkspaceApi {
             request_id: request_id.as_deref(),
             data: serde_json::json!({ "fields": paths }),
         })
-        .await
-        .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+        .await?;
+        tx.commit().await?;
         Ok(Response::new(pb::UpdateWorkspaceResponse {
             workspace: Some(convert::workspace(&row)),
         }))
@@ -188,7 +177,7 @@ impl WorkspaceService for WorkspaceApi {
             return Err(ApiError::invalid("id", "is required").into());
         };
         let mut tx = self.state.tenant(id).await?;
-        tx.lock_workspace().await.map_err(ApiError::from)?;
+        tx.lock_workspace().await?;
         let canceled = tx
             .cancel_tasks_where(
                 None,
@@ -197,9 +186,8 @@ impl WorkspaceService for WorkspaceApi {
                 actor,
                 request_id.as_deref(),
             )
-            .await
-            .map_err(ApiError::from)?;
-        tx.soft_delete_workspace().await.map_err(ApiError::from)?;
+            .await?;
+        tx.soft_delete_workspace().await?;
         tx.append_event(NewEvent {
             actor,
             action: "workspace.deleted",
@@ -208,9 +196,8 @@ impl WorkspaceService for WorkspaceApi {
             request_id: request_id.as_deref(),
             data: serde_json::json!({ "canceled_tasks": canceled }),
         })
-        .await
-        .map_err(ApiError::from)?;
-        tx.commit().await.map_err(ApiError::from)?;
+        .await?;
+        tx.commit().await?;
         Ok(Response::new(pb::DeleteWorkspaceResponse {}))
     }
 }
