@@ -69,6 +69,23 @@ macro_rules! columns {
     };
 }
 
+/// Binds an agent spec as parameters $3 to $11, in the order of the spec's fields.
+fn bind_spec<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, AgentRow, sqlx::postgres::PgArguments>,
+    spec: &'q AgentSpec,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, AgentRow, sqlx::postgres::PgArguments> {
+    query
+        .bind(&spec.name)
+        .bind(spec.provider.as_str())
+        .bind(&spec.model)
+        .bind(&spec.system_prompt)
+        .bind(Json(&spec.generation))
+        .bind(Json(&spec.labels))
+        .bind(spec.max_concurrency)
+        .bind(spec.task_timeout_ms)
+        .bind(spec.max_attempts)
+}
+
 impl TenantTx {
     /// Creates an agent, or returns the one an earlier call with `request_id` created.
     pub async fn create_agent(
@@ -93,27 +110,19 @@ impl TenantTx {
             }
         }
         let id = AgentId::generate();
-        let row = sqlx::query_as::<_, AgentRow>(concat!(
+        let insert = sqlx::query_as::<_, AgentRow>(concat!(
             "INSERT INTO agents (tenant_id, id, name, provider, model, system_prompt, generation, \
              labels, max_concurrency, task_timeout_ms, max_attempts, request_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
             columns!()
         ))
         .bind(self.tenant)
-        .bind(id)
-        .bind(&spec.name)
-        .bind(spec.provider.as_str())
-        .bind(&spec.model)
-        .bind(&spec.system_prompt)
-        .bind(Json(&spec.generation))
-        .bind(Json(&spec.labels))
-        .bind(spec.max_concurrency)
-        .bind(spec.task_timeout_ms)
-        .bind(spec.max_attempts)
-        .bind(request_id)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(classify)?;
+        .bind(id);
+        let row = bind_spec(insert, spec)
+            .bind(request_id)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(classify)?;
         self.append_event(NewEvent {
             actor,
             action: "agent.created",
@@ -211,7 +220,7 @@ impl TenantTx {
         request_id: Option<&str>,
         actor: &str,
     ) -> StoreResult<AgentRow> {
-        let row = sqlx::query_as::<_, AgentRow>(concat!(
+        let update = sqlx::query_as::<_, AgentRow>(concat!(
             "UPDATE agents SET name = $3, provider = $4, model = $5, system_prompt = $6, \
              generation = $7, labels = $8, max_concurrency = $9, task_timeout_ms = $10, \
              max_attempts = $11, updated_at = now() \
@@ -219,20 +228,12 @@ impl TenantTx {
             columns!()
         ))
         .bind(self.tenant)
-        .bind(id)
-        .bind(&spec.name)
-        .bind(spec.provider.as_str())
-        .bind(&spec.model)
-        .bind(&spec.system_prompt)
-        .bind(Json(&spec.generation))
-        .bind(Json(&spec.labels))
-        .bind(spec.max_concurrency)
-        .bind(spec.task_timeout_ms)
-        .bind(spec.max_attempts)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)?
-        .ok_or(StoreError::NotFound("agent"))?;
+        .bind(id);
+        let row = bind_spec(update, spec)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(classify)?
+            .ok_or(StoreError::NotFound("agent"))?;
         self.append_event(NewEvent {
             actor,
             action: "agent.updated",

@@ -62,9 +62,6 @@ impl EventRow {
     }
 }
 
-/// Alias kept for readability at call sites that only read.
-pub type EventRecord = EventRow;
-
 impl TenantTx {
     /// Appends an event in this transaction and wakes event watchers on commit.
     pub async fn append_event(&mut self, event: NewEvent<'_>) -> StoreResult<()> {

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub use agents::AgentRow;
-pub use events::{EventRecord, EventRow, NewEvent};
+pub use events::{EventRow, NewEvent};
 pub use tasks::{
     LeaseCheck, ModelCallRecord, OutputChunk, ResultOutcome, TaskMessageRow, TaskRow,
     TaskSnapshotRow,
