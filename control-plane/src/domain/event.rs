@@ -3,14 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// Where an event sits in its workspace's log: the writing transaction, then the sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EventPosition {
-    /// Transaction id (xid8 as a number).
-    pub xid: i64,
-    /// Sequence number within the log.
-    pub seq: i64,
-}
+pub use agentplane_core::page::EventPosition;
 
 /// Which events to return; every set field must match.
 #[derive(Clone, Debug, Default)]

@@ -2,6 +2,6 @@
 
 pub mod agent;
 pub mod event;
-pub mod page;
+pub use agentplane_core::page;
 pub mod task;
 pub mod validate;

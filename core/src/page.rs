@@ -5,7 +5,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
-use super::event::EventPosition;
+/// Where an event sits in its workspace's log: the writing transaction, then the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventPosition {
+    /// Transaction id (xid8 as a number).
+    pub xid: i64,
+    /// Sequence number within the log.
+    pub seq: i64,
+}
 
 /// Longest token accepted, well above any token this module issues.
 const MAX_TOKEN_LEN: usize = 256;
