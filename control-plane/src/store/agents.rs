@@ -62,6 +62,14 @@ impl AgentRow {
     }
 }
 
+/// An agent found by its request id, deleted or not.
+#[derive(sqlx::FromRow)]
+struct ByRequestId {
+    #[sqlx(flatten)]
+    agent: AgentRow,
+    deleted: bool,
+}
+
 macro_rules! columns {
     () => {
         "tenant_id, id, name, provider, model, system_prompt, generation, labels, \
@@ -94,20 +102,10 @@ impl TenantTx {
         request_id: Option<&str>,
         actor: &str,
     ) -> StoreResult<AgentRow> {
-        if let Some(request_id) = request_id {
-            let existing = sqlx::query_as::<_, AgentRow>(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM agents WHERE tenant_id = $1 AND request_id = $2"
-            ))
-            .bind(self.tenant)
-            .bind(request_id)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(classify)?;
-            if let Some(existing) = existing {
-                return Ok(existing);
-            }
+        if let Some(request_id) = request_id
+            && let Some(existing) = self.agent_by_request_id(request_id).await?
+        {
+            return Ok(existing);
         }
         let id = AgentId::generate();
         let insert = sqlx::query_as::<_, AgentRow>(concat!(
@@ -176,18 +174,24 @@ impl TenantTx {
         .ok_or(StoreError::NotFound("agent"))
     }
 
-    /// The agent created with this idempotency key, if any.
+    /// The agent created with this idempotency key, if any; NOT_FOUND if that agent has been
+    /// deleted since (the key stays used, so a retry never creates a second agent).
     pub async fn agent_by_request_id(&mut self, request_id: &str) -> StoreResult<Option<AgentRow>> {
-        sqlx::query_as::<_, AgentRow>(concat!(
+        let found = sqlx::query_as::<_, ByRequestId>(concat!(
             "SELECT ",
             columns!(),
-            " FROM agents WHERE tenant_id = $1 AND request_id = $2"
+            ", deleted_at IS NOT NULL AS deleted FROM agents WHERE tenant_id = $1 AND request_id = $2"
         ))
         .bind(self.tenant)
         .bind(request_id)
         .fetch_optional(&mut *self.tx)
         .await
-        .map_err(classify)
+        .map_err(classify)?;
+        match found {
+            Some(ByRequestId { deleted: true, .. }) => Err(StoreError::NotFound("agent")),
+            Some(ByRequestId { agent, .. }) => Ok(Some(agent)),
+            None => Ok(None),
+        }
     }
 
     /// Live agents after `after`, oldest first.

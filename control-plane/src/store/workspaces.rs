@@ -23,6 +23,14 @@ pub struct WorkspaceRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A workspace found by its request id, deleted or not.
+#[derive(sqlx::FromRow)]
+struct ByRequestId {
+    #[sqlx(flatten)]
+    workspace: WorkspaceRow,
+    deleted: bool,
+}
+
 macro_rules! columns {
     () => {
         "id, display_name, labels, created_at, updated_at"
@@ -82,16 +90,23 @@ impl Store {
         Ok(row)
     }
 
+    /// The workspace created with this idempotency key, if any; NOT_FOUND if that workspace
+    /// has been deleted since (the key stays used, so a retry never creates a second one).
     async fn workspace_by_request_id(&self, request_id: &str) -> StoreResult<Option<WorkspaceRow>> {
-        sqlx::query_as::<_, WorkspaceRow>(concat!(
+        let found = sqlx::query_as::<_, ByRequestId>(concat!(
             "SELECT ",
             columns!(),
-            " FROM workspaces WHERE request_id = $1 AND deleted_at IS NULL"
+            ", deleted_at IS NOT NULL AS deleted FROM workspaces WHERE request_id = $1"
         ))
         .bind(request_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(classify)
+        .map_err(classify)?;
+        match found {
+            Some(ByRequestId { deleted: true, .. }) => Err(StoreError::NotFound("workspace")),
+            Some(ByRequestId { workspace, .. }) => Ok(Some(workspace)),
+            None => Ok(None),
+        }
     }
 
     /// A live workspace.

@@ -17,6 +17,7 @@ mod pg;
 mod auth;
 mod end_to_end;
 mod events;
+mod idempotency;
 mod isolation;
 mod lifecycle;
 mod queue;
