@@ -1,18 +1,14 @@
 //! Opaque page tokens and cursors: base64url of a kind tag and a keyset position, so a token
 //! from one list cannot be replayed against another.
+//!
+//! A token carries only what its client has already seen (an id, a place in a transcript):
+//! never a position in a log shared by every workspace, such as a transaction id.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
-/// Where an event sits in its workspace's log: the writing transaction, then the sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EventPosition {
-    /// Transaction id (xid8 as a number).
-    pub xid: i64,
-    /// Sequence number within the log.
-    pub seq: i64,
-}
+use crate::ids::TenantId;
 
 /// Longest token accepted, well above any token this module issues.
 const MAX_TOKEN_LEN: usize = 256;
@@ -44,18 +40,21 @@ pub fn decode_number(kind: &str, token: &str) -> Option<i64> {
         .filter(|n| *n >= 0)
 }
 
-/// Encodes an event log position (used both as page token and as watch cursor).
-pub fn encode_event(position: EventPosition) -> String {
-    URL_SAFE_NO_PAD.encode(format!("ev:{}:{}", position.xid, position.seq))
+/// Encodes the cursor of event `event` in `workspace`'s log (used both as an event's
+/// `cursor` and as ListEvents' page token). It names the event and nothing else: the server
+/// looks the event's place in the log up within the workspace, so a cursor of another
+/// workspace's event leads nowhere.
+pub fn encode_event(workspace: TenantId, event: Uuid) -> String {
+    encode_id(&event_kind(workspace), event)
 }
 
-/// Decodes a token made by [`encode_event`].
-pub fn decode_event(token: &str) -> Option<EventPosition> {
-    let text = decode(token)?;
-    let mut parts = text.strip_prefix("ev:")?.splitn(2, ':');
-    let xid = parts.next()?.parse::<i64>().ok()?;
-    let seq = parts.next()?.parse::<i64>().ok()?;
-    (xid >= 0 && seq >= 0).then_some(EventPosition { xid, seq })
+/// Decodes a cursor made by [`encode_event`] for the same workspace into the event's id.
+pub fn decode_event(workspace: TenantId, token: &str) -> Option<Uuid> {
+    decode_id(&event_kind(workspace), token)
+}
+
+fn event_kind(workspace: TenantId) -> String {
+    format!("events/{workspace}")
 }
 
 fn decode(token: &str) -> Option<String> {
@@ -79,12 +78,17 @@ mod tests {
     }
 
     #[test]
-    fn event_cursors_round_trip() {
-        let position = EventPosition {
-            xid: 7_000_000_123,
-            seq: 42,
-        };
-        assert_eq!(decode_event(&encode_event(position)), Some(position));
+    fn event_cursors_round_trip_within_their_workspace_only() {
+        let (workspace, other) = (TenantId::generate(), TenantId::generate());
+        let event = Uuid::now_v7();
+        let cursor = encode_event(workspace, event);
+        assert_eq!(decode_event(workspace, &cursor), Some(event));
+        assert_eq!(decode_event(other, &cursor), None);
+        assert_eq!(decode_id("tasks", &cursor), None);
+        assert_eq!(
+            decode_event(workspace, &encode_id(&format!("tasks/{workspace}"), event)),
+            None
+        );
     }
 
     #[test]
@@ -96,7 +100,7 @@ mod tests {
             &"a".repeat(1000),
             &URL_SAFE_NO_PAD.encode("ev:-1:2"),
         ] {
-            assert_eq!(decode_event(token), None, "{token}");
+            assert_eq!(decode_event(TenantId::generate(), token), None, "{token}");
             assert_eq!(decode_id("tasks", token), None, "{token}");
         }
     }

@@ -163,7 +163,7 @@ pub fn event(row: &EventRow) -> pb::Event {
     pb::Event {
         id: row.id.to_string(),
         workspace_id: row.tenant_id.to_string(),
-        cursor: page::encode_event(row.position()),
+        cursor: page::encode_event(row.tenant_id, row.id),
         actor: row.actor.clone(),
         action: row.action.clone(),
         resource_type: row.resource_type.clone(),

@@ -7,6 +7,7 @@ use pb::event_service_server::EventService;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::domain::event::{EventFilter, EventPosition, RESOURCE_TYPES};
@@ -16,6 +17,7 @@ use crate::error::ApiError;
 use crate::fanout::Notice;
 use crate::ids::TenantId;
 use crate::spawn::spawn_named;
+use crate::store::TenantTx;
 
 /// Longest action filter.
 const MAX_ACTION_CHARS: usize = 64;
@@ -49,15 +51,16 @@ impl EventService for EventApi {
         let tenant: Option<TenantId> = v.id("workspace_id", &request.workspace_id);
         let filter = event_filter(&mut v, request.filter.as_ref(), true);
         let limit = v.page_size("page_size", request.page_size);
-        let after = cursor(&mut v, "page_token", &request.page_token);
+        let after = cursor(&mut v, &PAGE_TOKEN, tenant, &request.page_token);
         v.finish()?;
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
         let mut tx = self.state.tenant(tenant).await?;
+        let after = position(&mut tx, &PAGE_TOKEN, after).await?;
         let rows = tx.list_events(&filter, after, limit + 1).await?;
         let (items, next) = super::workspaces::split_page(rows, limit, convert::event, |row| {
-            page::encode_event(row.position())
+            page::encode_event(row.tenant_id, row.id)
         });
         Ok(Response::new(pb::ListEventsResponse {
             events: items,
@@ -75,13 +78,15 @@ impl EventService for EventApi {
         let mut v = Violations::new();
         let tenant: Option<TenantId> = v.id("workspace_id", &request.workspace_id);
         let filter = event_filter(&mut v, request.filter.as_ref(), false);
-        let after = cursor(&mut v, "after_cursor", &request.after_cursor);
+        let after = cursor(&mut v, &AFTER_CURSOR, tenant, &request.after_cursor);
         v.finish()?;
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
-        // Fail now, not in the stream, if the workspace is unknown.
-        drop(self.state.tenant(tenant).await?);
+        // Fail now, not in the stream, if the workspace or the cursor's event is unknown.
+        let mut tx = self.state.tenant(tenant).await?;
+        let after = position(&mut tx, &AFTER_CURSOR, after).await?;
+        drop(tx);
         let notices = self.state.fanout.subscribe();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         spawn_named(
@@ -146,15 +151,55 @@ async fn watch_events(
     }
 }
 
-fn cursor(v: &mut Violations, field: &str, token: &str) -> Option<EventPosition> {
+/// A field that names a place in the event log, and what it says when it names none.
+struct CursorField {
+    name: &'static str,
+    refusal: &'static str,
+}
+
+const PAGE_TOKEN: CursorField = CursorField {
+    name: "page_token",
+    refusal: "is not a token returned by this list method for this workspace",
+};
+
+const AFTER_CURSOR: CursorField = CursorField {
+    name: "after_cursor",
+    refusal: "is not the cursor of an event of this workspace",
+};
+
+/// The event a cursor field names: none for an empty field; a violation unless it is a
+/// cursor of this workspace's log (checked only once the workspace id is valid).
+fn cursor(
+    v: &mut Violations,
+    field: &CursorField,
+    tenant: Option<TenantId>,
+    token: &str,
+) -> Option<Uuid> {
+    let tenant = tenant?;
     if token.is_empty() {
         return None;
     }
-    let position = page::decode_event(token);
-    if position.is_none() {
-        v.add(field, "is not a cursor returned by this service");
+    let event = page::decode_event(tenant, token);
+    if event.is_none() {
+        v.add(field.name, field.refusal);
     }
-    position
+    event
+}
+
+/// The position of the event a cursor names, looked up within the transaction's workspace:
+/// a made-up event id is refused like a malformed cursor.
+async fn position(
+    tx: &mut TenantTx,
+    field: &CursorField,
+    event: Option<Uuid>,
+) -> Result<Option<EventPosition>, Status> {
+    let Some(event) = event else {
+        return Ok(None);
+    };
+    match tx.event_position(event).await? {
+        Some(position) => Ok(Some(position)),
+        None => Err(ApiError::invalid(field.name, field.refusal).into()),
+    }
 }
 
 fn event_filter(

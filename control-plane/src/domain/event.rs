@@ -3,7 +3,16 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use agentplane_core::page::EventPosition;
+/// Where an event sits in the log: the writing transaction, then the sequence. The order of
+/// the log, shared by every workspace, so it never leaves the server: clients name a place
+/// in the log by an event id instead (see `agentplane_core::page::encode_event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventPosition {
+    /// Transaction id (xid8 as a number).
+    pub xid: i64,
+    /// Sequence number within the log.
+    pub seq: i64,
+}
 
 /// Which events to return; every set field must match.
 #[derive(Clone, Debug, Default)]

@@ -84,6 +84,19 @@ impl TenantTx {
         self.notify(channel::EVENTS, &payload).await
     }
 
+    /// The position of this workspace's event `id`, if it has one.
+    pub async fn event_position(&mut self, id: Uuid) -> StoreResult<Option<EventPosition>> {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT xid::text::bigint, seq FROM events WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(self.tenant)
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)
+        .map(|found| found.map(|(xid, seq)| EventPosition { xid, seq }))
+    }
+
     /// Events after `after` in log order. Only events of transactions older than every
     /// transaction still in flight are returned, so a later read after the last position
     /// returned can never miss an event that commits late.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use agentplane_proto::v1 as pb;
+use tonic_types::StatusExt;
 
 use crate::app::TestApp;
 use crate::pg::TestDb;
@@ -88,5 +89,203 @@ async fn watch_events_replays_then_tails_and_resumes_from_a_cursor() {
     assert_eq!(canceled.action, "task.canceled");
     assert_eq!(canceled.request_id, "req-9");
     assert_eq!(canceled.actor, "platform-admin");
+    app.stop().await;
+}
+
+/// Lists events until at least `count` are visible (reads wait for older transactions
+/// anywhere in the cluster, which other tests may hold open for seconds).
+async fn wait_for_events(c: &mut crate::app::Clients, ws: &str, count: usize) -> Vec<pb::Event> {
+    for _ in 0..300 {
+        let events = c
+            .events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: ws.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if events.len() >= count {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {count} events in {ws}");
+}
+
+/// Asserts INVALID_ARGUMENT with a BadRequest violation of exactly `field`.
+fn assert_violation<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    field: &str,
+) {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let violations = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest details in {status:?}"))
+        .field_violations;
+    assert!(
+        violations.iter().any(|v| v.field == field),
+        "expected a violation of {field}, got {violations:?}"
+    );
+}
+
+#[tokio::test]
+async fn event_page_tokens_and_cursors_of_another_workspace_are_refused() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let a = c.workspace("a").await;
+    let b = c.workspace("b").await;
+    c.echo_agent(&a, "one").await;
+    c.echo_agent(&b, "one").await;
+    let a_events = wait_for_events(&mut c, &a, 2).await;
+    wait_for_events(&mut c, &b, 2).await;
+
+    let page = c
+        .events
+        .list_events(pb::ListEventsRequest {
+            workspace_id: a.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!page.next_page_token.is_empty());
+    // The token works where it came from...
+    let next = c
+        .events
+        .list_events(pb::ListEventsRequest {
+            workspace_id: a.clone(),
+            page_token: page.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.events[0].id, a_events[1].id);
+    // ...and nowhere else: not as another workspace's page token, nor as its cursor.
+    assert_violation(
+        c.events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: b.clone(),
+                page_token: page.next_page_token.clone(),
+                ..Default::default()
+            })
+            .await,
+        "page_token",
+    );
+    assert_violation(
+        c.events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: b.clone(),
+                page_token: a_events[0].cursor.clone(),
+                ..Default::default()
+            })
+            .await,
+        "page_token",
+    );
+    assert_violation(
+        c.events
+            .watch_events(pb::WatchEventsRequest {
+                workspace_id: b.clone(),
+                after_cursor: a_events[0].cursor.clone(),
+                filter: None,
+            })
+            .await,
+        "after_cursor",
+    );
+    // A well-formed cursor of b's log that names a's event: the lookup within b finds nothing.
+    let forged = agentplane_core::page::encode_event(
+        agentplane_core::ids::TenantId(b.parse().unwrap()),
+        a_events[0].id.parse().unwrap(),
+    );
+    assert_violation(
+        c.events
+            .watch_events(pb::WatchEventsRequest {
+                workspace_id: b.clone(),
+                after_cursor: forged.clone(),
+                filter: None,
+            })
+            .await,
+        "after_cursor",
+    );
+    assert_violation(
+        c.events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: b.clone(),
+                page_token: forged,
+                ..Default::default()
+            })
+            .await,
+        "page_token",
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn event_cursors_reveal_no_log_position() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("opaque").await;
+    c.echo_agent(&ws, "one").await;
+    c.echo_agent(&ws, "two").await;
+    let events = wait_for_events(&mut c, &ws, 3).await;
+    let page = c
+        .events
+        .list_events(pb::ListEventsRequest {
+            workspace_id: ws.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let tokens = events
+        .iter()
+        .map(|e| (e.cursor.clone(), e.id.clone()))
+        .chain([(page.next_page_token, events[0].id.clone())]);
+    for (token, event_id) in tokens {
+        // Whatever the token holds beyond ids the client already has, it is no number (such
+        // as a transaction id, which would reveal how busy the whole database is).
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &token)
+                .unwrap();
+        let rest = String::from_utf8(bytes)
+            .unwrap()
+            .replace(&event_id, "")
+            .replace(&ws, "");
+        assert!(
+            !rest.chars().any(|ch| ch.is_ascii_digit()),
+            "{token} carries more than ids: {rest:?}"
+        );
+    }
+
+    // Paging one event at a time walks the same log as one page.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: ws.clone(),
+                page_size: 1,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let whole: Vec<String> = events.into_iter().map(|e| e.id).collect();
+    assert_eq!(paged, whole);
     app.stop().await;
 }
