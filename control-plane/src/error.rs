@@ -33,6 +33,12 @@ pub enum ApiError {
     /// A dependency (the database) is not reachable right now; retrying may help.
     #[error("service unavailable")]
     Unavailable,
+    /// A request message is larger than the server accepts; a retry as is fails the same way.
+    #[error("request message larger than the limit of {limit_bytes} bytes")]
+    MessageTooLarge {
+        /// Largest request message accepted, in bytes.
+        limit_bytes: usize,
+    },
     /// A bug or an unexpected failure; details go to the log only.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -87,6 +93,15 @@ impl From<ApiError> for tonic::Status {
                 let mut details = reason("UNAVAILABLE");
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
                 (Code::Unavailable, details)
+            }
+            ApiError::MessageTooLarge { limit_bytes } => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    "RESOURCE_EXHAUSTED",
+                    ERROR_DOMAIN,
+                    [("limit_bytes".to_owned(), limit_bytes.to_string())],
+                );
+                (Code::ResourceExhausted, details)
             }
             ApiError::Internal(error) => {
                 let error_id = Uuid::now_v7();

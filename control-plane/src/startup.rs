@@ -1,6 +1,8 @@
 //! Building and running the server: migrations, pool, listener, services, health,
 //! reflection, and an ordered, bounded shutdown.
 
+mod message_limit;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use crate::config::Config;
 use crate::fanout::Fanout;
 use crate::spawn::spawn_named;
 use crate::store::{self, PoolConfig, Store};
+use message_limit::MessageLimitLayer;
 
 /// Largest request message accepted, in bytes.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -151,6 +154,7 @@ impl Application {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(AuthLayer::new(config.credentials.clone()))
+            .layer(MessageLimitLayer::new(MAX_MESSAGE_BYTES))
             .add_service(tonic_health::pb::health_server::HealthServer::new(
                 tonic_health::server::HealthService::from_health_reporter(health.clone()),
             ))

@@ -358,3 +358,67 @@ async fn model_output_with_nul_is_recorded_with_a_replacement_character() {
     assert_eq!(done.output, "a\u{FFFD}b");
     app.stop().await;
 }
+
+/// Asserts RESOURCE_EXHAUSTED with an ErrorInfo that names the 4 MiB message limit.
+fn assert_message_too_large(status: &tonic::Status) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "agentplane.dev");
+    assert_eq!(info.reason, "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        info.metadata.get("limit_bytes").map(String::as_str),
+        Some("4194304"),
+        "{info:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_over_the_message_limit_is_resource_exhausted_with_error_info() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("big").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let huge = "x".repeat(5 * 1024 * 1024);
+
+    let status = c
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            workspace_id: ws.clone(),
+            agent_id: agent.id.clone(),
+            input: vec![crate::app::user(&huge)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_message_too_large(&status);
+    // A streaming call's request too.
+    let status = c
+        .events
+        .watch_events(pb::WatchEventsRequest {
+            workspace_id: ws.clone(),
+            filter: Some(pb::EventFilter {
+                action: huge,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_message_too_large(&status);
+
+    // The connection is still good for the next call.
+    assert!(
+        c.tasks
+            .list_tasks(pb::ListTasksRequest {
+                workspace_id: ws,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+    );
+    app.stop().await;
+}
