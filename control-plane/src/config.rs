@@ -1,11 +1,14 @@
 //! Command line and configuration. Every setting is a flag with an `AGENTPLANE_*`
 //! environment variable; `validate` turns the parsed flags into a [`Config`].
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::Credentials;
 use crate::store::PoolConfig;
@@ -52,10 +55,10 @@ pub enum Command {
 pub struct MigrateArgs {
     /// Postgres URL of a role that owns the schema (or may create it).
     #[arg(long, env = "AGENTPLANE_MIGRATE_DATABASE_URL", hide_env_values = true)]
-    pub migrate_database_url: String,
+    pub migrate_database_url: SecretString,
 }
 
-/// Flags of `serve`.
+/// Flags of `serve`. Secrets are [`SecretString`]s, so printing the flags shows none.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on for gRPC (port 0 picks a free port).
@@ -67,16 +70,16 @@ pub struct ServeArgs {
     pub listen_addr: SocketAddr,
     /// Postgres URL of a login role that is a member of `agentplane_app`.
     #[arg(long, env = "AGENTPLANE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Postgres URL of the schema owner; when set, pending migrations are applied at start.
     #[arg(long, env = "AGENTPLANE_MIGRATE_DATABASE_URL", hide_env_values = true)]
-    pub migrate_database_url: Option<String>,
+    pub migrate_database_url: Option<SecretString>,
     /// Bearer token of the platform admin (at least 16 characters).
     #[arg(long, env = "AGENTPLANE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretString>,
     /// Bearer token workers present (at least 16 characters).
     #[arg(long, env = "AGENTPLANE_WORKER_TOKEN", hide_env_values = true)]
-    pub worker_token: Option<String>,
+    pub worker_token: Option<SecretString>,
     /// Local-dev mode: missing tokens default to well-known dev values. Never in production.
     #[arg(long, env = "AGENTPLANE_DEV_MODE")]
     pub dev_mode: bool,
@@ -98,7 +101,8 @@ pub struct ServeArgs {
     pub shutdown_grace_seconds: u64,
 }
 
-/// Validated server configuration.
+/// Validated server configuration. Its `Debug` shows database URLs without their password
+/// and no token.
 #[derive(Clone)]
 pub struct Config {
     /// gRPC listen address.
@@ -119,55 +123,99 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("database", &database_summary(&self.database_url))
+            .field(
+                "migrate_database",
+                &self.migrate_database_url.as_ref().map(database_summary),
+            )
+            .field("credentials", &"[REDACTED]")
+            .field("pool", &self.pool)
+            .field("lease_duration", &self.lease_duration)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A setting is missing or out of range.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// A token is missing outside local-dev mode.
+    #[error("{flag} is required (or start with --dev-mode for local development)")]
+    MissingToken {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// A token is too short to be a secret.
+    #[error("{flag} must be at least {MIN_TOKEN_LEN} characters")]
+    ShortToken {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// The admin and the worker token are the same, so a worker could act as admin.
+    #[error("--admin-token and --worker-token must differ")]
+    SameTokens,
+    /// A database URL does not parse (the error never quotes the URL).
+    #[error("{flag} is not a valid postgres:// url")]
+    DatabaseUrl {
+        /// The flag.
+        flag: &'static str,
+        /// Why it does not parse.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A number is out of range.
+    #[error("{flag} must be {min} to {max}, got {value}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
 }
 
 impl ServeArgs {
     /// Checks the flags and builds the configuration.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let token = |value: Option<String>, dev_default: &str, name: &str| match value {
-            Some(token) if self.dev_mode || token.len() >= MIN_TOKEN_LEN => {
-                Ok(SecretString::from(token))
-            }
-            Some(_) => Err(ConfigError::Invalid(format!(
-                "{name} must be at least {MIN_TOKEN_LEN} characters"
-            ))),
-            None if self.dev_mode => Ok(SecretString::from(dev_default.to_owned())),
-            None => Err(ConfigError::Invalid(format!(
-                "{name} is required (or start with --dev-mode for local development)"
-            ))),
-        };
-        let admin_token = token(self.admin_token.clone(), DEV_ADMIN_TOKEN, "--admin-token")?;
+        let admin_token = token(
+            self.admin_token.as_ref(),
+            DEV_ADMIN_TOKEN,
+            "--admin-token",
+            self.dev_mode,
+        )?;
         let worker_token = token(
-            self.worker_token.clone(),
+            self.worker_token.as_ref(),
             DEV_WORKER_TOKEN,
             "--worker-token",
+            self.dev_mode,
         )?;
-        if self.admin_token.is_some() && self.admin_token == self.worker_token {
-            return Err(ConfigError::Invalid(
-                "--admin-token and --worker-token must differ".to_owned(),
-            ));
+        if admin_token.expose_secret() == worker_token.expose_secret() {
+            return Err(ConfigError::SameTokens);
         }
-        if !(1..=1000).contains(&self.db_max_connections) {
-            return Err(ConfigError::Invalid(
-                "--db-max-connections must be 1 to 1000".to_owned(),
-            ));
+        check_database_url("--database-url", &self.database_url)?;
+        if let Some(url) = &self.migrate_database_url {
+            check_database_url("--migrate-database-url", url)?;
         }
-        if !(3..=3600).contains(&self.lease_seconds) {
-            return Err(ConfigError::Invalid(
-                "--lease-seconds must be 3 to 3600".to_owned(),
-            ));
-        }
+        check_range(
+            "--db-max-connections",
+            self.db_max_connections.into(),
+            1,
+            1000,
+        )?;
+        check_range("--lease-seconds", self.lease_seconds, 3, 3600)?;
         let lease_duration = Duration::from_secs(self.lease_seconds);
         Ok(Config {
             listen_addr: self.listen_addr,
-            database_url: SecretString::from(self.database_url),
-            migrate_database_url: self.migrate_database_url.map(SecretString::from),
+            database_url: self.database_url,
+            migrate_database_url: self.migrate_database_url,
             credentials: Credentials {
                 admin_token,
                 worker_token,
@@ -184,6 +232,67 @@ impl ServeArgs {
     }
 }
 
+/// A token as configured, or the dev default in local-dev mode.
+fn token(
+    value: Option<&SecretString>,
+    dev_default: &str,
+    flag: &'static str,
+    dev_mode: bool,
+) -> Result<SecretString, ConfigError> {
+    match value {
+        Some(token) if dev_mode || token.expose_secret().len() >= MIN_TOKEN_LEN => {
+            Ok(token.clone())
+        }
+        Some(_) => Err(ConfigError::ShortToken { flag }),
+        None if dev_mode => Ok(SecretString::from(dev_default)),
+        None => Err(ConfigError::MissingToken { flag }),
+    }
+}
+
+fn check_database_url(flag: &'static str, url: &SecretString) -> Result<(), ConfigError> {
+    database_options(url)
+        .map(|_| ())
+        .map_err(|source| ConfigError::DatabaseUrl { flag, source })
+}
+
+fn check_range(flag: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            flag,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+/// The connection options of a `postgres://` URL.
+fn database_options(url: &SecretString) -> Result<PgConnectOptions, sqlx::Error> {
+    let url = url.expose_secret();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(sqlx::Error::Configuration(
+            "the url must start with postgres:// or postgresql://".into(),
+        ));
+    }
+    PgConnectOptions::from_str(url)
+}
+
+/// `user@host:port/database` of a database URL: safe to log, no password.
+pub fn database_summary(url: &SecretString) -> String {
+    match database_options(url) {
+        Ok(options) => format!(
+            "{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default(),
+        ),
+        Err(_) => "<invalid database url>".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +300,7 @@ mod tests {
     fn args() -> ServeArgs {
         ServeArgs {
             listen_addr: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            database_url: "postgres://localhost/x".to_owned(),
+            database_url: "postgres://localhost/x".into(),
             migrate_database_url: None,
             admin_token: None,
             worker_token: None,
@@ -217,22 +326,88 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_hides_database_passwords_and_tokens() {
+        let secrets = [
+            "hunter2",
+            "owner-pass",
+            "admin-token-0123456789",
+            "worker-token-0123456789",
+        ];
+        let cli = Cli::try_parse_from([
+            "agentplane-control-plane",
+            "serve",
+            "--database-url",
+            "postgres://cp:hunter2@db.internal:5433/agentplane",
+            "--migrate-database-url",
+            "postgres://owner:owner-pass@db.internal:5433/agentplane",
+            "--admin-token",
+            secrets[2],
+            "--worker-token",
+            secrets[3],
+        ])
+        .expect("the flags parse");
+        let Command::Serve(args) = &cli.command else {
+            unreachable!("serve parses as serve")
+        };
+        let config = ServeArgs::clone(args)
+            .validate()
+            .expect("the flags are valid");
+        for printed in [format!("{cli:?}"), format!("{config:?}")] {
+            for secret in secrets {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
+        }
+        assert!(
+            format!("{config:?}").contains("cp@db.internal:5433/agentplane"),
+            "the database is named: {config:?}"
+        );
+        let demo = Cli::try_parse_from(["agentplane-control-plane", "demo", "--token", secrets[2]])
+            .expect("the flags parse");
+        assert!(!format!("{demo:?}").contains(secrets[2]));
+    }
+
+    #[test]
+    fn refuses_bad_database_urls_without_quoting_them() {
+        let bad = ServeArgs {
+            dev_mode: true,
+            database_url: "mysql://cp:hunter2@db/x".into(),
+            ..args()
+        };
+        let error = bad.validate().expect_err("not a postgres url");
+        assert!(matches!(
+            error,
+            ConfigError::DatabaseUrl {
+                flag: "--database-url",
+                ..
+            }
+        ));
+        assert!(!format!("{error:?} {error}").contains("hunter2"));
+        let summary = database_summary(&"postgres://cp:hunter2@db.internal:5433/ap".into());
+        assert_eq!(summary, "cp@db.internal:5433/ap");
+    }
+
+    #[test]
     fn refuses_short_or_equal_tokens() {
         let short = ServeArgs {
             admin_token: Some("short".into()),
-            worker_token: Some("w".repeat(20)),
+            worker_token: Some("w".repeat(20).into()),
             ..args()
         };
-        assert!(short.validate().is_err());
+        assert!(matches!(
+            short.validate(),
+            Err(ConfigError::ShortToken {
+                flag: "--admin-token"
+            })
+        ));
         let same = ServeArgs {
-            admin_token: Some("a".repeat(20)),
-            worker_token: Some("a".repeat(20)),
+            admin_token: Some("a".repeat(20).into()),
+            worker_token: Some("a".repeat(20).into()),
             ..args()
         };
-        assert!(same.validate().is_err());
+        assert!(matches!(same.validate(), Err(ConfigError::SameTokens)));
         let good = ServeArgs {
-            admin_token: Some("a".repeat(20)),
-            worker_token: Some("w".repeat(20)),
+            admin_token: Some("a".repeat(20).into()),
+            worker_token: Some("w".repeat(20).into()),
             ..args()
         };
         assert!(good.validate().is_ok());

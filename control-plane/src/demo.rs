@@ -10,6 +10,7 @@ use pb::event_service_client::EventServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use pb::watch_task_response::Kind;
 use pb::workspace_service_client::WorkspaceServiceClient;
+use secrecy::{ExposeSecret, SecretString};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -28,7 +29,7 @@ pub struct DemoArgs {
     pub endpoint: String,
     /// Admin bearer token.
     #[arg(long, env = "AGENTPLANE_ADMIN_TOKEN", hide_env_values = true, default_value = DEV_ADMIN_TOKEN)]
-    pub token: String,
+    pub token: SecretString,
     /// What to ask the demo agent.
     #[arg(
         long,
@@ -59,7 +60,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", args.endpoint))?;
     let intercepted = |channel: Channel| -> anyhow::Result<InterceptedService<Channel, Auth>> {
-        Ok(InterceptedService::new(channel, auth(&args.token)?))
+        Ok(InterceptedService::new(
+            channel,
+            auth(args.token.expose_secret())?,
+        ))
     };
     let mut workspaces = WorkspaceServiceClient::new(intercepted(channel.clone())?);
     let mut agents = AgentServiceClient::new(intercepted(channel.clone())?);

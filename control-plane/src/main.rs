@@ -4,14 +4,13 @@ use agentplane_control_plane::config::{Cli, Command};
 use agentplane_control_plane::startup::{Application, migrate};
 use agentplane_control_plane::{demo, telemetry};
 use clap::Parser;
-use secrecy::SecretString;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Migrate(args) => migrate(&SecretString::from(args.migrate_database_url)).await,
+        Command::Migrate(args) => migrate(&args.migrate_database_url).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Serve(args) => {
             let config = args.validate()?;

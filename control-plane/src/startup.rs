@@ -23,7 +23,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::{AgentApi, AppState, EventApi, TaskApi, WorkerApi, WorkspaceApi};
 use crate::auth::AuthLayer;
-use crate::config::Config;
+use crate::config::{Config, database_summary};
 use crate::fanout::Fanout;
 use crate::spawn::spawn_named;
 use crate::store::{self, PoolConfig, Store};
@@ -52,7 +52,7 @@ pub async fn migrate(url: &SecretString) -> anyhow::Result<()> {
     };
     let pool = store::connect(url, &config)
         .await
-        .context("connecting to migrate")?;
+        .with_context(|| format!("connecting to migrate {}", database_summary(url)))?;
     store::MIGRATOR
         .run(&pool)
         .await
@@ -81,7 +81,12 @@ impl Application {
         }
         let pool = store::connect(&config.database_url, &config.pool)
             .await
-            .context("connecting to the database")?;
+            .with_context(|| {
+                format!(
+                    "connecting to the database {}",
+                    database_summary(&config.database_url)
+                )
+            })?;
         let streams = CancellationToken::new();
         let fanout = Fanout::start(&pool, streams.clone())
             .await

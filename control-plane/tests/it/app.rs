@@ -35,10 +35,10 @@ impl TestApp {
     pub async fn spawn(db: &TestDb) -> TestApp {
         let args = ServeArgs {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
-            database_url: db.app_url(),
+            database_url: db.app_url().into(),
             migrate_database_url: None,
-            admin_token: Some(ADMIN_TOKEN.to_owned()),
-            worker_token: Some(WORKER_TOKEN.to_owned()),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            worker_token: Some(WORKER_TOKEN.into()),
             dev_mode: false,
             db_max_connections: 10,
             db_acquire_timeout_seconds: 5,
