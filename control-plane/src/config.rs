@@ -20,6 +20,8 @@ pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
 pub const DEV_WORKER_TOKEN: &str = "dev-worker-token";
 /// Shortest token accepted outside local-dev mode.
 const MIN_TOKEN_LEN: usize = 16;
+/// Longest database session timeout accepted (a day).
+const MAX_DB_TIMEOUT_SECONDS: u64 = 24 * 60 * 60;
 
 /// agentplane control plane.
 #[derive(Debug, Parser)]
@@ -93,6 +95,21 @@ pub struct ServeArgs {
         default_value_t = 5
     )]
     pub db_acquire_timeout_seconds: u64,
+    /// Seconds a database statement may run before the server cancels it (0: no limit).
+    #[arg(
+        long,
+        env = "AGENTPLANE_DB_STATEMENT_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub db_statement_timeout_seconds: u64,
+    /// Seconds a database transaction may sit idle before the server ends its session (0: no
+    /// limit). An open transaction holds back every event stream, so keep this short.
+    #[arg(
+        long,
+        env = "AGENTPLANE_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub db_idle_in_transaction_timeout_seconds: u64,
     /// Seconds a task lease lasts after each worker heartbeat.
     #[arg(long, env = "AGENTPLANE_LEASE_SECONDS", default_value_t = 30)]
     pub lease_seconds: u64,
@@ -211,6 +228,18 @@ impl ServeArgs {
             1000,
         )?;
         check_range("--lease-seconds", self.lease_seconds, 3, 3600)?;
+        check_range(
+            "--db-statement-timeout-seconds",
+            self.db_statement_timeout_seconds,
+            0,
+            MAX_DB_TIMEOUT_SECONDS,
+        )?;
+        check_range(
+            "--db-idle-in-transaction-timeout-seconds",
+            self.db_idle_in_transaction_timeout_seconds,
+            0,
+            MAX_DB_TIMEOUT_SECONDS,
+        )?;
         let lease_duration = Duration::from_secs(self.lease_seconds);
         Ok(Config {
             listen_addr: self.listen_addr,
@@ -224,6 +253,10 @@ impl ServeArgs {
                 max_connections: self.db_max_connections,
                 acquire_timeout: Duration::from_secs(self.db_acquire_timeout_seconds.max(1)),
                 application_name: "agentplane-control-plane".to_owned(),
+                statement_timeout: Some(Duration::from_secs(self.db_statement_timeout_seconds)),
+                idle_in_transaction_timeout: Some(Duration::from_secs(
+                    self.db_idle_in_transaction_timeout_seconds,
+                )),
             },
             lease_duration,
             heartbeat_interval: lease_duration / 3,
@@ -307,6 +340,8 @@ mod tests {
             dev_mode: false,
             db_max_connections: 10,
             db_acquire_timeout_seconds: 5,
+            db_statement_timeout_seconds: 30,
+            db_idle_in_transaction_timeout_seconds: 10,
             lease_seconds: 30,
             shutdown_grace_seconds: 5,
         }

@@ -49,6 +49,9 @@ pub async fn migrate(url: &SecretString) -> anyhow::Result<()> {
         max_connections: 2,
         acquire_timeout: Duration::from_secs(30),
         application_name: "agentplane-migrate".to_owned(),
+        // A migration may rightly run for long (building an index on a big table).
+        statement_timeout: None,
+        idle_in_transaction_timeout: None,
     };
     let pool = store::connect(url, &config)
         .await

@@ -18,6 +18,12 @@ pub const DEFAULT_POLL_INTERVAL_MAX: Duration = Duration::from_secs(2);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default pause between two tokens of the echo provider.
 pub const DEFAULT_ECHO_TOKEN_DELAY: Duration = Duration::from_millis(20);
+/// `statement_timeout` of the worker's database sessions, unless its database URL sets one
+/// (`?options=-c%20statement_timeout%3D60s`).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// `idle_in_transaction_session_timeout` of the worker's database sessions, unless its
+/// database URL sets one. An open transaction holds back every event stream.
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default address of the control plane.
 pub const DEFAULT_CONTROL_PLANE_URL: &str = "http://127.0.0.1:50051";
 
@@ -134,7 +140,12 @@ impl WorkerConfig {
         Ok(())
     }
 
-    /// The database connection options, tagged with this binary's `application_name`.
+    /// The database connection options, tagged with this binary's `application_name`, with
+    /// UTC sessions and the session timeouts ([`DEFAULT_STATEMENT_TIMEOUT`],
+    /// [`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`]) unless the URL's own `options` set them.
+    ///
+    /// The timeouts are set per connection because a role setting of the
+    /// `agentplane_worker` group role would not reach its member login roles.
     pub(crate) fn database_options(&self) -> Result<PgConnectOptions, ConfigError> {
         let url = self.database_url.expose_secret();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -143,9 +154,21 @@ impl WorkerConfig {
             )));
         }
         let options = PgConnectOptions::from_str(url).map_err(ConfigError::DatabaseUrl)?;
+        let own = options.get_options().unwrap_or_default().to_owned();
+        let timeouts = [
+            ("statement_timeout", DEFAULT_STATEMENT_TIMEOUT),
+            (
+                "idle_in_transaction_session_timeout",
+                DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+            ),
+        ]
+        .into_iter()
+        .filter(|(name, _)| !own.contains(name))
+        .map(|(name, timeout)| (name, format!("{}ms", timeout.as_millis())));
         Ok(options
             .application_name("agentplane-worker")
-            .options([("timezone", "UTC")]))
+            .options([("timezone", "UTC")])
+            .options(timeouts))
     }
 
     /// `user@host:port/database` of the database URL: safe to log, no password.
@@ -239,6 +262,32 @@ mod tests {
         let printed = format!("{:?}", config());
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("token-123"));
+    }
+
+    #[test]
+    fn sessions_get_timeouts_unless_the_url_sets_its_own() {
+        let options = config().database_options().expect("a valid url");
+        let set = options.get_options().unwrap_or_default();
+        assert!(set.contains("statement_timeout=30000ms"), "{set}");
+        assert!(
+            set.contains("idle_in_transaction_session_timeout=10000ms"),
+            "{set}"
+        );
+        let mut own = config();
+        own.database_url = SecretString::from(
+            "postgres://worker@db/ap?options=-c%20statement_timeout%3D5min&options[idle_in_transaction_session_timeout]=1min",
+        );
+        let options = own.database_options().expect("a valid url");
+        let set = options.get_options().unwrap_or_default();
+        assert!(set.contains("statement_timeout=5min"), "{set}");
+        assert!(
+            set.contains("idle_in_transaction_session_timeout=1min"),
+            "{set}"
+        );
+        assert!(
+            !set.contains("30000ms") && !set.contains("10000ms"),
+            "{set}"
+        );
     }
 
     #[test]

@@ -114,13 +114,32 @@ pub struct PoolConfig {
     pub acquire_timeout: Duration,
     /// `application_name` reported to Postgres.
     pub application_name: String,
+    /// `statement_timeout` of every session (zero turns it off); `None` keeps the server's.
+    pub statement_timeout: Option<Duration>,
+    /// `idle_in_transaction_session_timeout` of every session (zero turns it off); `None`
+    /// keeps the server's.
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
-/// Opens a pool with UTC sessions and the given application name.
+/// Opens a pool with UTC sessions, the given application name and session timeouts.
+///
+/// The timeouts are set per connection (startup options), not with `ALTER ROLE … SET` on
+/// the group roles the migrations create: a role's settings apply only to sessions that log
+/// in as that very role, never to the members of a group role.
 pub async fn connect(url: &SecretString, config: &PoolConfig) -> Result<PgPool, sqlx::Error> {
+    let timeouts = [
+        ("statement_timeout", config.statement_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            config.idle_in_transaction_timeout,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, timeout)| Some((name, format!("{}ms", timeout?.as_millis()))));
     let options = PgConnectOptions::from_str(url.expose_secret())?
         .application_name(&config.application_name)
-        .options([("timezone", "UTC")]);
+        .options([("timezone", "UTC")])
+        .options(timeouts);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)

@@ -42,6 +42,8 @@ impl TestApp {
             dev_mode: false,
             db_max_connections: 10,
             db_acquire_timeout_seconds: 5,
+            db_statement_timeout_seconds: 30,
+            db_idle_in_transaction_timeout_seconds: 10,
             lease_seconds: 30,
             shutdown_grace_seconds: 2,
         };

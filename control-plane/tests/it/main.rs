@@ -15,6 +15,7 @@ mod fixtures;
 mod pg;
 
 mod auth;
+mod database;
 mod end_to_end;
 mod events;
 mod idempotency;

@@ -1,0 +1,109 @@
+//! The control plane's database sessions: every connection of its pool carries a statement
+//! timeout and an idle-in-transaction timeout (set per connection: role settings of the
+//! `agentplane_app` group role would not reach its member login roles).
+
+use std::time::{Duration, Instant};
+
+use agentplane_control_plane::config::{Cli, Command, Config};
+use agentplane_control_plane::store;
+use clap::Parser;
+use sqlx::{Connection, PgPool};
+
+use crate::pg::TestDb;
+
+/// A validated config for the test database, with extra flags.
+fn config(db: &TestDb, flags: &[&str]) -> Config {
+    let url = db.app_url();
+    let mut args = vec!["agentplane-control-plane", "serve", "--dev-mode"];
+    args.extend(["--database-url", &url]);
+    args.extend(flags);
+    let Command::Serve(args) = Cli::try_parse_from(args).unwrap().command else {
+        unreachable!()
+    };
+    args.validate().unwrap()
+}
+
+async fn pool(config: &Config) -> PgPool {
+    store::connect(&config.database_url, &config.pool)
+        .await
+        .unwrap()
+}
+
+async fn show(pool: &PgPool, setting: &str) -> String {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_control_planes_sessions_have_timeouts_by_default() {
+    let db = TestDb::new().await;
+    let pool = pool(&config(&db, &[])).await;
+    assert_eq!(show(&pool, "statement_timeout").await, "30s");
+    assert_eq!(
+        show(&pool, "idle_in_transaction_session_timeout").await,
+        "10s"
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_statement_over_the_timeout_is_cancelled() {
+    let db = TestDb::new().await;
+    let pool = pool(&config(&db, &["--db-statement-timeout-seconds", "1"])).await;
+    let started = Instant::now();
+    let error = sqlx::query("SELECT pg_sleep(10)")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+    let code = error.as_database_error().and_then(|e| e.code());
+    assert_eq!(code.as_deref(), Some("57014"), "query_canceled: {error}");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_transaction_left_idle_past_the_timeout_is_ended() {
+    let db = TestDb::new().await;
+    let pool = pool(&config(
+        &db,
+        &["--db-idle-in-transaction-timeout-seconds", "1"],
+    ))
+    .await;
+    let mut connection = pool.acquire().await.unwrap();
+    let mut tx = connection.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let error = sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap_err();
+    let ended = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "25P03")
+        || matches!(error, sqlx::Error::Io(_));
+    assert!(ended, "idle_in_transaction_session_timeout: {error:?}");
+    drop(tx);
+    drop(connection);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn zero_turns_a_timeout_off() {
+    let db = TestDb::new().await;
+    let pool = pool(&config(
+        &db,
+        &[
+            "--db-statement-timeout-seconds",
+            "0",
+            "--db-idle-in-transaction-timeout-seconds",
+            "0",
+        ],
+    ))
+    .await;
+    assert_eq!(show(&pool, "statement_timeout").await, "0");
+    assert_eq!(
+        show(&pool, "idle_in_transaction_session_timeout").await,
+        "0"
+    );
+    pool.close().await;
+}
