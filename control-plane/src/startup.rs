@@ -31,6 +31,9 @@ use message_limit::MessageLimitLayer;
 
 /// Largest request message accepted, in bytes.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long shutdown waits, after the grace period, for pooled connections still in use by
+/// calls that outlived it. Idle connections close at once; the rest end with the process.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often health re-probes the database.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Services whose health is reported (besides the server as a whole, "").
@@ -212,7 +215,16 @@ impl Application {
             }
         };
         state.shutdown.cancel();
-        pool.close().await;
+        if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_use = pool.size(),
+                timeout_seconds = POOL_CLOSE_TIMEOUT.as_secs(),
+                "database connections still in use after the grace period; not waiting for them"
+            );
+        }
         tracing::info!("stopped");
         served
     }
