@@ -15,6 +15,31 @@ use crate::store::channel;
 /// How long after a listener reconnect streams are told to re-read once more.
 const RESYNC_AFTER_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Notices the broadcast ring keeps: the only buffer of notices, shared by every stream of
+/// the process. A receiver that falls further behind (its stream waits on a slow client)
+/// gets `Lagged` on its next receive and re-reads from the database instead, so a slow
+/// client costs a re-read, never memory.
+///
+/// Memory bound: a notice carries at most one NOTIFY payload's text, and PostgreSQL keeps a
+/// payload under [`MAX_NOTIFY_PAYLOAD_BYTES`], so a slot holds under 8,000 bytes of text plus
+/// the `Notice` itself (under 100 bytes). In total at most 1,024 × ~8.1 KB ≈ 7.9 MiB per
+/// process (checked below against [`MAX_BUFFERED_BYTES`]), however many streams subscribe
+/// or stall. Per stream, a receiver holds only a clone of the notice it is handling (under
+/// 8,000 bytes); what a stream queues for its client is bounded in `api` (`STREAM_BUFFER`).
+const CAPACITY: usize = 1024;
+
+/// PostgreSQL's limit on a NOTIFY payload (`NOTIFY_PAYLOAD_MAX_LENGTH`); a payload must be
+/// shorter, and a notice's text is never longer than its payload.
+const MAX_NOTIFY_PAYLOAD_BYTES: usize = 8000;
+
+/// The most the ring may hold for stalled receivers.
+const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
+
+const _: () = assert!(
+    CAPACITY * (MAX_NOTIFY_PAYLOAD_BYTES + std::mem::size_of::<Notice>()) <= MAX_BUFFERED_BYTES,
+    "the fan-out ring would exceed its memory bound"
+);
+
 /// Something that happened in the database that a live stream may care about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
@@ -113,7 +138,7 @@ impl Fanout {
                 channel::EVENTS,
             ])
             .await?;
-        let (sender, _) = broadcast::channel(16 * 1024);
+        let (sender, _) = broadcast::channel(CAPACITY);
         let fanout = Self {
             sender: sender.clone(),
         };

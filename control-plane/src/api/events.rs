@@ -21,8 +21,9 @@ use crate::store::TenantTx;
 
 /// Longest action filter.
 const MAX_ACTION_CHARS: usize = 64;
-/// Events read per query while replaying.
-const WATCH_BATCH: i64 = 500;
+/// Events read per query while replaying; a watch holds one batch while its client reads
+/// it, so this bounds the stream's memory (see `STREAM_BUFFER`).
+const WATCH_BATCH: i64 = 100;
 /// How often a quiet watch re-reads anyway (covers lost notifications and events held back
 /// while an older transaction was still running).
 const WATCH_POLL: Duration = Duration::from_secs(1);

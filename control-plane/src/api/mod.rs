@@ -58,5 +58,23 @@ pub type State = Arc<AppState>;
 pub type ResponseStream<T> =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
-/// Depth of the per-stream send buffer.
-const STREAM_BUFFER: usize = 256;
+/// Messages a server stream queues for its client before the task producing them waits.
+///
+/// Kept short on purpose: a client that cannot keep up stalls its producer, which then
+/// falls behind the fan-out (see `fanout::CAPACITY`) and re-reads from the database when it
+/// can send again (WatchTask sends what the client has not seen, WatchEvents reads on from
+/// its last position), so nothing piles up in memory for a slow client.
+///
+/// Memory bound per stream, worst case (typical messages are a few hundred bytes):
+/// - WatchTask: 16 deltas of at most 64 KiB (`MAX_DELTA_BYTES`), 1 MiB; besides the queue,
+///   the watcher keeps the output it has sent of the current attempt and may hold one
+///   re-read of it, and a snapshot or final message carries the answer: each at most the
+///   1 MiB answer (`MAX_OUTPUT_BYTES`). About 4 MiB in all.
+/// - WatchEvents: 16 queued events plus one read batch (`WATCH_BATCH`, 100) in hand, each at
+///   most about 17 KiB (16 KiB of data, `MAX_EVENT_DATA_BYTES`, plus short fields): about
+///   2 MiB.
+/// - WorkerService.Session: 16 acknowledgements or cancels.
+///
+/// On top of that, HTTP/2 buffers what flow control lets through (a stream window, 64 KiB
+/// by default, and hyper's send buffer, 400 KiB). The number of streams is not capped here.
+const STREAM_BUFFER: usize = 16;

@@ -185,3 +185,60 @@ async fn output_too_large_for_a_notification_after_escaping_still_streams() {
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_subscriber_holds_at_most_8_mib_of_notices() {
+    use agentplane_control_plane::fanout::Fanout;
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    let db = TestDb::new().await;
+    let pool = sqlx::PgPool::connect(&db.app_url()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let fanout = Fanout::start(&pool, stop.clone()).await.unwrap();
+    // A watcher whose client stopped reading stops receiving too.
+    let mut stalled = fanout.subscribe();
+
+    // 1,500 output notices of 7,800 bytes of text each (NOTIFY's payload limit is 8,000
+    // bytes): about 11 MiB in all.
+    const SENT: usize = 1500;
+    const TEXT: usize = 7800;
+    let owner = db.owner_pool().await;
+    sqlx::query(
+        "SELECT pg_notify('agentplane_task_output', json_build_object( \
+             't', gen_random_uuid(), 'k', gen_random_uuid(), 'a', 1, 'i', i, \
+             'x', repeat('x', $1))::text) \
+         FROM generate_series(1, $2) AS i",
+    )
+    .bind(TEXT as i32)
+    .bind(SENT as i32)
+    .execute(&owner)
+    .await
+    .unwrap();
+    for _ in 0..600 {
+        if stalled.len() >= SENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stalled.len() >= SENT, "every notice was broadcast");
+
+    // What the stalled receiver can still read is what the fan-out keeps for it.
+    let mut skipped = 0;
+    let mut kept = 0;
+    loop {
+        match stalled.try_recv() {
+            Ok(_) => kept += 1,
+            Err(TryRecvError::Lagged(n)) => skipped += n as usize,
+            Err(TryRecvError::Empty) => break,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert_eq!(kept + skipped, SENT);
+    assert!(
+        kept * TEXT <= 8 * 1024 * 1024,
+        "a stalled subscriber holds {kept} notices of {TEXT} bytes"
+    );
+    assert!(kept > 0, "it then catches up from the newest");
+    stop.cancel();
+    pool.close().await;
+}
