@@ -58,7 +58,7 @@ impl TaskWatcher {
             tenant,
             task,
             attempt: snapshot.task.attempt,
-            status: snapshot.task.status(),
+            status: snapshot.task.status,
             next_index,
             sent: snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
             sender,
@@ -132,7 +132,7 @@ impl TaskWatcher {
     async fn sync(&mut self) -> Flow {
         match self.read().await {
             Ok((task, chunks)) => {
-                let status = task.status();
+                let status = task.status;
                 let changed = task.attempt != self.attempt || status != self.status;
                 if task.attempt != self.attempt {
                     self.attempt = task.attempt;

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use agentplane_worker::queue::{TASK_STATE_CHANNEL, claim_tasks, reap_expired_leases};
+use agentplane_core::notify::channel::TASK_STATE as TASK_STATE_CHANNEL;
+use agentplane_worker::queue::{claim_tasks, reap_expired_leases};
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
