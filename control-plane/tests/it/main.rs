@@ -13,6 +13,7 @@ mod app;
 mod fake_control_plane;
 mod fixtures;
 mod pg;
+mod session;
 
 mod auth;
 mod end_to_end;
@@ -24,5 +25,6 @@ mod reflection;
 mod tasks;
 mod validation;
 mod watch;
+mod worker_channel;
 mod worker_queue;
 mod worker_stream;
