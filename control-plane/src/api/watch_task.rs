@@ -52,7 +52,10 @@ impl TaskWatcher {
         snapshot: &TaskSnapshotRow,
         sender: Sender,
     ) -> Self {
-        let next_index = snapshot.chunks.last().map_or(0, |c| c.seq + 1);
+        let next_index = snapshot
+            .chunks
+            .last()
+            .map_or(0, |c| c.seq.saturating_add(1));
         Self {
             state,
             tenant,
@@ -199,7 +202,7 @@ impl TaskWatcher {
 
     async fn send_chunks(&mut self, chunks: Vec<OutputChunk>) -> Flow {
         for chunk in chunks {
-            self.next_index = chunk.seq + 1;
+            self.next_index = chunk.seq.saturating_add(1);
             self.sent.push_str(&chunk.content);
             let delta = pb::OutputDelta {
                 attempt: chunk.attempt,
