@@ -172,7 +172,11 @@ impl std::fmt::Debug for Providers {
 }
 
 /// The idempotency id of provider call `step` of `attempt` of a task.
-pub fn provider_request_id(task_id: uuid::Uuid, attempt: i32, step: i32) -> String {
+pub fn provider_request_id(
+    task_id: agentplane_core::ids::TaskId,
+    attempt: i32,
+    step: i32,
+) -> String {
     format!("{task_id}-{attempt}-{step}")
 }
 
@@ -182,7 +186,9 @@ mod tests {
 
     #[test]
     fn provider_request_ids_are_deterministic_per_task_attempt_and_step() {
-        let task = uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+        let task = agentplane_core::ids::TaskId(uuid::Uuid::from_u128(
+            0x0192_0000_0000_7000_8000_0000_0000_0001,
+        ));
         assert_eq!(
             provider_request_id(task, 2, 0),
             "01920000-0000-7000-8000-000000000001-2-0"

@@ -10,7 +10,7 @@ mod reap;
 
 use std::time::Duration;
 
-use agentplane_core::ids::{TaskId, TenantId};
+use agentplane_core::ids::{AgentId, TaskId, TenantId};
 use agentplane_core::notify::Notification;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
@@ -22,11 +22,11 @@ pub use reap::reap_expired_leases;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedTask {
     /// The workspace of the task.
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     /// The task.
-    pub task_id: Uuid,
+    pub task_id: TaskId,
     /// The agent that runs it.
-    pub agent_id: Uuid,
+    pub agent_id: AgentId,
     /// The attempt this claim started: the fencing token of every message about it.
     pub attempt: i32,
     /// The agent's settings as read at claim time.
@@ -64,22 +64,17 @@ struct Notifications(Vec<Notification>);
 
 impl Notifications {
     /// `task_state` for every task, then `events` once per distinct tenant.
-    fn for_changed_tasks(tasks: impl IntoIterator<Item = (Uuid, Uuid)>) -> Self {
+    fn for_changed_tasks(tasks: impl IntoIterator<Item = (TenantId, TaskId)>) -> Self {
         let mut notifications = Self::default();
         let mut tenants = Vec::new();
         for (tenant, task) in tasks {
-            notifications.push(Notification::TaskState {
-                tenant: TenantId(tenant),
-                task: TaskId(task),
-            });
+            notifications.push(Notification::TaskState { tenant, task });
             tenants.push(tenant);
         }
         tenants.sort_unstable();
         tenants.dedup();
         for tenant in tenants {
-            notifications.push(Notification::Events {
-                tenant: TenantId(tenant),
-            });
+            notifications.push(Notification::Events { tenant });
         }
         notifications
     }
@@ -144,11 +139,11 @@ mod tests {
 
     #[test]
     fn changed_tasks_notify_each_task_and_each_tenant_once() {
-        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (a, b) = (TenantId(Uuid::from_u128(1)), TenantId(Uuid::from_u128(2)));
         let notifications = Notifications::for_changed_tasks([
-            (b, Uuid::from_u128(10)),
-            (a, Uuid::from_u128(11)),
-            (b, Uuid::from_u128(12)),
+            (b, TaskId(Uuid::from_u128(10))),
+            (a, TaskId(Uuid::from_u128(11))),
+            (b, TaskId(Uuid::from_u128(12))),
         ]);
         let count = |channel: &str| {
             notifications

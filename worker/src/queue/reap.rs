@@ -1,6 +1,7 @@
 //! Reaping: tasks whose lease expired (their worker died or lost the control plane) go back
 //! to pending with a backoff, or fail once their attempts are used up.
 
+use agentplane_core::ids::{TaskId, TenantId};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -66,8 +67,11 @@ async fn reap(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
 
     let reaped = settle(&mut tx, &expired).await?;
     record_reaped(&mut tx, &reaped).await?;
-    let mut notifications =
-        Notifications::for_changed_tasks(reaped.iter().map(|task| (task.tenant_id, task.id)));
+    let mut notifications = Notifications::for_changed_tasks(
+        reaped
+            .iter()
+            .map(|task| (TenantId(task.tenant_id), TaskId(task.id))),
+    );
     if reaped.iter().any(|task| task.status == TaskStatus::Pending) {
         notifications.push(Notification::TaskReady);
     }
