@@ -25,7 +25,6 @@ mod end_to_end;
 mod events;
 mod isolation;
 mod lifecycle;
-mod queue;
 mod reflection;
 mod tasks;
 mod validation;

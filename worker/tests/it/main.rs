@@ -16,4 +16,5 @@ use agentplane_testkit::{fixtures, pg};
 
 mod fake_control_plane;
 mod queue;
+mod queue_concurrency;
 mod stream;
