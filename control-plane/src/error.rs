@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The caller is known but may not call this method.
     #[error("permission denied")]
     PermissionDenied,
+    /// The caller took too long to do its part (e.g. a worker that never says hello).
+    #[error("{0}")]
+    DeadlineExceeded(&'static str),
     /// A dependency (the database) is not reachable right now; retrying may help.
     #[error("service unavailable")]
     Unavailable,
@@ -89,6 +92,7 @@ impl From<ApiError> for tonic::Status {
             }
             ApiError::Unauthenticated(_) => (Code::Unauthenticated, reason("UNAUTHENTICATED")),
             ApiError::PermissionDenied => (Code::PermissionDenied, reason("PERMISSION_DENIED")),
+            ApiError::DeadlineExceeded(_) => (Code::DeadlineExceeded, reason("DEADLINE_EXCEEDED")),
             ApiError::Unavailable => {
                 let mut details = reason("UNAVAILABLE");
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));

@@ -1,16 +1,14 @@
 //! Live fan-out between replicas: one Postgres LISTEN connection per control-plane process,
 //! re-broadcast in process to every watcher and worker session.
 
-use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::ids::{TaskId, TenantId, WorkerId};
 use crate::spawn::spawn_named;
-use crate::store::channel;
+use agentplane_core::notify::{Notification, channel};
 
 /// How long after a listener reconnect streams are told to re-read once more.
 const RESYNC_AFTER_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -84,39 +82,37 @@ pub enum Notice {
     Resync,
 }
 
-#[derive(Deserialize)]
-struct Payload {
-    t: Uuid,
-    k: Option<Uuid>,
-    a: Option<i32>,
-    i: Option<i64>,
-    x: Option<String>,
-    w: Option<Uuid>,
-}
-
+/// The notice for a notification this process listens for; `None` for a malformed one.
 fn parse(channel_name: &str, payload: &str) -> Option<Notice> {
-    let p: Payload = serde_json::from_str(payload).ok()?;
-    let tenant = TenantId(p.t);
-    Some(match channel_name {
-        channel::TASK_STATE => Notice::TaskState {
+    Some(match Notification::decode(channel_name, payload)? {
+        Notification::TaskState { tenant, task } => Notice::TaskState { tenant, task },
+        Notification::TaskOutput {
             tenant,
-            task: TaskId(p.k?),
-        },
-        channel::TASK_OUTPUT => Notice::TaskOutput {
+            task,
+            attempt,
+            index,
+            text,
+        } => Notice::TaskOutput {
             tenant,
-            task: TaskId(p.k?),
-            attempt: p.a?,
-            index: p.i?,
-            text: p.x,
+            task,
+            attempt,
+            index,
+            text,
         },
-        channel::TASK_CANCEL => Notice::TaskCancel {
+        Notification::TaskCancel {
             tenant,
-            task: TaskId(p.k?),
-            attempt: p.a?,
-            worker: WorkerId(p.w?),
+            task,
+            attempt,
+            worker,
+        } => Notice::TaskCancel {
+            tenant,
+            task,
+            attempt,
+            worker,
         },
-        channel::EVENTS => Notice::Events { tenant },
-        _ => return None,
+        Notification::Events { tenant } => Notice::Events { tenant },
+        // Not listened for here: workers act on it.
+        Notification::TaskReady => return None,
     })
 }
 
@@ -194,6 +190,8 @@ impl Fanout {
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
     #[test]

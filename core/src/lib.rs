@@ -5,5 +5,11 @@
 //! Everything here is pure (no I/O, no clock), so it is unit-, property- and fuzz-tested
 //! without a database. The `sqlx` feature adds the database encoding of the ids.
 
+pub mod columns;
+pub mod generation;
 pub mod ids;
+pub mod limits;
+pub mod notify;
 pub mod page;
+pub mod retry;
+pub mod text;

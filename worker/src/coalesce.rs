@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Largest `WorkerOutput.text` the control plane accepts.
-pub(crate) const MAX_OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
-
 /// Buffers text between sends; all times are passed in, so it is tested without a clock.
 #[derive(Debug)]
 pub(crate) struct Coalescer {
@@ -98,6 +95,8 @@ impl Coalescer {
 
 #[cfg(test)]
 mod tests {
+    use agentplane_core::limits::MAX_DELTA_BYTES;
+
     use super::*;
 
     const WINDOW: Duration = Duration::from_millis(20);
@@ -109,7 +108,7 @@ mod tests {
     #[test]
     fn the_first_piece_goes_at_once_and_later_ones_wait_for_the_window() {
         let start = Instant::now();
-        let mut coalescer = Coalescer::new(WINDOW, MAX_OUTPUT_CHUNK_BYTES);
+        let mut coalescer = Coalescer::new(WINDOW, MAX_DELTA_BYTES);
         assert_eq!(coalescer.push("You", start), ["You"]);
         assert!(coalescer.push(" said", at(start, 5)).is_empty());
         assert!(coalescer.push(" hi", at(start, 10)).is_empty());
@@ -127,7 +126,7 @@ mod tests {
     #[test]
     fn take_rest_empties_the_buffer_whether_due_or_not() {
         let start = Instant::now();
-        let mut coalescer = Coalescer::new(WINDOW, MAX_OUTPUT_CHUNK_BYTES);
+        let mut coalescer = Coalescer::new(WINDOW, MAX_DELTA_BYTES);
         coalescer.push("a", start);
         coalescer.push("b", at(start, 1));
         assert_eq!(coalescer.take_rest(at(start, 2)).as_deref(), Some("b"));

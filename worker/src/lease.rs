@@ -3,16 +3,16 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use agentplane_core::ids::{TaskId, TenantId};
 use agentplane_proto::v1::LeaseRef;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// One attempt of one task: the identity a lease is held under. The attempt number fences
 /// out a worker that lost its lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct LeaseKey {
-    pub(crate) tenant_id: Uuid,
-    pub(crate) task_id: Uuid,
+    pub(crate) tenant_id: TenantId,
+    pub(crate) task_id: TaskId,
     pub(crate) attempt: i32,
 }
 
@@ -28,8 +28,8 @@ impl LeaseKey {
     /// Reads a lease named by the control plane; `None` if its ids are not UUIDs.
     pub(crate) fn from_proto(lease: &LeaseRef) -> Option<Self> {
         Some(Self {
-            tenant_id: lease.workspace_id.parse().ok()?,
-            task_id: lease.task_id.parse().ok()?,
+            tenant_id: TenantId(lease.workspace_id.parse().ok()?),
+            task_id: TaskId(lease.task_id.parse().ok()?),
             attempt: lease.attempt,
         })
     }
@@ -113,8 +113,8 @@ mod tests {
 
     fn lease() -> LeaseKey {
         LeaseKey {
-            tenant_id: Uuid::now_v7(),
-            task_id: Uuid::now_v7(),
+            tenant_id: TenantId::generate(),
+            task_id: TaskId::generate(),
             attempt: 3,
         }
     }

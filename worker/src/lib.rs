@@ -20,7 +20,6 @@ mod runner;
 mod spawn;
 mod worker;
 
-pub use backoff::{MAX_RETRY_DELAY, retry_delay};
 pub use config::{
     ConfigError, DEFAULT_CAPACITY, DEFAULT_CONTROL_PLANE_URL, DEFAULT_ECHO_TOKEN_DELAY,
     DEFAULT_POLL_INTERVAL_MAX, DEFAULT_SHUTDOWN_GRACE, MAX_CAPACITY, WorkerConfig,

@@ -163,7 +163,7 @@ impl AgentService for AgentApi {
 
         let mut tx = self.state.tenant(tenant).await?;
         let current = tx.get_agent(id, true).await?;
-        let mut spec = current.spec()?;
+        let mut spec = current.spec();
         let mut v = Violations::new();
         for path in &paths {
             match path.as_str() {
@@ -245,7 +245,8 @@ fn generation(config: Option<&pb::GenerationConfig>) -> Generation {
     config.map_or_else(Generation::default, |c| Generation {
         temperature: c.temperature,
         top_p: c.top_p,
-        max_output_tokens: c.max_output_tokens,
+        // A negative value becomes 0, which validation refuses like any value out of range.
+        max_output_tokens: c.max_output_tokens.map(|m| u32::try_from(m).unwrap_or(0)),
         stop_sequences: c.stop_sequences.clone(),
     })
 }

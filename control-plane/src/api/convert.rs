@@ -46,10 +46,9 @@ pub fn workspace(row: &WorkspaceRow) -> pb::Workspace {
 }
 
 /// Provider → protobuf enum.
-pub fn provider(provider: &str) -> pb::Provider {
-    match Provider::parse(provider) {
-        Some(Provider::Echo) => pb::Provider::Echo,
-        None => pb::Provider::Unspecified,
+pub fn provider(provider: Provider) -> pb::Provider {
+    match provider {
+        Provider::Echo => pb::Provider::Echo,
     }
 }
 
@@ -60,13 +59,15 @@ pub fn agent(row: &AgentRow) -> pb::Agent {
         id: row.id.to_string(),
         workspace_id: row.tenant_id.to_string(),
         name: row.name.clone(),
-        provider: provider(&row.provider).into(),
+        provider: provider(row.provider).into(),
         model: row.model.clone(),
         system_prompt: row.system_prompt.clone(),
         generation: Some(pb::GenerationConfig {
             temperature: generation.temperature,
             top_p: generation.top_p,
-            max_output_tokens: generation.max_output_tokens,
+            max_output_tokens: generation
+                .max_output_tokens
+                .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
             stop_sequences: generation.stop_sequences.clone(),
         }),
         labels: labels(&row.labels),
@@ -106,7 +107,7 @@ pub fn task_status_filter(status: pb::TaskStatus) -> Option<TaskStatus> {
 
 /// Stored task → protobuf.
 pub fn task(row: &TaskRow) -> pb::Task {
-    let status = row.status();
+    let status = row.status;
     pb::Task {
         id: row.id.to_string(),
         workspace_id: row.tenant_id.to_string(),
@@ -150,7 +151,7 @@ pub fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
     pb::TaskMessage {
         id: row.id.to_string(),
         message: Some(pb::Message {
-            role: role(row.role()).into(),
+            role: role(row.role).into(),
             content: row.content.clone(),
         }),
         attempt: row.attempt,

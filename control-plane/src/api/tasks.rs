@@ -186,7 +186,7 @@ impl TaskService for TaskApi {
             kind: Some(pb::watch_task_response::Kind::Snapshot(pb::TaskSnapshot {
                 task: Some(convert::task(&snapshot.task)),
                 // Live output is dropped once a task ends; a finished task's answer is its output.
-                output: match snapshot.task.status() {
+                output: match snapshot.task.status {
                     TaskStatus::Running => {
                         snapshot.chunks.iter().map(|c| c.content.as_str()).collect()
                     }
@@ -198,7 +198,7 @@ impl TaskService for TaskApi {
         };
         // The buffer is empty, so this cannot block.
         let _ = sender.send(Ok(first)).await;
-        if !snapshot.task.status().is_terminal() {
+        if !snapshot.task.status.is_terminal() {
             spawn_named("watch_task", watcher.run(notices));
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))

@@ -52,13 +52,16 @@ impl TaskWatcher {
         snapshot: &TaskSnapshotRow,
         sender: Sender,
     ) -> Self {
-        let next_index = snapshot.chunks.last().map_or(0, |c| c.seq + 1);
+        let next_index = snapshot
+            .chunks
+            .last()
+            .map_or(0, |c| c.seq.saturating_add(1));
         Self {
             state,
             tenant,
             task,
             attempt: snapshot.task.attempt,
-            status: snapshot.task.status(),
+            status: snapshot.task.status,
             next_index,
             sent: snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
             sender,
@@ -132,7 +135,7 @@ impl TaskWatcher {
     async fn sync(&mut self) -> Flow {
         match self.read().await {
             Ok((task, chunks)) => {
-                let status = task.status();
+                let status = task.status;
                 let changed = task.attempt != self.attempt || status != self.status;
                 if task.attempt != self.attempt {
                     self.attempt = task.attempt;
@@ -199,7 +202,7 @@ impl TaskWatcher {
 
     async fn send_chunks(&mut self, chunks: Vec<OutputChunk>) -> Flow {
         for chunk in chunks {
-            self.next_index = chunk.seq + 1;
+            self.next_index = chunk.seq.saturating_add(1);
             self.sent.push_str(&chunk.content);
             let delta = pb::OutputDelta {
                 attempt: chunk.attempt,

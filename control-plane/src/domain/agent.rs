@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+pub use agentplane_core::generation::{Generation, MAX_OUTPUT_TOKENS};
 
 /// Longest system prompt, in bytes.
 pub const MAX_SYSTEM_PROMPT_BYTES: usize = 256 * 1024;
@@ -28,50 +28,8 @@ pub const DEFAULT_TASK_TIMEOUT_MS: i64 = 10 * 60 * 1000;
 pub const MIN_TASK_TIMEOUT_MS: i64 = 1000;
 /// Longest task_timeout.
 pub const MAX_TASK_TIMEOUT_MS: i64 = 24 * 60 * 60 * 1000;
-/// Highest max_output_tokens.
-pub const MAX_OUTPUT_TOKENS: i32 = 1_000_000;
 
-/// A model provider an agent can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Provider {
-    /// The built-in offline provider.
-    Echo,
-}
-
-impl Provider {
-    /// The name stored in the database and understood by workers.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Echo => "echo",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "echo" => Some(Provider::Echo),
-            _ => None,
-        }
-    }
-}
-
-/// Generation parameters, stored as JSON and read by workers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Generation {
-    /// Sampling temperature.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// Nucleus sampling cut-off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    /// Upper bound on generated tokens per call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_output_tokens: Option<i32>,
-    /// Sequences that stop generation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stop_sequences: Vec<String>,
-}
-
+pub use agentplane_core::columns::Provider;
 /// Everything about an agent a client can set, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentSpec {
@@ -116,17 +74,5 @@ mod tests {
         assert!(!is_valid_name("Coder"));
         assert!(!is_valid_name("co der"));
         assert!(!is_valid_name(&"a".repeat(64)));
-    }
-
-    #[test]
-    fn generation_round_trips_through_json_without_unset_fields() {
-        let generation = Generation {
-            max_output_tokens: Some(5),
-            ..Generation::default()
-        };
-        let json = serde_json::to_value(&generation).unwrap_or_default();
-        assert_eq!(json, serde_json::json!({ "max_output_tokens": 5 }));
-        let back: Generation = serde_json::from_value(json).unwrap_or_default();
-        assert_eq!(back, generation);
     }
 }

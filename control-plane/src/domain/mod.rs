@@ -5,3 +5,4 @@ pub mod event;
 pub use agentplane_core::page;
 pub mod task;
 pub mod validate;
+pub mod worker;

@@ -18,8 +18,8 @@ pub struct AgentRow {
     pub id: AgentId,
     /// Name.
     pub name: String,
-    /// Provider name.
-    pub provider: String,
+    /// Provider.
+    pub provider: Provider,
     /// Model.
     pub model: String,
     /// System prompt.
@@ -42,15 +42,10 @@ pub struct AgentRow {
 
 impl AgentRow {
     /// The stored agent as a spec, for applying an update mask to it.
-    pub fn spec(&self) -> StoreResult<AgentSpec> {
-        let provider = Provider::parse(&self.provider).ok_or_else(|| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("unknown provider {:?}", self.provider).into(),
-            ))
-        })?;
-        Ok(AgentSpec {
+    pub fn spec(&self) -> AgentSpec {
+        AgentSpec {
             name: self.name.clone(),
-            provider,
+            provider: self.provider,
             model: self.model.clone(),
             system_prompt: self.system_prompt.clone(),
             generation: self.generation.0.clone(),
@@ -58,7 +53,7 @@ impl AgentRow {
             max_concurrency: self.max_concurrency,
             task_timeout_ms: self.task_timeout_ms,
             max_attempts: self.max_attempts,
-        })
+        }
     }
 }
 

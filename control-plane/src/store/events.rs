@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{StoreResult, TenantTx, channel, classify};
+use super::{StoreResult, TenantTx, classify};
 use crate::domain::event::{EventFilter, EventPosition};
 use crate::ids::TenantId;
+use agentplane_core::notify::Notification;
 
 /// An event to append.
 #[derive(Debug)]
@@ -80,8 +81,8 @@ impl TenantTx {
         .execute(&mut *self.tx)
         .await
         .map_err(classify)?;
-        let payload = serde_json::json!({ "t": self.tenant });
-        self.notify(channel::EVENTS, &payload).await
+        let tenant = self.tenant;
+        self.notify(&[Notification::Events { tenant }]).await
     }
 
     /// The position of this workspace's event `id`, if it has one.

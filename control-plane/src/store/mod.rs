@@ -3,8 +3,10 @@
 //! workspace) and that binds the same tenant into every query it runs.
 
 mod agents;
+mod attempts;
 mod events;
 mod tasks;
+mod tenant;
 mod workers;
 mod workspaces;
 
@@ -12,32 +14,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
 
 pub use agents::AgentRow;
+pub use attempts::LeaseCheck;
 pub use events::{EventRow, NewEvent};
-pub use tasks::{
-    LeaseCheck, ModelCallRecord, OutputChunk, ResultOutcome, TaskMessageRow, TaskRow,
-    TaskSnapshotRow,
-};
+pub use tasks::{OutputChunk, TaskMessageRow, TaskRow, TaskSnapshotRow};
+pub use tenant::TenantTx;
 pub use workspaces::WorkspaceRow;
-
-use crate::ids::TenantId;
-
-/// Channels the control plane and the workers notify on. Payloads are small JSON objects.
-pub mod channel {
-    /// A task became claimable (payload empty). Workers listen.
-    pub const TASK_READY: &str = "agentplane_task_ready";
-    /// A task changed status: `{"t": tenant, "k": task}`.
-    pub const TASK_STATE: &str = "agentplane_task_state";
-    /// Output of a running attempt: `{"t", "k", "a": attempt, "i": index, "x": text?}`.
-    pub const TASK_OUTPUT: &str = "agentplane_task_output";
-    /// A running attempt must stop: `{"t", "k", "a", "w": worker}`.
-    pub const TASK_CANCEL: &str = "agentplane_task_cancel";
-    /// Events were appended for a tenant: `{"t": tenant}`.
-    pub const EVENTS: &str = "agentplane_events";
-}
 
 /// What the store can fail with; translated from SQLSTATEs in one place ([`classify`]).
 #[derive(Debug, thiserror::Error)]
@@ -59,40 +44,67 @@ pub enum StoreError {
     Unavailable(sqlx::Error),
     /// Anything else.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
 }
 
-/// Translates a database error by SQLSTATE.
-pub fn classify(error: sqlx::Error) -> StoreError {
+/// SQLSTATEs the store tells apart
+/// (<https://www.postgresql.org/docs/current/errcodes-appendix.html>).
+mod sqlstate {
+    pub(super) const UNIQUE_VIOLATION: &str = "23505";
+    pub(super) const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub(super) const CHECK_VIOLATION: &str = "23514";
+    /// Bad text and values: NUL in text (22021, 22P05), datetime out of range (22008),
+    /// string too long (22001), malformed value (22P02).
+    pub(super) const BAD_INPUT: [&str; 5] = ["22021", "22P05", "22008", "22001", "22P02"];
+    /// Class 08: connection exceptions.
+    pub(super) const CONNECTION_EXCEPTION_CLASS: &str = "08";
+    pub(super) const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub(super) const ADMIN_SHUTDOWN: &str = "57P01";
+    pub(super) const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// A statement cancelled by `statement_timeout` (or a cancel request).
+    pub(super) const QUERY_CANCELED: &str = "57014";
+}
+
+/// Every database error is translated by SQLSTATE here, so `?` cannot skip it.
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        classify(error)
+    }
+}
+
+pub(super) fn classify(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            // unique_violation
-            Some("23505") => {
+            Some(sqlstate::UNIQUE_VIOLATION) => {
                 let constraint = db.constraint().unwrap_or_default();
                 StoreError::AlreadyExists(match constraint {
                     "agents_live_name" => "an agent with this name already exists".to_owned(),
                     _ => "the resource already exists".to_owned(),
                 })
             }
-            // foreign_key_violation
-            Some("23503") => {
+            Some(sqlstate::FOREIGN_KEY_VIOLATION) => {
                 StoreError::FailedPrecondition("a referenced resource does not exist".to_owned())
             }
-            // Text PostgreSQL cannot store (NUL), times out of its range, values too long:
-            // bad input that validation let through.
-            Some("22021" | "22P05" | "22008" | "22001" | "22P02") => {
+            // Bad input that validation let through.
+            Some(code) if sqlstate::BAD_INPUT.contains(&code) => {
                 StoreError::InvalidInput(db.message().to_owned())
             }
-            // check_violation
-            Some("23514") => StoreError::FailedPrecondition(format!(
+            Some(sqlstate::CHECK_VIOLATION) => StoreError::FailedPrecondition(format!(
                 "the change violates constraint {}",
                 db.constraint().unwrap_or("unknown")
             )),
-            // connection exceptions, cannot_connect_now, too_many_connections, admin shutdown
-            Some(code) if code.starts_with("08") || code == "57P03" || code == "53300" => {
+            Some(code)
+                if code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+                    || [
+                        sqlstate::CANNOT_CONNECT_NOW,
+                        sqlstate::ADMIN_SHUTDOWN,
+                        sqlstate::TOO_MANY_CONNECTIONS,
+                        sqlstate::QUERY_CANCELED,
+                    ]
+                    .contains(&code) =>
+            {
                 StoreError::Unavailable(error)
             }
-            Some("57P01") => StoreError::Unavailable(error),
             _ => StoreError::Database(error),
         },
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
@@ -162,70 +174,8 @@ impl Store {
         Self { pool }
     }
 
-    /// The pool, for the listener and health probes.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Opens a transaction scoped to a live workspace; NOT_FOUND if the workspace does not
-    /// exist or is deleted.
-    pub async fn tenant(&self, tenant: TenantId) -> StoreResult<TenantTx> {
-        let mut tx = self.tenant_unchecked(tenant).await?;
-        let live: Option<bool> =
-            sqlx::query_scalar("SELECT deleted_at IS NULL FROM workspaces WHERE id = $1")
-                .bind(tenant)
-                .fetch_optional(&mut *tx.tx)
-                .await
-                .map_err(classify)?;
-        match live {
-            Some(true) => Ok(tx),
-            _ => Err(StoreError::NotFound("workspace")),
-        }
-    }
-
-    /// Opens a tenant-scoped transaction without checking that the workspace is live: for
-    /// the worker channel, whose results must land even while a workspace is being deleted.
-    pub async fn tenant_unchecked(&self, tenant: TenantId) -> StoreResult<TenantTx> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        Ok(TenantTx { tx, tenant })
-    }
-
     /// Answers whether the database accepts queries.
     pub async fn probe(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-}
-
-/// A transaction confined to one workspace. Every method binds [`TenantTx::tenant`].
-pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
-    tenant: TenantId,
-}
-
-impl TenantTx {
-    /// The workspace this transaction is confined to.
-    pub fn tenant(&self) -> TenantId {
-        self.tenant
-    }
-
-    /// Commits the transaction; notifications sent in it are delivered now.
-    pub async fn commit(self) -> StoreResult<()> {
-        self.tx.commit().await.map_err(classify)
-    }
-
-    /// Queues a notification, delivered when the transaction commits.
-    pub async fn notify(&mut self, channel: &str, payload: &serde_json::Value) -> StoreResult<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(channel)
-            .bind(payload.to_string())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(classify)?;
-        Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! The worker registry (a platform table).
+//! The worker registry: a platform table without `tenant_id`, so it is reached through the
+//! pool rather than a tenant transaction.
 
-use super::{Store, StoreResult, classify};
+use super::{Store, StoreResult};
 use crate::ids::WorkerId;
 
 impl Store {
@@ -19,8 +20,7 @@ impl Store {
         .bind(version)
         .bind(capacity)
         .execute(&self.pool)
-        .await
-        .map_err(classify)?;
+        .await?;
         Ok(())
     }
 
@@ -29,8 +29,7 @@ impl Store {
         sqlx::query("UPDATE workers SET last_seen_at = now() WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
-            .await
-            .map_err(classify)?;
+            .await?;
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! Integration tests of agentplane: a real PostgreSQL cluster started by the harness, real
-//! control planes on port 0 and real workers, talking over gRPC.
+//! Integration tests of the control plane: a real PostgreSQL cluster started by the harness,
+//! real control planes on port 0 and real workers, talking over gRPC. The harness and the
+//! helpers live in `agentplane-testkit`, shared with the worker's tests (`worker/tests/it/`).
 #![allow(
     clippy::unwrap_used,
     reason = "a failed unwrap is a failed test, with its location"
@@ -9,10 +10,15 @@
     reason = "tests spawn plain tasks and join them; nothing outlives a test"
 )]
 
-mod app;
-mod fake_control_plane;
-mod fixtures;
-mod pg;
+// The test modules reach the shared helpers as `crate::pg`, `crate::app`, `crate::fixtures`.
+#[allow(
+    unused_imports,
+    reason = "no test here inserts rows directly today; kept so `crate::fixtures` works"
+)]
+use agentplane_testkit::fixtures;
+use agentplane_testkit::{app, pg};
+
+mod session;
 
 mod auth;
 mod database;
@@ -21,10 +27,8 @@ mod events;
 mod idempotency;
 mod isolation;
 mod lifecycle;
-mod queue;
 mod reflection;
 mod tasks;
 mod validation;
 mod watch;
-mod worker_queue;
-mod worker_stream;
+mod worker_channel;

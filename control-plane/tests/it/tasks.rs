@@ -5,78 +5,11 @@ use std::time::Duration;
 use agentplane_proto::v1 as pb;
 use agentplane_worker::queue::{claim_tasks, reap_expired_leases};
 use pb::session_request::Kind as In;
-use pb::session_response::Kind as Out;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::app::{Clients, TestApp, WORKER_TOKEN};
+use crate::app::TestApp;
 use crate::pg::TestDb;
-
-/// A hand-driven worker session.
-struct Session {
-    id: uuid::Uuid,
-    send: mpsc::Sender<pb::SessionRequest>,
-    recv: tonic::Streaming<pb::SessionResponse>,
-}
-
-impl Session {
-    async fn open(app: &TestApp, id: uuid::Uuid) -> Session {
-        let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
-        let (send, rx) = mpsc::channel(16);
-        send.send(pb::SessionRequest {
-            kind: Some(In::Hello(pb::WorkerHello {
-                worker_id: id.to_string(),
-                version: "test".into(),
-                capacity: 4,
-            })),
-        })
-        .await
-        .unwrap();
-        let mut recv = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let welcome = recv.message().await.unwrap().unwrap();
-        assert!(matches!(welcome.kind, Some(Out::Welcome(_))), "{welcome:?}");
-        Session { id, send, recv }
-    }
-
-    async fn send(&self, kind: In) {
-        self.send
-            .send(pb::SessionRequest { kind: Some(kind) })
-            .await
-            .unwrap();
-    }
-
-    async fn succeed(&mut self, lease: pb::LeaseRef, output: &str) -> pb::ResultAck {
-        self.send(In::Result(pb::WorkerResult {
-            lease: Some(lease),
-            outcome: Some(pb::worker_result::Outcome::Success(pb::WorkerSuccess {
-                output: output.to_owned(),
-                finish_reason: "stop".into(),
-                calls: vec![pb::ModelCall {
-                    step: 0,
-                    provider_request_id: format!("{}-{}", self.id, uuid::Uuid::now_v7()),
-                    model: "echo-1".into(),
-                    usage: Some(pb::Usage {
-                        input_tokens: 3,
-                        output_tokens: 2,
-                        cost_micros: 0,
-                    }),
-                }],
-            })),
-        }))
-        .await;
-        loop {
-            match self.recv.message().await.unwrap().unwrap().kind {
-                Some(Out::ResultAck(ack)) => return ack,
-                _ => continue,
-            }
-        }
-    }
-}
+use crate::session::Session;
 
 #[tokio::test]
 async fn a_result_from_an_attempt_that_lost_its_lease_is_not_recorded() {

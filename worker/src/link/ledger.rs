@@ -204,7 +204,6 @@ impl Ledger {
 mod tests {
     use agentplane_proto::v1::WorkerFailure;
     use tokio_util::sync::CancellationToken;
-    use uuid::Uuid;
 
     use super::*;
 
@@ -212,8 +211,8 @@ mod tests {
 
     fn attempt(shutdown: &CancellationToken) -> Arc<Attempt> {
         let lease = LeaseKey {
-            tenant_id: Uuid::now_v7(),
-            task_id: Uuid::now_v7(),
+            tenant_id: agentplane_core::ids::TenantId::generate(),
+            task_id: agentplane_core::ids::TaskId::generate(),
             attempt: 1,
         };
         Arc::new(Attempt::new(lease, Instant::now(), shutdown))

@@ -21,9 +21,6 @@ use super::{Link, LinkState, SessionEnd};
 use crate::backoff::Backoff;
 use crate::lease::{LeaseKey, StopReason};
 
-/// Most leases in one heartbeat (the control plane's limit).
-const MAX_LEASES_PER_HEARTBEAT: usize = 10_000;
-
 /// What one stream keeps while it is served.
 struct Served {
     requests: Requests,
@@ -210,7 +207,7 @@ impl Link {
     fn send_heartbeat(&self, served: &mut Served) -> bool {
         let leases = self.ledger.held_leases();
         let mut chunks: Vec<Vec<_>> = leases
-            .chunks(MAX_LEASES_PER_HEARTBEAT)
+            .chunks(agentplane_core::limits::MAX_HEARTBEAT_LEASES)
             .map(<[_]>::to_vec)
             .collect();
         if chunks.is_empty() {

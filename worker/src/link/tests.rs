@@ -93,8 +93,8 @@ impl Harness {
 
 fn attempt(shutdown: &CancellationToken) -> Arc<Attempt> {
     let lease = LeaseKey {
-        tenant_id: Uuid::now_v7(),
-        task_id: Uuid::now_v7(),
+        tenant_id: agentplane_core::ids::TenantId::generate(),
+        task_id: agentplane_core::ids::TaskId::generate(),
         attempt: 1,
     };
     Arc::new(Attempt::new(lease, Instant::now(), shutdown))

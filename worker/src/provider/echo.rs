@@ -176,9 +176,9 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::provider::{ChatMessage, GenerationParams};
+    use crate::provider::{ChatMessage, Generation};
 
-    fn request(messages: &[(ChatRole, &str)], generation: GenerationParams) -> ModelRequest {
+    fn request(messages: &[(ChatRole, &str)], generation: Generation) -> ModelRequest {
         ModelRequest {
             request_id: "task-1-0".to_owned(),
             model: "echo-1".to_owned(),
@@ -216,7 +216,7 @@ mod tests {
                 (ChatRole::Assistant, "ok"),
                 (ChatRole::User, "  hello   big\nworld "),
             ],
-            GenerationParams::default(),
+            Generation::default(),
         );
         let (pieces, response) = generate(request).await;
         assert_eq!(
@@ -234,7 +234,7 @@ mod tests {
         let make = || {
             request(
                 &[(ChatRole::User, "the same input twice")],
-                GenerationParams::default(),
+                Generation::default(),
             )
         };
         let (first_pieces, first) = generate(make()).await;
@@ -249,7 +249,7 @@ mod tests {
         // "hi" = 2 chars -> 1 + 4.
         let request = request(
             &[(ChatRole::Assistant, "abcdefgh"), (ChatRole::User, "hi")],
-            GenerationParams::default(),
+            Generation::default(),
         );
         let (pieces, response) = generate(request).await;
         assert_eq!(response.usage.input_tokens, 7 + 6 + 5);
@@ -260,9 +260,9 @@ mod tests {
 
     #[tokio::test]
     async fn truncates_at_max_output_tokens() {
-        let generation = GenerationParams {
+        let generation = Generation {
             max_output_tokens: Some(3),
-            ..GenerationParams::default()
+            ..Generation::default()
         };
         let request = request(&[(ChatRole::User, "one two three four")], generation);
         let (pieces, response) = generate(request).await;
@@ -274,9 +274,9 @@ mod tests {
 
     #[tokio::test]
     async fn exactly_max_output_tokens_finishes_with_stop() {
-        let generation = GenerationParams {
+        let generation = Generation {
             max_output_tokens: Some(3),
-            ..GenerationParams::default()
+            ..Generation::default()
         };
         let request = request(&[(ChatRole::User, "one")], generation);
         let (_, response) = generate(request).await;
@@ -285,9 +285,9 @@ mod tests {
 
     #[tokio::test]
     async fn cuts_at_the_earliest_stop_sequence() {
-        let generation = GenerationParams {
+        let generation = Generation {
             stop_sequences: vec!["\n\n".to_owned(), "STOP".to_owned(), String::new()],
-            ..GenerationParams::default()
+            ..Generation::default()
         };
         let request = request(
             &[(ChatRole::User, "keep this STOP not this\n\nnor this")],
@@ -302,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_without_a_user_message() {
-        let request = request(&[(ChatRole::User, "   ")], GenerationParams::default());
+        let request = request(&[(ChatRole::User, "   ")], Generation::default());
         let (_, response) = generate(request).await;
         assert_eq!(response.text, "You said nothing.");
     }
@@ -312,7 +312,7 @@ mod tests {
         let (sink, mut pieces) = mpsc::channel(1024);
         let provider = EchoProvider::new(Duration::from_secs(60));
         let cancel = CancellationToken::new();
-        let request = request(&[(ChatRole::User, "a b c")], GenerationParams::default());
+        let request = request(&[(ChatRole::User, "a b c")], Generation::default());
         let call = provider.generate(request, sink, cancel.clone());
         let canceler = async {
             assert_eq!(pieces.recv().await.as_deref(), Some("You"));

@@ -13,12 +13,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+pub use agentplane_core::generation::{DEFAULT_MAX_OUTPUT_TOKENS, Generation};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Generated tokens per call when the agent does not say.
-pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
 /// Who wrote a message of the conversation sent to a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,35 +35,6 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// Sampling parameters, from an agent's `generation` column; every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct GenerationParams {
-    /// Sampling temperature.
-    pub temperature: Option<f64>,
-    /// Nucleus sampling cut-off.
-    pub top_p: Option<f64>,
-    /// Upper bound on generated tokens; [`DEFAULT_MAX_OUTPUT_TOKENS`] when unset.
-    pub max_output_tokens: Option<u32>,
-    /// Generation stops before the first of these.
-    pub stop_sequences: Vec<String>,
-}
-
-impl GenerationParams {
-    /// Parses an agent's `generation` JSON; unknown keys are ignored.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
-        if value.is_null() {
-            return Ok(Self::default());
-        }
-        Self::deserialize(value)
-    }
-
-    /// The token limit that applies to a call.
-    pub fn effective_max_output_tokens(&self) -> u32 {
-        self.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
-    }
-}
-
 /// One call to a model.
 #[derive(Debug, Clone)]
 pub struct ModelRequest {
@@ -79,7 +47,7 @@ pub struct ModelRequest {
     /// The conversation, oldest first.
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters.
-    pub generation: GenerationParams,
+    pub generation: Generation,
 }
 
 /// Why generation stopped.
@@ -204,7 +172,11 @@ impl std::fmt::Debug for Providers {
 }
 
 /// The idempotency id of provider call `step` of `attempt` of a task.
-pub fn provider_request_id(task_id: uuid::Uuid, attempt: i32, step: i32) -> String {
+pub fn provider_request_id(
+    task_id: agentplane_core::ids::TaskId,
+    attempt: i32,
+    step: i32,
+) -> String {
     format!("{task_id}-{attempt}-{step}")
 }
 
@@ -213,37 +185,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generation_params_parse_every_key_and_tolerate_missing_ones() {
-        let full = serde_json::json!({
-            "temperature": 0.7, "top_p": 0.9, "max_output_tokens": 256,
-            "stop_sequences": ["\n\n"], "something_new": true
-        });
-        let params = GenerationParams::from_json(&full).expect("parses");
-        assert_eq!(params.temperature, Some(0.7));
-        assert_eq!(params.top_p, Some(0.9));
-        assert_eq!(params.effective_max_output_tokens(), 256);
-        assert_eq!(params.stop_sequences, ["\n\n"]);
-
-        let empty = GenerationParams::from_json(&serde_json::json!({})).expect("parses");
-        assert_eq!(empty, GenerationParams::default());
-        assert_eq!(
-            empty.effective_max_output_tokens(),
-            DEFAULT_MAX_OUTPUT_TOKENS
-        );
-        assert!(GenerationParams::from_json(&serde_json::Value::Null).is_ok());
-    }
-
-    #[test]
-    fn generation_params_reject_wrong_types() {
-        let bad = serde_json::json!({"max_output_tokens": "many"});
-        assert!(GenerationParams::from_json(&bad).is_err());
-        let negative = serde_json::json!({"max_output_tokens": -1});
-        assert!(GenerationParams::from_json(&negative).is_err());
-    }
-
-    #[test]
     fn provider_request_ids_are_deterministic_per_task_attempt_and_step() {
-        let task = uuid::Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+        let task = agentplane_core::ids::TaskId(uuid::Uuid::from_u128(
+            0x0192_0000_0000_7000_8000_0000_0000_0001,
+        ));
         assert_eq!(
             provider_request_id(task, 2, 0),
             "01920000-0000-7000-8000-000000000001-2-0"

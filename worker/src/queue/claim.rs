@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use agentplane_core::ids::{AgentId, TaskId, TenantId};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -92,9 +93,13 @@ async fn claim(
     let started = mark_running(&mut tx, plan.chosen(), worker_id, lease).await?;
     record_started(&mut tx, &started, worker_id).await?;
     let mut transcripts = load_transcripts(&mut tx, &started).await?;
-    Notifications::for_changed_tasks(started.iter().map(|task| (task.tenant_id, task.id)))
-        .send(&mut tx)
-        .await?;
+    Notifications::for_changed_tasks(
+        started
+            .iter()
+            .map(|task| (TenantId(task.tenant_id), TaskId(task.id))),
+    )
+    .send(&mut tx)
+    .await?;
     tx.commit().await?;
 
     Ok(started
@@ -110,9 +115,9 @@ async fn claim(
                 .remove(&(task.tenant_id, task.id))
                 .unwrap_or_default();
             Some(ClaimedTask {
-                tenant_id: task.tenant_id,
-                task_id: task.id,
-                agent_id: task.agent_id,
+                tenant_id: TenantId(task.tenant_id),
+                task_id: TaskId(task.id),
+                agent_id: AgentId(task.agent_id),
                 attempt: task.attempt,
                 agent,
                 messages,

@@ -10,28 +10,23 @@ mod reap;
 
 use std::time::Duration;
 
+use agentplane_core::ids::{AgentId, TaskId, TenantId};
+use agentplane_core::notify::Notification;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 pub use claim::claim_tasks;
-pub use reap::{LeaseExpiryOutcome, lease_expiry_outcome, reap_expired_leases};
-
-/// Channel the control plane notifies (empty payload) when a task becomes claimable.
-pub const TASK_READY_CHANNEL: &str = "agentplane_task_ready";
-/// Channel notified with `{"t":"<tenant>","k":"<task>"}` when a task's status changes.
-pub const TASK_STATE_CHANNEL: &str = "agentplane_task_state";
-/// Channel notified with `{"t":"<tenant>"}` when events were appended for a tenant.
-pub const EVENTS_CHANNEL: &str = "agentplane_events";
+pub use reap::reap_expired_leases;
 
 /// A task this worker now holds the lease of, with everything needed to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedTask {
     /// The workspace of the task.
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     /// The task.
-    pub task_id: Uuid,
+    pub task_id: TaskId,
     /// The agent that runs it.
-    pub agent_id: Uuid,
+    pub agent_id: AgentId,
     /// The attempt this claim started: the fencing token of every message about it.
     pub attempt: i32,
     /// The agent's settings as read at claim time.
@@ -63,57 +58,45 @@ pub struct TranscriptMessage {
     pub content: String,
 }
 
-/// The payload of [`TASK_STATE_CHANNEL`] for one task.
-pub(crate) fn task_state_payload(tenant_id: Uuid, task_id: Uuid) -> String {
-    format!(r#"{{"t":"{tenant_id}","k":"{task_id}"}}"#)
-}
-
-/// The payload of [`EVENTS_CHANNEL`] for one tenant.
-pub(crate) fn events_payload(tenant_id: Uuid) -> String {
-    format!(r#"{{"t":"{tenant_id}"}}"#)
-}
-
 /// Notifications to send when a transaction commits.
 #[derive(Debug, Default)]
-struct Notifications {
-    channels: Vec<String>,
-    payloads: Vec<String>,
-}
+struct Notifications(Vec<Notification>);
 
 impl Notifications {
     /// `task_state` for every task, then `events` once per distinct tenant.
-    fn for_changed_tasks(tasks: impl IntoIterator<Item = (Uuid, Uuid)>) -> Self {
+    fn for_changed_tasks(tasks: impl IntoIterator<Item = (TenantId, TaskId)>) -> Self {
         let mut notifications = Self::default();
         let mut tenants = Vec::new();
-        for (tenant_id, task_id) in tasks {
-            notifications.push(TASK_STATE_CHANNEL, task_state_payload(tenant_id, task_id));
-            tenants.push(tenant_id);
+        for (tenant, task) in tasks {
+            notifications.push(Notification::TaskState { tenant, task });
+            tenants.push(tenant);
         }
         tenants.sort_unstable();
         tenants.dedup();
-        for tenant_id in tenants {
-            notifications.push(EVENTS_CHANNEL, events_payload(tenant_id));
+        for tenant in tenants {
+            notifications.push(Notification::Events { tenant });
         }
         notifications
     }
 
-    fn push(&mut self, channel: &str, payload: String) {
-        self.channels.push(channel.to_owned());
-        self.payloads.push(payload);
+    fn push(&mut self, notification: Notification) {
+        self.0.push(notification);
     }
 
     /// Queues the notifications in `tx`; Postgres delivers them on commit.
     async fn send(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        if self.channels.is_empty() {
+        if self.0.is_empty() {
             return Ok(());
         }
+        let (channels, payloads): (Vec<&str>, Vec<String>) =
+            self.0.iter().map(|n| (n.channel(), n.payload())).unzip();
         let connection: &mut PgConnection = tx;
         sqlx::query(
             "SELECT pg_notify(n.channel, n.payload) \
              FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
         )
-        .bind(self.channels)
-        .bind(self.payloads)
+        .bind(channels)
+        .bind(payloads)
         .execute(connection)
         .await?;
         Ok(())
@@ -150,39 +133,26 @@ fn unzip_pairs(pairs: impl IntoIterator<Item = (Uuid, Uuid)>) -> (Vec<Uuid>, Vec
 
 #[cfg(test)]
 mod tests {
+    use agentplane_core::notify::channel;
+
     use super::*;
 
     #[test]
-    fn payloads_are_compact_json() {
-        let tenant = Uuid::from_u128(1);
-        let task = Uuid::from_u128(2);
-        let state: serde_json::Value =
-            serde_json::from_str(&task_state_payload(tenant, task)).expect("json");
-        assert_eq!(state["t"], tenant.to_string());
-        assert_eq!(state["k"], task.to_string());
-        assert_eq!(
-            events_payload(tenant),
-            format!(r#"{{"t":"{tenant}"}}"#),
-            "no spaces, one key"
-        );
-    }
-
-    #[test]
     fn changed_tasks_notify_each_task_and_each_tenant_once() {
-        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (a, b) = (TenantId(Uuid::from_u128(1)), TenantId(Uuid::from_u128(2)));
         let notifications = Notifications::for_changed_tasks([
-            (b, Uuid::from_u128(10)),
-            (a, Uuid::from_u128(11)),
-            (b, Uuid::from_u128(12)),
+            (b, TaskId(Uuid::from_u128(10))),
+            (a, TaskId(Uuid::from_u128(11))),
+            (b, TaskId(Uuid::from_u128(12))),
         ]);
         let count = |channel: &str| {
             notifications
-                .channels
+                .0
                 .iter()
-                .filter(|name| *name == channel)
+                .filter(|n| n.channel() == channel)
                 .count()
         };
-        assert_eq!(count(TASK_STATE_CHANNEL), 3);
-        assert_eq!(count(EVENTS_CHANNEL), 2);
+        assert_eq!(count(channel::TASK_STATE), 3);
+        assert_eq!(count(channel::EVENTS), 2);
     }
 }

@@ -1,40 +1,17 @@
 //! Reaping: tasks whose lease expired (their worker died or lost the control plane) go back
 //! to pending with a backoff, or fail once their attempts are used up.
 
-use std::time::Duration;
-
+use agentplane_core::ids::{TaskId, TenantId};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Notifications, TASK_READY_CHANNEL, bound_waits, is_wait_timeout};
-use crate::backoff::retry_delay;
+use agentplane_core::columns::TaskStatus;
+use agentplane_core::notify::Notification;
+use agentplane_core::retry::{LEASE_EXPIRED_CODE, RetryDecision, decide_retry};
 
-const LEASE_EXPIRED_CODE: &str = "lease_expired";
+use super::{Notifications, bound_waits, is_wait_timeout};
+
 const LEASE_EXPIRED_MESSAGE: &str = "the worker holding the task stopped renewing its lease";
-
-/// What becomes of a task whose lease expired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseExpiryOutcome {
-    /// Its attempts are used up: it fails for good.
-    Fail,
-    /// It goes back to pending, claimable after `delay`.
-    Retry {
-        /// How long until it may be claimed again.
-        delay: Duration,
-    },
-}
-
-/// Decides for a task at `attempt` with `releases` attempts given back (which do not count)
-/// and `max_attempts` allowed.
-pub fn lease_expiry_outcome(attempt: i32, releases: i32, max_attempts: i32) -> LeaseExpiryOutcome {
-    if attempt.saturating_sub(releases) >= max_attempts {
-        LeaseExpiryOutcome::Fail
-    } else {
-        LeaseExpiryOutcome::Retry {
-            delay: retry_delay(attempt),
-        }
-    }
-}
 
 #[derive(sqlx::FromRow)]
 struct ExpiredTask {
@@ -50,7 +27,7 @@ struct ReapedTask {
     tenant_id: Uuid,
     id: Uuid,
     attempt: i32,
-    status: String,
+    status: TaskStatus,
 }
 
 /// Requeues or fails up to `limit` running tasks whose lease has expired, in one transaction
@@ -90,10 +67,13 @@ async fn reap(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
 
     let reaped = settle(&mut tx, &expired).await?;
     record_reaped(&mut tx, &reaped).await?;
-    let mut notifications =
-        Notifications::for_changed_tasks(reaped.iter().map(|task| (task.tenant_id, task.id)));
-    if reaped.iter().any(|task| task.status == "pending") {
-        notifications.push(TASK_READY_CHANNEL, String::new());
+    let mut notifications = Notifications::for_changed_tasks(
+        reaped
+            .iter()
+            .map(|task| (TenantId(task.tenant_id), TaskId(task.id))),
+    );
+    if reaped.iter().any(|task| task.status == TaskStatus::Pending) {
+        notifications.push(Notification::TaskReady);
     }
     notifications.send(&mut tx).await?;
     tx.commit().await?;
@@ -121,12 +101,13 @@ async fn settle(
     for task in expired {
         tenants.push(task.tenant_id);
         task_ids.push(task.id);
-        match lease_expiry_outcome(task.attempt, task.releases, task.max_attempts) {
-            LeaseExpiryOutcome::Fail => {
+        // An expired lease is a retryable failure: the worker may come back, the task may not.
+        match decide_retry(task.attempt, task.releases, task.max_attempts, true) {
+            RetryDecision::Fail => {
                 fails.push(true);
                 delays.push(0.0);
             }
-            LeaseExpiryOutcome::Retry { delay } => {
+            RetryDecision::Retry { delay } => {
                 fails.push(false);
                 delays.push(delay.as_secs_f64());
             }
@@ -165,7 +146,7 @@ async fn record_reaped(
     let actions: Vec<&str> = reaped
         .iter()
         .map(|task| {
-            if task.status == "failed" {
+            if task.status == TaskStatus::Failed {
                 "task.failed"
             } else {
                 "task.retrying"
@@ -189,36 +170,4 @@ async fn record_reaped(
     .execute(connection)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_until_counted_attempts_reach_the_limit() {
-        assert_eq!(
-            lease_expiry_outcome(1, 0, 3),
-            LeaseExpiryOutcome::Retry {
-                delay: Duration::from_secs(1)
-            }
-        );
-        assert_eq!(
-            lease_expiry_outcome(2, 0, 3),
-            LeaseExpiryOutcome::Retry {
-                delay: Duration::from_secs(2)
-            }
-        );
-        assert_eq!(lease_expiry_outcome(3, 0, 3), LeaseExpiryOutcome::Fail);
-        assert_eq!(lease_expiry_outcome(1, 0, 1), LeaseExpiryOutcome::Fail);
-    }
-
-    #[test]
-    fn released_attempts_do_not_count() {
-        assert!(matches!(
-            lease_expiry_outcome(3, 1, 3),
-            LeaseExpiryOutcome::Retry { .. }
-        ));
-        assert_eq!(lease_expiry_outcome(4, 1, 3), LeaseExpiryOutcome::Fail);
-    }
 }

@@ -16,16 +16,18 @@ use tokio::time::Instant;
 use crate::lease::{Attempt, StopReason};
 use crate::link::{Ending, LinkHandle, Outbound};
 use crate::provider::{
-    ChatMessage, ChatRole, GenerationParams, ModelRequest, ModelResponse, ProviderError, Providers,
+    ChatMessage, ChatRole, ModelRequest, ModelResponse, ProviderError, Providers,
     provider_request_id,
 };
 use crate::queue::ClaimedTask;
-use output::{MAX_OUTPUT_BYTES, OutputTooLarge, forward_output, without_nul};
+use agentplane_core::columns::Role;
+use agentplane_core::generation::Generation;
+use agentplane_core::limits::{MAX_FAILURE_MESSAGE_BYTES, MAX_OUTPUT_BYTES};
+use agentplane_core::text::{truncate_owned, without_nul};
+use output::{OutputTooLarge, forward_output};
 
 /// Provider pieces buffered before the provider waits for the link.
 const PIECE_BUFFER: usize = 256;
-/// Largest `WorkerFailure.message` the control plane accepts.
-const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
 
 /// What every attempt needs from the worker.
 #[derive(Debug, Clone)]
@@ -189,7 +191,7 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
 
 /// Turns the claimed transcript and agent settings into the model request.
 fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
-    let generation = GenerationParams::from_json(&task.agent.generation).map_err(|error| {
+    let generation = Generation::from_json(&task.agent.generation).map_err(|error| {
         failure(
             "invalid_agent",
             format!("the agent's generation settings are invalid: {error}"),
@@ -199,17 +201,17 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
     let mut system = Vec::new();
     let mut messages = Vec::with_capacity(task.messages.len());
     for message in &task.messages {
-        let role = match message.role.as_str() {
-            "system" => {
+        let role = match Role::parse(&message.role) {
+            Ok(Role::System) => {
                 system.push(message.content.as_str());
                 continue;
             }
-            "user" => ChatRole::User,
-            "assistant" => ChatRole::Assistant,
-            other => {
+            Ok(Role::User) => ChatRole::User,
+            Ok(Role::Assistant) => ChatRole::Assistant,
+            Err(unknown) => {
                 return Err(failure(
                     "invalid_task",
-                    format!("the transcript has a message with unknown role {other:?}"),
+                    format!("the transcript has a message with an {unknown}"),
                     false,
                 ));
             }
@@ -231,7 +233,7 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
 
 /// The successful outcome of `response`, or a failure if it is too large to store.
 fn success(response: ModelResponse, step: i32, provider_request_id: String) -> Outcome {
-    let output = without_nul(response.text);
+    let output = without_nul(&response.text).into_owned();
     if output.len() > MAX_OUTPUT_BYTES {
         return failure(
             "output_too_large",
@@ -262,21 +264,12 @@ fn success(response: ModelResponse, step: i32, provider_request_id: String) -> O
 fn failure(code: &str, message: String, retryable: bool) -> Outcome {
     Outcome::Reported(worker_result::Outcome::Failure(WorkerFailure {
         code: code.to_owned(),
-        message: truncate(without_nul(message), MAX_FAILURE_MESSAGE_BYTES),
+        message: truncate_owned(
+            without_nul(&message).into_owned(),
+            MAX_FAILURE_MESSAGE_BYTES,
+        ),
         retryable,
     }))
-}
-
-/// `text` cut to at most `max_bytes`, on a character boundary.
-fn truncate(mut text: String, max_bytes: usize) -> String {
-    if text.len() > max_bytes {
-        let mut cut = max_bytes;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
 }
 
 fn describe(duration: Duration) -> String {

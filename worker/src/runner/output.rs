@@ -8,14 +8,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::coalesce::{Coalescer, MAX_OUTPUT_CHUNK_BYTES};
+use agentplane_core::limits::{MAX_DELTA_BYTES, MAX_OUTPUT_BYTES};
+use agentplane_core::text::without_nul;
+
+use crate::coalesce::Coalescer;
 use crate::lease::Attempt;
 use crate::link::{LinkHandle, Outbound};
 
 /// At most one output message per window (pieces arriving meanwhile travel together).
 const COALESCE_WINDOW: Duration = Duration::from_millis(20);
-/// Largest answer, streamed or whole, the control plane accepts (`WorkerSuccess.output`).
-pub(super) const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// The provider streamed more than [`MAX_OUTPUT_BYTES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,14 +34,14 @@ pub(super) async fn forward_output(
     attempt: &Arc<Attempt>,
     stop_call: &CancellationToken,
 ) -> Result<(), OutputTooLarge> {
-    let mut coalescer = Coalescer::new(COALESCE_WINDOW, MAX_OUTPUT_CHUNK_BYTES);
+    let mut coalescer = Coalescer::new(COALESCE_WINDOW, MAX_DELTA_BYTES);
     let mut next_index = 0i64;
     let mut streamed = 0usize;
     loop {
         let (ready, done) = tokio::select! {
             piece = pieces.recv() => match piece {
                 Some(piece) => {
-                    let piece = without_nul(piece);
+                    let piece = without_nul(&piece);
                     streamed = streamed.saturating_add(piece.len());
                     if streamed > MAX_OUTPUT_BYTES {
                         stop_call.cancel();
@@ -76,25 +77,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// `text` with every NUL replaced by U+FFFD: PostgreSQL `text` cannot hold NUL.
-pub(super) fn without_nul(text: String) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}")
-    } else {
-        text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nul_becomes_the_replacement_character() {
-        assert_eq!(without_nul("a\0b\0".to_owned()), "a\u{FFFD}b\u{FFFD}");
-        assert_eq!(without_nul("plain".to_owned()), "plain");
     }
 }

@@ -6,9 +6,9 @@ use crate::queue::{AgentSettings, TranscriptMessage};
 
 fn task(messages: &[(&str, &str)], generation: serde_json::Value) -> ClaimedTask {
     ClaimedTask {
-        tenant_id: uuid::Uuid::now_v7(),
-        task_id: uuid::Uuid::now_v7(),
-        agent_id: uuid::Uuid::now_v7(),
+        tenant_id: agentplane_core::ids::TenantId::generate(),
+        task_id: agentplane_core::ids::TaskId::generate(),
+        agent_id: agentplane_core::ids::AgentId::generate(),
         attempt: 2,
         agent: AgentSettings {
             provider: "echo".to_owned(),

@@ -79,7 +79,7 @@ async fn four_concurrent_claimers_claim_each_of_1000_tasks_exactly_once() {
         assert!(!claimed.is_empty(), "every claimer should get some work");
         all.extend(claimed);
     }
-    let unique: HashSet<Uuid> = all.iter().map(|(id, _)| *id).collect();
+    let unique: HashSet<Uuid> = all.iter().map(|(id, _)| id.0).collect();
     assert_eq!(all.len(), 1000, "claims: {}", all.len());
     assert_eq!(unique.len(), 1000);
     assert!(all.iter().all(|(_, attempt)| *attempt == 1));

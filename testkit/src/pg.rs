@@ -2,8 +2,9 @@
 //! binaries in a temporary directory on a free port, migrated once into a template
 //! database, and copied into a fresh database for every test.
 //!
-//! The cluster is shared by all tests of the binary and stopped by a watchdog process when
-//! the binary exits.
+//! The cluster is shared by all tests of one test binary and stopped by a watchdog process
+//! when the binary exits. The template is migrated with the control plane's embedded
+//! migrations, and has the login roles [`APP_USER`] and [`WORKER_USER`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

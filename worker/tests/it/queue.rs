@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use agentplane_worker::queue::{TASK_STATE_CHANNEL, claim_tasks, reap_expired_leases};
+use agentplane_core::notify::channel::TASK_STATE as TASK_STATE_CHANNEL;
+use agentplane_worker::queue::{claim_tasks, reap_expired_leases};
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
@@ -27,7 +28,7 @@ async fn claim_takes_highest_priority_first_and_loads_agent_and_transcript() {
     assert_eq!(claimed.len(), 1);
     let first = &claimed[0];
     assert_eq!(
-        (first.task_id, first.tenant_id, first.agent_id),
+        (first.task_id.0, first.tenant_id.0, first.agent_id.0),
         (high, tenant, agent_id)
     );
     assert_eq!(first.attempt, 1);
@@ -90,10 +91,10 @@ async fn a_busy_agent_does_not_starve_other_agents_behind_it() {
     let pool = db.worker_pool().await;
 
     let first = claim_tasks(&pool, Uuid::now_v7(), 1, LEASE).await.unwrap();
-    assert_eq!(first[0].agent_id, busy);
+    assert_eq!(first[0].agent_id.0, busy);
     // The next 8 candidates in claim order all belong to the saturated agent.
     let second = claim_tasks(&pool, Uuid::now_v7(), 2, LEASE).await.unwrap();
-    let ids: Vec<Uuid> = second.iter().map(|claimed| claimed.task_id).collect();
+    let ids: Vec<Uuid> = second.iter().map(|claimed| claimed.task_id.0).collect();
     assert_eq!(ids, [behind]);
 }
 

@@ -20,11 +20,14 @@ use tonic::transport::Channel;
 
 use crate::pg::TestDb;
 
+/// The platform admin token every [`TestApp`] accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The worker token every [`TestApp`] accepts.
 pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
 
 /// A running control plane.
 pub struct TestApp {
+    /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
@@ -56,10 +59,12 @@ impl TestApp {
         TestApp { addr, stop, handle }
     }
 
+    /// Its URL, for clients and workers.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// A new connection to it.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.endpoint())
             .unwrap()
@@ -89,6 +94,7 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Stops the server, waiting at most 10 s for it to finish.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
@@ -121,22 +127,30 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// A channel that sends a bearer token with every call.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
+/// The interceptor for `token`; an empty token sends no `authorization` at all.
 pub fn bearer(token: &str) -> Bearer {
     Bearer((!token.is_empty()).then(|| format!("Bearer {token}").parse().unwrap()))
 }
 
 /// One client per public service.
 pub struct Clients {
+    /// `WorkspaceService`.
     pub workspaces: WorkspaceServiceClient<Authed>,
+    /// `AgentService`.
     pub agents: AgentServiceClient<Authed>,
+    /// `TaskService`.
     pub tasks: TaskServiceClient<Authed>,
+    /// `EventService`.
     pub events: EventServiceClient<Authed>,
+    /// `WorkerService` (answers only to the worker token).
     pub workers: WorkerServiceClient<Authed>,
 }
 
 impl Clients {
+    /// Clients on `channel` that authenticate with `token`.
     pub fn new(channel: Channel, token: &str) -> Clients {
         Clients {
             workspaces: WorkspaceServiceClient::new(InterceptedService::new(
@@ -211,6 +225,7 @@ impl Clients {
             .unwrap()
     }
 
+    /// Gets a task, which must exist.
     pub async fn get_task(&mut self, workspace_id: &str, id: &str) -> pb::Task {
         self.tasks
             .get_task(pb::GetTaskRequest {
@@ -237,6 +252,7 @@ impl Clients {
     }
 }
 
+/// A user message with `content`.
 pub fn user(content: &str) -> pb::Message {
     pb::Message {
         role: pb::Role::User.into(),

@@ -1,0 +1,331 @@
+//! Parsing of the worker channel: each protobuf message becomes a validated
+//! [`Report`](crate::domain::worker::Report) (or [`Hello`]) here, once, with every field
+//! violation collected.
+
+use agentplane_core::limits;
+use agentplane_core::text::{truncate_bytes, without_nul};
+use agentplane_proto::v1 as pb;
+use pb::session_request::Kind as In;
+
+use crate::api::convert;
+use crate::domain::validate::Violations;
+use crate::domain::worker::{Hello, Lease, ModelCallRecord, Report, ResultOutcome};
+use crate::error::ApiError;
+use crate::ids::WorkerId;
+
+impl TryFrom<pb::WorkerHello> for Hello {
+    type Error = ApiError;
+
+    fn try_from(hello: pb::WorkerHello) -> Result<Self, ApiError> {
+        let mut v = Violations::new();
+        let worker: Option<WorkerId> = v.id("hello.worker_id", &hello.worker_id);
+        if worker.is_some_and(|id| id.0.is_nil()) {
+            v.add("hello.worker_id", "must not be the nil UUID");
+        }
+        v.text("hello.version", &hello.version, 1, 64);
+        let max = limits::MAX_WORKER_CAPACITY;
+        if !u32::try_from(hello.capacity).is_ok_and(|c| (1..=max).contains(&c)) {
+            v.add("hello.capacity", format!("must be 1 to {max}"));
+        }
+        v.finish()?;
+        match worker {
+            Some(worker) => Ok(Hello {
+                worker,
+                version: hello.version,
+                capacity: hello.capacity,
+            }),
+            None => Err(ApiError::invalid("hello.worker_id", "is required")),
+        }
+    }
+}
+
+impl TryFrom<pb::SessionRequest> for Report {
+    type Error = ApiError;
+
+    fn try_from(message: pb::SessionRequest) -> Result<Self, ApiError> {
+        match message.kind {
+            Some(In::Hello(_)) => Err(ApiError::invalid("hello", "may only be sent once")),
+            Some(In::Heartbeat(heartbeat)) => heartbeat_report(&heartbeat),
+            Some(In::Output(output)) => output_report(output),
+            Some(In::Event(event)) => event_report(event),
+            Some(In::Result(result)) => result_report(result),
+            Some(In::Release(release)) => {
+                let mut v = Violations::new();
+                let lease = lease(&mut v, "release.lease", release.lease.as_ref());
+                v.finish()?;
+                Ok(Report::Release(required(lease, "release.lease")?))
+            }
+            None => Err(ApiError::invalid("kind", "is required")),
+        }
+    }
+}
+
+fn heartbeat_report(heartbeat: &pb::WorkerHeartbeat) -> Result<Report, ApiError> {
+    let max = limits::MAX_HEARTBEAT_LEASES;
+    if heartbeat.leases.len() > max {
+        return Err(ApiError::invalid(
+            "heartbeat.leases",
+            format!("at most {max} leases"),
+        ));
+    }
+    let mut v = Violations::new();
+    let leases: Vec<Option<Lease>> = heartbeat
+        .leases
+        .iter()
+        .enumerate()
+        .map(|(i, l)| lease(&mut v, &format!("heartbeat.leases[{i}]"), Some(l)))
+        .collect();
+    v.finish()?;
+    Ok(Report::Heartbeat(leases.into_iter().flatten().collect()))
+}
+
+fn output_report(output: pb::WorkerOutput) -> Result<Report, ApiError> {
+    let mut v = Violations::new();
+    let lease = lease(&mut v, "output.lease", output.lease.as_ref());
+    if !(0..=limits::MAX_DELTA_INDEX).contains(&output.index) {
+        v.add(
+            "output.index",
+            format!("must be 0 to {}", limits::MAX_DELTA_INDEX),
+        );
+    }
+    if output.text.len() > limits::MAX_DELTA_BYTES {
+        v.add("output.text", "must be at most 64 KiB");
+    }
+    v.finish()?;
+    Ok(Report::Output {
+        lease: required(lease, "output.lease")?,
+        index: output.index,
+        text: without_nul(&output.text).into_owned(),
+    })
+}
+
+fn event_report(event: pb::WorkerEvent) -> Result<Report, ApiError> {
+    let mut v = Violations::new();
+    let lease = lease(&mut v, "event.lease", event.lease.as_ref());
+    let valid_action = event.action.strip_prefix("task.").is_some_and(|rest| {
+        (1..=60).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+    });
+    if !valid_action {
+        v.add("event.action", "must be \"task.\" and 1 to 60 of [a-z_.]");
+    }
+    let mut data = event
+        .data
+        .as_ref()
+        .map(convert::struct_to_json)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let encoded = data.to_string();
+    if encoded.contains("\\u0000") {
+        v.add("event.data", "must not contain NUL characters");
+    }
+    if encoded.len() > limits::MAX_EVENT_DATA_BYTES {
+        v.add("event.data", "must be at most 16 KiB as JSON");
+    }
+    v.finish()?;
+    let lease = required(lease, "event.lease")?;
+    if let Some(map) = data.as_object_mut() {
+        map.insert("attempt".to_owned(), lease.attempt.into());
+    }
+    Ok(Report::Event {
+        lease,
+        action: event.action,
+        data,
+    })
+}
+
+fn result_report(result: pb::WorkerResult) -> Result<Report, ApiError> {
+    let mut v = Violations::new();
+    let lease = lease(&mut v, "result.lease", result.lease.as_ref());
+    v.finish()?;
+    let lease = required(lease, "result.lease")?;
+    Ok(match result_outcome(result.outcome) {
+        Ok(outcome) => Report::Result { lease, outcome },
+        Err(error) => Report::MalformedResult {
+            lease,
+            reason: format!("invalid result: {error}"),
+        },
+    })
+}
+
+fn result_outcome(outcome: Option<pb::worker_result::Outcome>) -> Result<ResultOutcome, String> {
+    match outcome {
+        Some(pb::worker_result::Outcome::Success(success)) => success_outcome(&success),
+        Some(pb::worker_result::Outcome::Failure(failure)) => {
+            let code_chars = failure.code.chars().count();
+            if !(1..=limits::MAX_CODE_CHARS).contains(&code_chars) {
+                return Err(format!(
+                    "result.failure.code must be 1 to {} characters",
+                    limits::MAX_CODE_CHARS
+                ));
+            }
+            Ok(ResultOutcome::Failure {
+                code: without_nul(&failure.code).into_owned(),
+                message: without_nul(truncate_bytes(
+                    &failure.message,
+                    limits::MAX_FAILURE_MESSAGE_BYTES,
+                ))
+                .into_owned(),
+                retryable: failure.retryable,
+            })
+        }
+        None => Err("result.outcome is required".to_owned()),
+    }
+}
+
+fn success_outcome(success: &pb::WorkerSuccess) -> Result<ResultOutcome, String> {
+    let mut problems = Vec::new();
+    // Model text may hold NUL; it is replaced below rather than refused, as deltas are.
+    if success.output.len() > limits::MAX_OUTPUT_BYTES {
+        problems.push("result.success.output must be at most 1 MiB".to_owned());
+    }
+    if success.finish_reason.chars().count() > limits::MAX_CODE_CHARS {
+        problems.push(format!(
+            "result.success.finish_reason must be at most {} characters",
+            limits::MAX_CODE_CHARS
+        ));
+    }
+    if success.calls.len() > limits::MAX_MODEL_CALLS {
+        problems.push(format!(
+            "result.success.calls: at most {} calls",
+            limits::MAX_MODEL_CALLS
+        ));
+    }
+    let max_chars = limits::MAX_MODEL_CALL_FIELD_CHARS;
+    let fits = |text: &str| (1..=max_chars).contains(&text.chars().count()) && !text.contains('\0');
+    let mut calls = Vec::with_capacity(success.calls.len().min(limits::MAX_MODEL_CALLS));
+    for (i, call) in success
+        .calls
+        .iter()
+        .enumerate()
+        .take(limits::MAX_MODEL_CALLS)
+    {
+        let usage = call.usage.unwrap_or_default();
+        if !fits(&call.provider_request_id) || !fits(&call.model) {
+            problems.push(format!(
+                "result.success.calls[{i}]: provider_request_id and model must be 1 to \
+                 {max_chars} characters without NUL"
+            ));
+        }
+        if call.step < 0
+            || usage.input_tokens < 0
+            || usage.output_tokens < 0
+            || usage.cost_micros < 0
+        {
+            problems.push(format!(
+                "result.success.calls[{i}]: step and usage must not be negative"
+            ));
+        }
+        calls.push(ModelCallRecord {
+            step: call.step,
+            provider_request_id: call.provider_request_id.clone(),
+            model: call.model.clone(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost_micros: usage.cost_micros,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok(ResultOutcome::Success {
+        output: without_nul(&success.output).into_owned(),
+        finish_reason: without_nul(&success.finish_reason).into_owned(),
+        calls,
+    })
+}
+
+/// Parses a lease reference, recording what is wrong with it.
+fn lease(v: &mut Violations, field: &str, lease: Option<&pb::LeaseRef>) -> Option<Lease> {
+    let Some(lease) = lease else {
+        v.add(field, "is required");
+        return None;
+    };
+    let tenant = v.id(&format!("{field}.workspace_id"), &lease.workspace_id);
+    let task = v.id(&format!("{field}.task_id"), &lease.task_id);
+    if lease.attempt < 1 {
+        v.add(&format!("{field}.attempt"), "must be at least 1");
+    }
+    Some(Lease {
+        tenant: tenant?,
+        task: task?,
+        attempt: lease.attempt,
+    })
+}
+
+/// The lease once the violations are known to be empty.
+fn required(lease: Option<Lease>, field: &str) -> Result<Lease, ApiError> {
+    lease.ok_or_else(|| ApiError::invalid(field, "is required"))
+}
+
+/// The protobuf form of a lease.
+pub(super) fn lease_ref(lease: Lease) -> pb::LeaseRef {
+    pb::LeaseRef {
+        workspace_id: lease.tenant.to_string(),
+        task_id: lease.task.to_string(),
+        attempt: lease.attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn hello(worker_id: String, capacity: i32) -> pb::WorkerHello {
+        pb::WorkerHello {
+            worker_id,
+            version: "1".to_owned(),
+            capacity,
+        }
+    }
+
+    #[test]
+    fn a_hello_with_the_nil_uuid_or_a_capacity_out_of_range_is_refused() {
+        let valid = Uuid::now_v7().to_string();
+        assert!(Hello::try_from(hello(valid.clone(), 8)).is_ok());
+        for bad in [
+            hello(Uuid::nil().to_string(), 8),
+            hello(valid.clone(), 0),
+            hello(valid, 10_001),
+            hello(String::new(), 8),
+        ] {
+            assert!(matches!(
+                Hello::try_from(bad),
+                Err(ApiError::InvalidArgument(_))
+            ));
+        }
+    }
+
+    fn output(index: i64) -> pb::SessionRequest {
+        pb::SessionRequest {
+            kind: Some(In::Output(pb::WorkerOutput {
+                lease: Some(pb::LeaseRef {
+                    workspace_id: Uuid::now_v7().to_string(),
+                    task_id: Uuid::now_v7().to_string(),
+                    attempt: 1,
+                }),
+                index,
+                text: "x\0".to_owned(),
+            })),
+        }
+    }
+
+    #[test]
+    fn output_indexes_outside_the_limit_are_refused_and_nul_is_replaced() {
+        for bad in [-1, limits::MAX_DELTA_INDEX + 1, i64::MAX] {
+            assert!(Report::try_from(output(bad)).is_err(), "{bad}");
+        }
+        let Ok(Report::Output { text, index, .. }) =
+            Report::try_from(output(limits::MAX_DELTA_INDEX))
+        else {
+            panic!("the largest index is accepted");
+        };
+        assert_eq!(
+            (text.as_str(), index),
+            ("x\u{FFFD}", limits::MAX_DELTA_INDEX)
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! What a worker reports over its session, as validated values: the protobuf messages are
+//! parsed into these once, in `api/workers/parse.rs`.
+
+use crate::ids::{TaskId, TenantId, WorkerId};
+
+/// One attempt of one task: the unit a worker holds a lease on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lease {
+    /// Workspace of the task.
+    pub tenant: TenantId,
+    /// The task.
+    pub task: TaskId,
+    /// The attempt, from 1: the fencing token.
+    pub attempt: i32,
+}
+
+/// The first message of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The worker's id (never the nil UUID).
+    pub worker: WorkerId,
+    /// The worker's version string.
+    pub version: String,
+    /// Tasks it runs at once.
+    pub capacity: i32,
+}
+
+/// One model call reported by a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelCallRecord {
+    /// Agent-loop step.
+    pub step: i32,
+    /// Idempotency id sent to the provider.
+    pub provider_request_id: String,
+    /// Model.
+    pub model: String,
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Generated tokens.
+    pub output_tokens: i64,
+    /// Cost.
+    pub cost_micros: i64,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResultOutcome {
+    /// With an answer.
+    Success {
+        /// Full answer, NUL-free.
+        output: String,
+        /// Why generation stopped.
+        finish_reason: String,
+        /// Provider calls made.
+        calls: Vec<ModelCallRecord>,
+    },
+    /// Without one.
+    Failure {
+        /// Machine-readable reason.
+        code: String,
+        /// Detail, NUL-free and cut to the limit.
+        message: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+}
+
+/// A message of a running session, after the hello.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// Renew these leases.
+    Heartbeat(Vec<Lease>),
+    /// A delta of an attempt's output.
+    Output {
+        /// The attempt.
+        lease: Lease,
+        /// Its index within the attempt.
+        index: i64,
+        /// The text, NUL-free.
+        text: String,
+    },
+    /// A progress event for the event log.
+    Event {
+        /// The attempt.
+        lease: Lease,
+        /// `task.` and a name.
+        action: String,
+        /// Details, with the attempt added.
+        data: serde_json::Value,
+    },
+    /// The end of an attempt.
+    Result {
+        /// The attempt.
+        lease: Lease,
+        /// How it ended.
+        outcome: ResultOutcome,
+    },
+    /// A result whose lease parsed but whose content did not: acknowledged as not
+    /// recorded, so the worker stops resending it and the lease runs out.
+    MalformedResult {
+        /// The attempt.
+        lease: Lease,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An attempt given back unfinished.
+    Release(Lease),
+}

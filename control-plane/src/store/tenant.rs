@@ -1,0 +1,113 @@
+//! The tenant-scoped transaction: the one way the API reaches workspace tables.
+//!
+//! It sets `app.tenant_id` when it opens (so row-level security confines every statement to
+//! one workspace), and its query builders bind the same tenant as `$1`, so a statement
+//! cannot forget the tenant filter: PostgreSQL refuses a statement that does not use a bound
+//! parameter. The fields are private to this module; the repositories beside it can only
+//! build statements through [`TenantTx::query`] and its siblings.
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{FromRow, PgConnection, Postgres, Transaction};
+
+use super::{Store, StoreError, StoreResult};
+use crate::ids::TenantId;
+use agentplane_core::notify::Notification;
+
+/// A transaction confined to one workspace.
+#[derive(Debug)]
+pub struct TenantTx {
+    pub(super) tx: Transaction<'static, Postgres>,
+    pub(super) tenant: TenantId,
+}
+
+impl Store {
+    /// Opens a transaction scoped to a live workspace; NOT_FOUND if the workspace does not
+    /// exist or is deleted.
+    pub async fn tenant(&self, tenant: TenantId) -> StoreResult<TenantTx> {
+        let mut tx = self.tenant_unchecked(tenant).await?;
+        let live: Option<bool> = tx
+            .query_scalar("SELECT deleted_at IS NULL FROM workspaces WHERE id = $1")
+            .fetch_optional(tx.executor())
+            .await?;
+        match live {
+            Some(true) => Ok(tx),
+            _ => Err(StoreError::NotFound("workspace")),
+        }
+    }
+
+    /// Opens a tenant-scoped transaction without checking that the workspace is live: for
+    /// the worker channel, whose results must land even while a workspace is being deleted.
+    pub async fn tenant_unchecked(&self, tenant: TenantId) -> StoreResult<TenantTx> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(TenantTx { tx, tenant })
+    }
+}
+
+impl TenantTx {
+    /// The workspace this transaction is confined to.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// A statement with the tenant bound as `$1`; bind the rest from `$2`.
+    pub(super) fn query(&self, sql: &'static str) -> Query<'static, Postgres, PgArguments> {
+        sqlx::query(sql).bind(self.tenant)
+    }
+
+    /// A row-returning statement with the tenant bound as `$1`.
+    pub(super) fn query_as<T>(
+        &self,
+        sql: &'static str,
+    ) -> QueryAs<'static, Postgres, T, PgArguments>
+    where
+        T: for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_as(sql).bind(self.tenant)
+    }
+
+    /// A statement returning one column, with the tenant bound as `$1`.
+    pub(super) fn query_scalar<T>(
+        &self,
+        sql: &'static str,
+    ) -> QueryScalar<'static, Postgres, T, PgArguments>
+    where
+        (T,): for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_scalar(sql).bind(self.tenant)
+    }
+
+    /// Where the statements built above run.
+    pub(super) fn executor(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Commits the transaction; notifications sent in it are delivered now.
+    pub async fn commit(self) -> StoreResult<()> {
+        Ok(self.tx.commit().await?)
+    }
+
+    /// Queues notifications, delivered when the transaction commits, in one statement.
+    pub(super) async fn notify(&mut self, notifications: &[Notification]) -> StoreResult<()> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let (channels, payloads): (Vec<&str>, Vec<String>) = notifications
+            .iter()
+            .map(|n| (n.channel(), n.payload()))
+            .unzip();
+        sqlx::query(
+            "SELECT pg_notify(n.channel, n.payload) \
+             FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
+        )
+        .bind(channels)
+        .bind(payloads)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}

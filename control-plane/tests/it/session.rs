@@ -1,0 +1,88 @@
+//! A hand-driven worker session, for tests that play the worker's side of the channel.
+
+use agentplane_proto::v1 as pb;
+use pb::session_request::Kind as In;
+use pb::session_response::Kind as Out;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::app::{Clients, TestApp, WORKER_TOKEN};
+
+/// A hand-driven worker session.
+pub struct Session {
+    pub id: uuid::Uuid,
+    send: mpsc::Sender<pb::SessionRequest>,
+    pub recv: tonic::Streaming<pb::SessionResponse>,
+}
+
+impl Session {
+    pub async fn open(app: &TestApp, id: uuid::Uuid) -> Session {
+        let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
+        let (send, rx) = mpsc::channel(16);
+        send.send(pb::SessionRequest {
+            kind: Some(In::Hello(pb::WorkerHello {
+                worker_id: id.to_string(),
+                version: "test".into(),
+                capacity: 4,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut recv = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = recv.message().await.unwrap().unwrap();
+        assert!(matches!(welcome.kind, Some(Out::Welcome(_))), "{welcome:?}");
+        Session { id, send, recv }
+    }
+
+    pub async fn send(&self, kind: In) {
+        self.send
+            .send(pb::SessionRequest { kind: Some(kind) })
+            .await
+            .unwrap();
+    }
+
+    pub async fn succeed(&mut self, lease: pb::LeaseRef, output: &str) -> pb::ResultAck {
+        self.send(In::Result(pb::WorkerResult {
+            lease: Some(lease),
+            outcome: Some(pb::worker_result::Outcome::Success(pb::WorkerSuccess {
+                output: output.to_owned(),
+                finish_reason: "stop".into(),
+                calls: vec![pb::ModelCall {
+                    step: 0,
+                    provider_request_id: format!("{}-{}", self.id, uuid::Uuid::now_v7()),
+                    model: "echo-1".into(),
+                    usage: Some(pb::Usage {
+                        input_tokens: 3,
+                        output_tokens: 2,
+                        cost_micros: 0,
+                    }),
+                }],
+            })),
+        }))
+        .await;
+        loop {
+            match self.recv.message().await.unwrap().unwrap().kind {
+                Some(Out::ResultAck(ack)) => return ack,
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Waits until every message sent so far has been handled: the session handles messages
+    /// in order, so the answer to a heartbeat sent now comes after all of them.
+    pub async fn settle(&mut self) -> pb::HeartbeatAck {
+        self.send(In::Heartbeat(pb::WorkerHeartbeat { leases: vec![] }))
+            .await;
+        loop {
+            if let Some(Out::HeartbeatAck(ack)) = self.recv.message().await.unwrap().unwrap().kind {
+                return ack;
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! What the control plane refuses from a worker: ids, indexes and sizes that would break
+//! watchers or storage, however the worker got them wrong.
+
+use std::time::Duration;
+
+use agentplane_core::limits::{MAX_DELTA_BYTES, MAX_OUTPUT_BYTES};
+use agentplane_proto::v1 as pb;
+use agentplane_worker::queue::claim_tasks;
+use pb::session_request::Kind as In;
+use pb::watch_task_response::Kind;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::app::{Clients, TestApp, WORKER_TOKEN};
+use crate::pg::TestDb;
+use crate::session::Session;
+
+/// A task claimed by a fresh worker id, and that worker's open session.
+async fn running_task(db: &TestDb, app: &TestApp, name: &str) -> (String, String, Session) {
+    let mut c = app.admin().await;
+    let ws = c.workspace(name).await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let task = c.task(&ws, &agent.id, "hi").await;
+    let worker = uuid::Uuid::now_v7();
+    let claimed = claim_tasks(&db.worker_pool().await, worker, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let session = Session::open(app, worker).await;
+    (ws, task.id, session)
+}
+
+fn delta(ws: &str, task: &str, index: i64, text: String) -> In {
+    In::Output(pb::WorkerOutput {
+        lease: Some(pb::LeaseRef {
+            workspace_id: ws.to_owned(),
+            task_id: task.to_owned(),
+            attempt: 1,
+        }),
+        index,
+        text,
+    })
+}
+
+/// The first message of a WatchTask stream.
+async fn snapshot(c: &mut Clients, ws: &str, task: &str) -> pb::TaskSnapshot {
+    let mut stream = c
+        .tasks
+        .watch_task(pb::WatchTaskRequest {
+            workspace_id: ws.to_owned(),
+            id: task.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a snapshot within 10 s")
+        .expect("the watch stream stays healthy")
+        .expect("a first message");
+    match first.kind {
+        Some(Kind::Snapshot(snapshot)) => snapshot,
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_output_index_at_the_top_of_the_range_is_refused_and_watchers_keep_working() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let (ws, task, mut session) = running_task(&db, &app, "overflow").await;
+    session.send(delta(&ws, &task, 0, "ok".into())).await;
+    session
+        .send(delta(&ws, &task, i64::MAX, "boom".into()))
+        .await;
+    session.settle().await;
+
+    let mut c = app.admin().await;
+    let snapshot = snapshot(&mut c, &ws, &task).await;
+    assert_eq!(snapshot.output, "ok");
+    assert_eq!(snapshot.next_delta_index, 1);
+    // The session survived the bad message: it still records output.
+    session.send(delta(&ws, &task, 1, "!".into())).await;
+    session.settle().await;
+    assert_eq!(snapshot_output(&mut c, &ws, &task).await, "ok!");
+    app.stop().await;
+}
+
+async fn snapshot_output(c: &mut Clients, ws: &str, task: &str) -> String {
+    snapshot(c, ws, task).await.output
+}
+
+#[tokio::test]
+async fn stored_output_of_an_attempt_is_capped_where_it_is_written() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let (ws, task, mut session) = running_task(&db, &app, "cap").await;
+    let deltas = MAX_OUTPUT_BYTES / MAX_DELTA_BYTES + 2;
+    for index in 0..deltas {
+        let text = "a".repeat(MAX_DELTA_BYTES);
+        session
+            .send(delta(&ws, &task, i64::try_from(index).unwrap(), text))
+            .await;
+    }
+    session.settle().await;
+
+    let mut c = app.admin().await;
+    let snapshot = snapshot(&mut c, &ws, &task).await;
+    assert_eq!(snapshot.output.len(), MAX_OUTPUT_BYTES);
+    assert_eq!(
+        snapshot.next_delta_index,
+        i64::try_from(MAX_OUTPUT_BYTES / MAX_DELTA_BYTES).unwrap()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_saying_hello_with_the_nil_uuid_is_refused() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
+    let (send, rx) = tokio::sync::mpsc::channel(1);
+    send.send(pb::SessionRequest {
+        kind: Some(In::Hello(pb::WorkerHello {
+            worker_id: uuid::Uuid::nil().to_string(),
+            version: "test".into(),
+            capacity: 4,
+        })),
+    })
+    .await
+    .unwrap();
+    let refused = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .expect_err("the nil UUID is not a worker id");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_heartbeat_reports_each_lease_as_renewed_or_lost() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let (ws, task, mut session) = running_task(&db, &app, "beat").await;
+    let held = pb::LeaseRef {
+        workspace_id: ws.clone(),
+        task_id: task.clone(),
+        attempt: 1,
+    };
+    let mut leases: Vec<pb::LeaseRef> = (1..agentplane_core::limits::MAX_HEARTBEAT_LEASES)
+        .map(|_| pb::LeaseRef {
+            workspace_id: ws.clone(),
+            task_id: uuid::Uuid::now_v7().to_string(),
+            attempt: 1,
+        })
+        .collect();
+    leases.push(held.clone());
+    session
+        .send(In::Heartbeat(pb::WorkerHeartbeat { leases }))
+        .await;
+    let ack = loop {
+        let message = session.recv.message().await.unwrap().unwrap();
+        if let Some(pb::session_response::Kind::HeartbeatAck(ack)) = message.kind {
+            break ack;
+        }
+    };
+    assert_eq!(ack.renewed, vec![held]);
+    assert_eq!(
+        ack.lost.len(),
+        agentplane_core::limits::MAX_HEARTBEAT_LEASES - 1
+    );
+    app.stop().await;
+}

@@ -1,0 +1,54 @@
+//! Limits of the worker channel (`WorkerService.Session`): the worker keeps within them and
+//! the control plane refuses what passes them. `proto/agentplane/v1/worker.proto` quotes the
+//! same numbers; the unit test below keeps the two in step.
+
+/// Largest output delta, in bytes.
+pub const MAX_DELTA_BYTES: usize = 64 * 1024;
+/// Largest final answer of one attempt, and largest total of its stored deltas, in bytes.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Highest output delta index. Deltas are numbered from 0 without gaps and none is empty, so
+/// an attempt within [`MAX_OUTPUT_BYTES`] never needs a higher one; the bound also keeps
+/// `index + 1` from overflowing anywhere downstream.
+pub const MAX_DELTA_INDEX: i64 = MAX_OUTPUT_BYTES as i64;
+/// Longest failure message kept, in bytes (longer ones are cut at a character boundary).
+pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4 * 1024;
+/// Most model calls reported for one attempt.
+pub const MAX_MODEL_CALLS: usize = 1000;
+/// Most leases in one heartbeat; a worker holding more splits them over several.
+pub const MAX_HEARTBEAT_LEASES: usize = 10_000;
+/// Largest progress event payload, as JSON bytes.
+pub const MAX_EVENT_DATA_BYTES: usize = 16 * 1024;
+/// Most tasks one worker may run at once.
+pub const MAX_WORKER_CAPACITY: u32 = 10_000;
+/// Longest failure code, finish reason and similar machine-readable names, in characters.
+pub const MAX_CODE_CHARS: usize = 64;
+/// Longest model name or provider request id a worker reports, in characters.
+pub const MAX_MODEL_CALL_FIELD_CHARS: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proto documents these limits to client authors; a change here must change it too.
+    #[test]
+    fn the_worker_proto_quotes_these_limits() {
+        let proto = include_str!("../../proto/agentplane/v1/worker.proto");
+        for quoted in [
+            "The text, at most 64 KiB.",
+            "The full answer, at most 1 MiB.",
+            "Human-readable detail, at most 4 KiB.",
+            "Details, at most 16 KiB as JSON.",
+            "at most 10,000",
+            "1 to 10,000",
+            &format!("at most {}", MAX_DELTA_INDEX),
+        ] {
+            assert!(proto.contains(quoted), "worker.proto should say {quoted:?}");
+        }
+        assert_eq!(MAX_DELTA_BYTES, 64 * 1024);
+        assert_eq!(MAX_OUTPUT_BYTES, 1024 * 1024);
+        assert_eq!(MAX_FAILURE_MESSAGE_BYTES, 4 * 1024);
+        assert_eq!(MAX_EVENT_DATA_BYTES, 16 * 1024);
+        assert_eq!(MAX_HEARTBEAT_LEASES, 10_000);
+        assert_eq!(MAX_WORKER_CAPACITY, 10_000);
+    }
+}

@@ -1,0 +1,298 @@
+//! PostgreSQL LISTEN/NOTIFY: the channels and the one encoding of their payloads. The
+//! control plane and the worker both notify, and the control plane's fan-out decodes; all
+//! three go through [`Notification`], so no side can drift from another.
+//!
+//! Payloads are compact JSON with one-letter keys (`t` tenant, `k` task, `a` attempt, `i`
+//! delta index, `x` delta text, `w` worker), kept under PostgreSQL's 8000-byte limit.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{TaskId, TenantId, WorkerId};
+
+/// Channel names.
+pub mod channel {
+    /// A task became claimable (empty payload). Workers listen.
+    pub const TASK_READY: &str = "agentplane_task_ready";
+    /// A task changed status.
+    pub const TASK_STATE: &str = "agentplane_task_state";
+    /// Output of a running attempt was stored.
+    pub const TASK_OUTPUT: &str = "agentplane_task_output";
+    /// A running attempt must stop.
+    pub const TASK_CANCEL: &str = "agentplane_task_cancel";
+    /// Events were appended for a workspace.
+    pub const EVENTS: &str = "agentplane_events";
+}
+
+/// Largest payload sent; PostgreSQL refuses 8000 bytes or more.
+pub const MAX_PAYLOAD_BYTES: usize = 7900;
+
+/// A notification, as sent and as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// A task became claimable.
+    TaskReady,
+    /// A task changed status.
+    TaskState {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+    },
+    /// A delta of a running attempt was stored.
+    TaskOutput {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+        /// Attempt.
+        attempt: i32,
+        /// Delta index.
+        index: i64,
+        /// The text, when it fits in a payload; otherwise listeners read it from the table.
+        text: Option<String>,
+    },
+    /// A worker must stop an attempt.
+    TaskCancel {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+        /// Attempt.
+        attempt: i32,
+        /// Worker holding it.
+        worker: WorkerId,
+    },
+    /// Events were appended for a workspace.
+    Events {
+        /// Workspace.
+        tenant: TenantId,
+    },
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Wire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    a: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    i: Option<i64>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    x: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    w: Option<Uuid>,
+}
+
+impl Notification {
+    /// The channel it is sent on.
+    pub fn channel(&self) -> &'static str {
+        match self {
+            Notification::TaskReady => channel::TASK_READY,
+            Notification::TaskState { .. } => channel::TASK_STATE,
+            Notification::TaskOutput { .. } => channel::TASK_OUTPUT,
+            Notification::TaskCancel { .. } => channel::TASK_CANCEL,
+            Notification::Events { .. } => channel::EVENTS,
+        }
+    }
+
+    /// The payload, at most [`MAX_PAYLOAD_BYTES`]: an output delta whose text would not fit
+    /// is sent without it.
+    pub fn payload(&self) -> String {
+        let wire = match self {
+            Notification::TaskReady => return String::new(),
+            Notification::TaskState { tenant, task } => Wire {
+                t: Some(tenant.0),
+                k: Some(task.0),
+                ..Wire::default()
+            },
+            Notification::TaskOutput {
+                tenant,
+                task,
+                attempt,
+                index,
+                text,
+            } => {
+                let mut wire = Wire {
+                    t: Some(tenant.0),
+                    k: Some(task.0),
+                    a: Some(*attempt),
+                    i: Some(*index),
+                    x: text.as_deref().map(std::borrow::Cow::Borrowed),
+                    ..Wire::default()
+                };
+                let encoded = encode(&wire);
+                if encoded.len() <= MAX_PAYLOAD_BYTES {
+                    return encoded;
+                }
+                wire.x = None;
+                wire
+            }
+            Notification::TaskCancel {
+                tenant,
+                task,
+                attempt,
+                worker,
+            } => Wire {
+                t: Some(tenant.0),
+                k: Some(task.0),
+                a: Some(*attempt),
+                w: Some(worker.0),
+                ..Wire::default()
+            },
+            Notification::Events { tenant } => Wire {
+                t: Some(tenant.0),
+                ..Wire::default()
+            },
+        };
+        encode(&wire)
+    }
+
+    /// Decodes what arrived on `channel`; `None` for an unknown channel or a malformed
+    /// payload.
+    pub fn decode(channel_name: &str, payload: &str) -> Option<Self> {
+        if channel_name == channel::TASK_READY {
+            return Some(Notification::TaskReady);
+        }
+        let wire: Wire<'_> = serde_json::from_str(payload).ok()?;
+        let tenant = TenantId(wire.t?);
+        Some(match channel_name {
+            channel::TASK_STATE => Notification::TaskState {
+                tenant,
+                task: TaskId(wire.k?),
+            },
+            channel::TASK_OUTPUT => Notification::TaskOutput {
+                tenant,
+                task: TaskId(wire.k?),
+                attempt: wire.a?,
+                index: wire.i?,
+                text: wire.x.map(std::borrow::Cow::into_owned),
+            },
+            channel::TASK_CANCEL => Notification::TaskCancel {
+                tenant,
+                task: TaskId(wire.k?),
+                attempt: wire.a?,
+                worker: WorkerId(wire.w?),
+            },
+            channel::EVENTS => Notification::Events { tenant },
+            _ => return None,
+        })
+    }
+}
+
+fn encode(wire: &Wire<'_>) -> String {
+    // Serialising plain ids, numbers and a string cannot fail.
+    serde_json::to_string(wire).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId(Uuid::from_u128(1))
+    }
+
+    fn task() -> TaskId {
+        TaskId(Uuid::from_u128(2))
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for notification in [
+            Notification::TaskReady,
+            Notification::TaskState {
+                tenant: tenant(),
+                task: task(),
+            },
+            Notification::TaskOutput {
+                tenant: tenant(),
+                task: task(),
+                attempt: 2,
+                index: 7,
+                text: Some("hé \"quoted\" \n".to_owned()),
+            },
+            Notification::TaskCancel {
+                tenant: tenant(),
+                task: task(),
+                attempt: 1,
+                worker: WorkerId(Uuid::from_u128(3)),
+            },
+            Notification::Events { tenant: tenant() },
+        ] {
+            let decoded = Notification::decode(notification.channel(), &notification.payload());
+            assert_eq!(decoded, Some(notification));
+        }
+    }
+
+    #[test]
+    fn the_payload_is_compact_and_keyed_by_single_letters() {
+        let payload = Notification::Events { tenant: tenant() }.payload();
+        assert_eq!(payload, format!(r#"{{"t":"{}"}}"#, tenant()));
+    }
+
+    #[test]
+    fn text_that_would_not_fit_is_left_out() {
+        // Quotes double in size when escaped: the check is on the encoded payload.
+        let text = "\"".repeat(MAX_PAYLOAD_BYTES / 2);
+        let notification = Notification::TaskOutput {
+            tenant: tenant(),
+            task: task(),
+            attempt: 1,
+            index: 0,
+            text: Some(text),
+        };
+        let payload = notification.payload();
+        assert!(payload.len() <= MAX_PAYLOAD_BYTES);
+        assert!(matches!(
+            Notification::decode(channel::TASK_OUTPUT, &payload),
+            Some(Notification::TaskOutput { text: None, .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_payloads_and_unknown_channels_decode_to_nothing() {
+        let state = Notification::TaskState {
+            tenant: tenant(),
+            task: task(),
+        }
+        .payload();
+        assert_eq!(Notification::decode("elsewhere", &state), None);
+        assert_eq!(Notification::decode(channel::EVENTS, "not json"), None);
+        assert_eq!(
+            Notification::decode(channel::TASK_STATE, &format!(r#"{{"t":"{}"}}"#, tenant())),
+            None
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_delta_payload_fits_and_round_trips_or_drops_only_its_text(
+            text in any::<String>(),
+            attempt in any::<i32>(),
+            index in any::<i64>(),
+        ) {
+            let notification = Notification::TaskOutput {
+                tenant: tenant(), task: task(), attempt, index, text: Some(text.clone()),
+            };
+            let payload = notification.payload();
+            prop_assert!(payload.len() <= MAX_PAYLOAD_BYTES);
+            match Notification::decode(channel::TASK_OUTPUT, &payload) {
+                Some(Notification::TaskOutput { text: got, attempt: a, index: i, .. }) => {
+                    prop_assert_eq!((a, i), (attempt, index));
+                    prop_assert!(got.is_none() || got.as_deref() == Some(text.as_str()));
+                }
+                other => prop_assert!(false, "decoded to {:?}", other),
+            }
+        }
+
+        #[test]
+        fn decoding_arbitrary_input_never_panics(channel_name in "[a-z_]{0,30}", payload in any::<String>()) {
+            let _ = Notification::decode(&channel_name, &payload);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Integration tests of the worker: its claim and lease-expiry SQL against a real PostgreSQL
+//! cluster (started by `agentplane-testkit`), and whole workers against a scriptable fake
+//! control plane. Tests of workers with a real control plane are the control plane's
+//! (`control-plane/tests/it/end_to_end.rs`).
+#![allow(
+    clippy::unwrap_used,
+    reason = "a failed unwrap is a failed test, with its location"
+)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests spawn plain tasks and join them; nothing outlives a test"
+)]
+
+// The test modules reach the shared helpers as `crate::pg` and `crate::fixtures`.
+use agentplane_testkit::{fixtures, pg};
+
+mod fake_control_plane;
+mod queue;
+mod queue_concurrency;
+mod stream;
