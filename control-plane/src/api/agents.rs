@@ -4,7 +4,8 @@ use agentplane_proto::v1 as pb;
 use pb::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
-use super::workspaces::{page_after, split_page, update_paths};
+use super::mask::update_paths;
+use super::paging::{page_after, split_page};
 use super::{State, convert};
 use crate::auth::principal;
 use crate::domain::agent::{self as rules, AgentSpec, Generation, Provider};

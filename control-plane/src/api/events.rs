@@ -56,7 +56,7 @@ impl EventService for EventApi {
         };
         let mut tx = self.state.tenant(tenant).await?;
         let rows = tx.list_events(&filter, after, limit + 1).await?;
-        let (items, next) = super::workspaces::split_page(rows, limit, convert::event, |row| {
+        let (items, next) = super::paging::split_page(rows, limit, convert::event, |row| {
             page::encode_event(row.position())
         });
         Ok(Response::new(pb::ListEventsResponse {

@@ -4,6 +4,8 @@
 mod agents;
 mod convert;
 mod events;
+mod mask;
+mod paging;
 mod tasks;
 mod watch_task;
 mod workers;

@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::paging::{page_after, split_page};
 use super::watch_task::TaskWatcher;
-use super::workspaces::{page_after, split_page};
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::principal;
 use crate::domain::page;

@@ -4,6 +4,8 @@ use agentplane_proto::v1 as pb;
 use pb::workspace_service_server::WorkspaceService;
 use tonic::{Request, Response, Status};
 
+use super::mask::update_paths;
+use super::paging::{page_after, split_page};
 use super::{State, convert};
 use crate::auth::principal;
 use crate::domain::page;
@@ -11,10 +13,6 @@ use crate::domain::validate::Violations;
 use crate::error::ApiError;
 use crate::ids::TenantId;
 use crate::store::NewEvent;
-
-/// Largest page of a list response, in encoded bytes (clients reject messages over 4 MiB
-/// by default).
-const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// Longest display name.
 const MAX_DISPLAY_NAME: usize = 200;
@@ -200,73 +198,4 @@ impl WorkspaceService for WorkspaceApi {
         tx.commit().await?;
         Ok(Response::new(pb::DeleteWorkspaceResponse {}))
     }
-}
-
-/// Decodes an id page token for list `kind`.
-pub(super) fn page_after(v: &mut Violations, kind: &str, token: &str) -> Option<uuid::Uuid> {
-    if token.is_empty() {
-        return None;
-    }
-    let decoded = page::decode_id(kind, token);
-    if decoded.is_none() {
-        v.add("page_token", "is not a token returned by this list method");
-    }
-    decoded
-}
-
-/// Cuts a page fetched with `limit + 1` rows: returns the page and the next token.
-pub(super) fn split_page<R, P: prost::Message>(
-    rows: Vec<R>,
-    limit: i64,
-    convert: impl Fn(&R) -> P,
-    token: impl Fn(&R) -> String,
-) -> (Vec<P>, String) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut items = Vec::with_capacity(rows.len().min(limit));
-    let mut bytes = 0usize;
-    let mut last = None;
-    for row in &rows {
-        let item = convert(row);
-        bytes = bytes.saturating_add(item.encoded_len());
-        // A page stops at `limit` rows or at the byte budget, whichever comes first, but
-        // always holds at least one row so paging makes progress.
-        if items.len() == limit || (!items.is_empty() && bytes > MAX_PAGE_BYTES) {
-            return (items, last.map(&token).unwrap_or_default());
-        }
-        items.push(item);
-        last = Some(row);
-    }
-    (items, String::new())
-}
-
-/// Validates an update mask against the fields that may change; returns its paths.
-pub(super) fn update_paths(
-    v: &mut Violations,
-    mask: Option<&prost_types::FieldMask>,
-    allowed: &[&str],
-) -> Vec<String> {
-    let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
-        v.add(
-            "update_mask",
-            "is required and must name at least one field",
-        );
-        return Vec::new();
-    };
-    if mask.paths.len() > allowed.len() {
-        v.add("update_mask", "names too many fields");
-        return Vec::new();
-    }
-    for path in &mask.paths {
-        if !allowed.contains(&path.as_str()) {
-            v.add(
-                "update_mask",
-                format!(
-                    "unknown or read-only field {:?}; allowed: {}",
-                    crate::domain::validate::truncate(path, 64),
-                    allowed.join(", ")
-                ),
-            );
-        }
-    }
-    mask.paths.clone()
 }
