@@ -1,5 +1,6 @@
-//! gRPC handlers: each turns a protobuf request into validated domain values, calls the
-//! store, and turns the result back into protobuf. Protobuf types stop here.
+//! gRPC handlers: each turns a protobuf request into a validated domain value (the
+//! `parse` module of its service), calls the store in one tenant transaction, and turns
+//! the result back into protobuf. Protobuf types stop here.
 
 mod agents;
 mod convert;
@@ -23,7 +24,6 @@ pub use tasks::TaskApi;
 pub use workers::WorkerApi;
 pub use workspaces::WorkspaceApi;
 
-use crate::error::ApiError;
 use crate::fanout::Fanout;
 use crate::ids::TenantId;
 use crate::store::{Store, TenantTx};
@@ -45,11 +45,12 @@ pub struct AppState {
 
 impl AppState {
     /// A transaction scoped to a live workspace (NOT_FOUND otherwise).
-    pub async fn tenant(&self, tenant: TenantId) -> Result<TenantTx, tonic::Status> {
-        self.store
-            .tenant(tenant)
-            .await
-            .map_err(|e| ApiError::from(e).into())
+    ///
+    /// Only `events.rs` still calls this, until the rewrite of that file on another branch
+    /// lands; every other handler calls `store.tenant(..).await?`, whose `StoreError`
+    /// converts to a `Status` by itself. Delete this then.
+    async fn tenant(&self, tenant: TenantId) -> Result<TenantTx, tonic::Status> {
+        Ok(self.store.tenant(tenant).await?)
     }
 }
 
