@@ -57,10 +57,10 @@ impl EventService for EventApi {
         let Some(tenant) = tenant else {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
-        let mut tx = self.state.tenant(tenant).await?;
+        let mut tx = self.state.store.tenant(tenant).await?;
         let after = position(&mut tx, &PAGE_TOKEN, after).await?;
         let rows = tx.list_events(&filter, after, limit + 1).await?;
-        let (items, next) = super::workspaces::split_page(rows, limit, convert::event, |row| {
+        let (items, next) = super::paging::split_page(rows, limit, convert::event, |row| {
             page::encode_event(row.tenant_id, row.id)
         });
         Ok(Response::new(pb::ListEventsResponse {
@@ -85,7 +85,7 @@ impl EventService for EventApi {
             return Err(ApiError::invalid("workspace_id", "is required").into());
         };
         // Fail now, not in the stream, if the workspace or the cursor's event is unknown.
-        let mut tx = self.state.tenant(tenant).await?;
+        let mut tx = self.state.store.tenant(tenant).await?;
         let after = position(&mut tx, &AFTER_CURSOR, after).await?;
         drop(tx);
         let notices = self.state.fanout.subscribe();

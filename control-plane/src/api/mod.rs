@@ -1,9 +1,12 @@
-//! gRPC handlers: each turns a protobuf request into validated domain values, calls the
-//! store, and turns the result back into protobuf. Protobuf types stop here.
+//! gRPC handlers: each turns a protobuf request into a validated domain value (the
+//! `parse` module of its service), calls the store in one tenant transaction, and turns
+//! the result back into protobuf. Protobuf types stop here.
 
 mod agents;
 mod convert;
 mod events;
+mod mask;
+mod paging;
 mod tasks;
 mod watch_task;
 mod workers;
@@ -21,10 +24,8 @@ pub use tasks::TaskApi;
 pub use workers::WorkerApi;
 pub use workspaces::WorkspaceApi;
 
-use crate::error::ApiError;
 use crate::fanout::Fanout;
-use crate::ids::TenantId;
-use crate::store::{Store, TenantTx};
+use crate::store::Store;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
@@ -39,16 +40,6 @@ pub struct AppState {
     pub heartbeat_interval: Duration,
     /// Cancelled when the server shuts down: streams end.
     pub shutdown: CancellationToken,
-}
-
-impl AppState {
-    /// A transaction scoped to a live workspace (NOT_FOUND otherwise).
-    pub async fn tenant(&self, tenant: TenantId) -> Result<TenantTx, tonic::Status> {
-        self.store
-            .tenant(tenant)
-            .await
-            .map_err(|e| ApiError::from(e).into())
-    }
 }
 
 /// Shared state handle.

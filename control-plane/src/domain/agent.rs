@@ -1,6 +1,11 @@
-//! Agents: limits, defaults and the validated spec an agent is stored as.
+//! Agents: limits, defaults, the validated spec an agent is stored as, and the validated
+//! requests of AgentService.
 
 use std::collections::BTreeMap;
+
+use crate::domain::validate::Violations;
+use crate::error::ApiError;
+use crate::ids::{AgentId, TenantId};
 
 pub use agentplane_core::generation::{Generation, MAX_OUTPUT_TOKENS};
 
@@ -53,6 +58,209 @@ pub struct AgentSpec {
     pub max_attempts: i32,
 }
 
+impl AgentSpec {
+    /// Records every rule the spec breaks, under the field paths of the API's `agent`.
+    pub fn check(&self, v: &mut Violations) {
+        check_name(v, &self.name);
+        check_model(v, &self.model);
+        check_system_prompt(v, &self.system_prompt);
+        check_generation(v, &self.generation);
+        check_max_concurrency(v, self.max_concurrency);
+        check_task_timeout(v, self.task_timeout_ms);
+        check_max_attempts(v, self.max_attempts);
+    }
+
+    /// The spec with `changes` made, checked again as a whole: a spec saved under older
+    /// rules may break newer ones.
+    pub fn with_changes(mut self, changes: Vec<AgentChange>) -> Result<Self, ApiError> {
+        for change in changes {
+            match change {
+                AgentChange::Name(name) => self.name = name,
+                AgentChange::Provider(provider) => self.provider = provider,
+                AgentChange::Model(model) => self.model = model,
+                AgentChange::SystemPrompt(prompt) => self.system_prompt = prompt,
+                AgentChange::Generation(generation) => self.generation = generation,
+                AgentChange::Labels(labels) => self.labels = labels,
+                AgentChange::MaxConcurrency(max) => self.max_concurrency = max,
+                AgentChange::TaskTimeoutMs(timeout) => self.task_timeout_ms = timeout,
+                AgentChange::MaxAttempts(max) => self.max_attempts = max,
+            }
+        }
+        let mut v = Violations::new();
+        self.check(&mut v);
+        v.finish()?;
+        Ok(self)
+    }
+}
+
+/// A new value for one field of an agent's spec.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentChange {
+    /// New name.
+    Name(String),
+    /// New provider.
+    Provider(Provider),
+    /// New model name.
+    Model(String),
+    /// New system prompt.
+    SystemPrompt(String),
+    /// New generation parameters, replacing all of the old ones.
+    Generation(Generation),
+    /// New labels, replacing all of the old ones.
+    Labels(BTreeMap<String, String>),
+    /// New concurrency limit.
+    MaxConcurrency(i32),
+    /// New attempt timeout.
+    TaskTimeoutMs(i64),
+    /// New attempt limit.
+    MaxAttempts(i32),
+}
+
+impl AgentChange {
+    /// Records every rule the new value breaks (provider and labels are checked as they
+    /// are parsed).
+    pub fn check(&self, v: &mut Violations) {
+        match self {
+            AgentChange::Name(name) => check_name(v, name),
+            AgentChange::Model(model) => check_model(v, model),
+            AgentChange::SystemPrompt(prompt) => check_system_prompt(v, prompt),
+            AgentChange::Generation(generation) => check_generation(v, generation),
+            AgentChange::MaxConcurrency(max) => check_max_concurrency(v, *max),
+            AgentChange::TaskTimeoutMs(timeout) => check_task_timeout(v, *timeout),
+            AgentChange::MaxAttempts(max) => check_max_attempts(v, *max),
+            AgentChange::Provider(_) | AgentChange::Labels(_) => {}
+        }
+    }
+}
+
+/// One agent of one workspace: what GetAgent addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentRef {
+    /// Workspace the agent belongs to.
+    pub tenant: TenantId,
+    /// The agent.
+    pub agent: AgentId,
+}
+
+/// A validated CreateAgent request.
+#[derive(Clone, Debug)]
+pub struct NewAgent {
+    /// Workspace to create it in.
+    pub tenant: TenantId,
+    /// The agent.
+    pub spec: AgentSpec,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
+/// A validated ListAgents request: a page of a workspace's live agents, oldest first.
+#[derive(Clone, Debug)]
+pub struct AgentQuery {
+    /// Workspace listed.
+    pub tenant: TenantId,
+    /// Only agents after this one (the page token); `None` starts at the oldest.
+    pub after: Option<AgentId>,
+    /// Most agents in the page.
+    pub limit: i64,
+}
+
+/// A validated UpdateAgent request.
+#[derive(Clone, Debug)]
+pub struct AgentUpdate {
+    /// Agent to change.
+    pub agent: AgentRef,
+    /// The update mask's paths as sent, recorded in the `agent.updated` event.
+    pub paths: Vec<String>,
+    /// The new value of each field the mask names, checked on its own.
+    pub changes: Vec<AgentChange>,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
+/// A validated DeleteAgent request.
+#[derive(Clone, Debug)]
+pub struct DeleteAgent {
+    /// Agent to delete.
+    pub agent: AgentRef,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
+fn check_name(v: &mut Violations, name: &str) {
+    if !is_valid_name(name) {
+        v.add(
+            "agent.name",
+            format!("must be 1 to {MAX_NAME_CHARS} characters of [a-z0-9-] starting with a letter"),
+        );
+    }
+}
+
+fn check_model(v: &mut Violations, model: &str) {
+    v.text("agent.model", model, 1, MAX_MODEL_CHARS);
+}
+
+fn check_system_prompt(v: &mut Violations, prompt: &str) {
+    v.max_bytes("agent.system_prompt", prompt, MAX_SYSTEM_PROMPT_BYTES);
+}
+
+fn check_generation(v: &mut Violations, g: &Generation) {
+    if g.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        v.add("agent.generation.temperature", "must be 0 to 2");
+    }
+    if g.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        v.add(
+            "agent.generation.top_p",
+            "must be greater than 0 and at most 1",
+        );
+    }
+    if g.max_output_tokens
+        .is_some_and(|m| !(1..=MAX_OUTPUT_TOKENS).contains(&m))
+    {
+        v.add(
+            "agent.generation.max_output_tokens",
+            format!("must be 1 to {MAX_OUTPUT_TOKENS}"),
+        );
+    }
+    if g.stop_sequences.len() > MAX_STOP_SEQUENCES {
+        v.add(
+            "agent.generation.stop_sequences",
+            format!("at most {MAX_STOP_SEQUENCES} are allowed"),
+        );
+    }
+    for (i, stop) in g.stop_sequences.iter().enumerate() {
+        v.text(
+            &format!("agent.generation.stop_sequences[{i}]"),
+            stop,
+            1,
+            MAX_STOP_SEQUENCE_CHARS,
+        );
+    }
+}
+
+fn check_max_concurrency(v: &mut Violations, max: i32) {
+    if !(1..=MAX_MAX_CONCURRENCY).contains(&max) {
+        v.add(
+            "agent.max_concurrency",
+            format!("must be 1 to {MAX_MAX_CONCURRENCY}"),
+        );
+    }
+}
+
+fn check_task_timeout(v: &mut Violations, timeout_ms: i64) {
+    if !(MIN_TASK_TIMEOUT_MS..=MAX_TASK_TIMEOUT_MS).contains(&timeout_ms) {
+        v.add("agent.task_timeout", "must be 1 second to 24 hours");
+    }
+}
+
+fn check_max_attempts(v: &mut Violations, max: i32) {
+    if !(1..=MAX_MAX_ATTEMPTS).contains(&max) {
+        v.add(
+            "agent.max_attempts",
+            format!("must be 1 to {MAX_MAX_ATTEMPTS}"),
+        );
+    }
+}
+
 /// Whether `name` is a valid agent name: a lowercase letter, then [a-z0-9-].
 pub fn is_valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -64,6 +272,48 @@ pub fn is_valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            name: "coder".to_owned(),
+            provider: Provider::Echo,
+            model: "echo-1".to_owned(),
+            system_prompt: String::new(),
+            generation: Generation::default(),
+            labels: BTreeMap::new(),
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            task_timeout_ms: DEFAULT_TASK_TIMEOUT_MS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    #[test]
+    fn changes_replace_only_their_fields() {
+        let changed = spec()
+            .with_changes(vec![
+                AgentChange::Name("writer".to_owned()),
+                AgentChange::MaxAttempts(5),
+            ])
+            .expect("valid changes");
+        assert_eq!(
+            changed,
+            AgentSpec {
+                name: "writer".to_owned(),
+                max_attempts: 5,
+                ..spec()
+            }
+        );
+    }
+
+    #[test]
+    fn a_changed_spec_is_checked_as_a_whole() {
+        let stale = AgentSpec {
+            model: String::new(),
+            ..spec()
+        };
+        let result = stale.with_changes(vec![AgentChange::MaxAttempts(5)]);
+        assert!(matches!(result, Err(ApiError::InvalidArgument(v)) if v[0].field == "agent.model"));
+    }
 
     #[test]
     fn agent_names_follow_dns_label_rules() {

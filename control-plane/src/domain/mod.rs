@@ -6,3 +6,4 @@ pub use agentplane_core::page;
 pub mod task;
 pub mod validate;
 pub mod worker;
+pub mod workspace;

@@ -1,10 +1,11 @@
-//! Tasks: statuses, roles and input limits. The worker-channel limits and the retry
-//! schedule are contracts shared with the worker, in `agentplane_core`.
+//! Tasks: statuses, roles, input limits and the validated requests of TaskService. The
+//! worker-channel limits and the retry schedule are contracts shared with the worker, in
+//! `agentplane_core`.
 
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
-use crate::ids::AgentId;
+use crate::ids::{AgentId, TaskId, TenantId};
 
 /// Most input messages per task.
 pub const MAX_INPUT_MESSAGES: usize = 256;
@@ -28,9 +29,20 @@ pub struct InputMessage {
     pub content: String,
 }
 
+/// One task of one workspace: what GetTask, WatchTask and CancelTask address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRef {
+    /// Workspace the task belongs to.
+    pub tenant: TenantId,
+    /// The task.
+    pub task: TaskId,
+}
+
 /// A validated CreateTask request.
 #[derive(Clone, Debug)]
 pub struct NewTask {
+    /// Workspace to queue it in.
+    pub tenant: TenantId,
     /// Agent to run it.
     pub agent_id: AgentId,
     /// Input conversation.
@@ -43,4 +55,39 @@ pub struct NewTask {
     pub labels: BTreeMap<String, String>,
     /// Idempotency key.
     pub request_id: Option<String>,
+}
+
+/// A validated ListTasks request: a page of a workspace's tasks, newest first.
+#[derive(Clone, Debug)]
+pub struct TaskQuery {
+    /// Workspace listed.
+    pub tenant: TenantId,
+    /// Only tasks in this status; `None` means any.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this agent; `None` means any.
+    pub agent: Option<AgentId>,
+    /// Only tasks older than this one (the page token); `None` starts at the newest.
+    pub before: Option<TaskId>,
+    /// Most tasks in the page.
+    pub limit: i64,
+}
+
+/// A validated CancelTask request.
+#[derive(Clone, Debug)]
+pub struct CancelTask {
+    /// Task to cancel.
+    pub task: TaskRef,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
+/// A validated ListTaskMessages request: a page of a task's transcript, in order.
+#[derive(Clone, Debug)]
+pub struct MessageQuery {
+    /// Task whose transcript is listed.
+    pub task: TaskRef,
+    /// Only messages after this position (the page token); `None` starts at the first.
+    pub after: Option<i32>,
+    /// Most messages in the page.
+    pub limit: i64,
 }

@@ -45,6 +45,19 @@ impl Violations {
         }
     }
 
+    /// Ends a parse: INVALID_ARGUMENT with every violation recorded, else `parsed`.
+    ///
+    /// `parsed` is `None` only when a required part failed to parse, and every such failure
+    /// records a violation; a `None` with nothing recorded is a bug, answered as internal.
+    pub fn finish_with<T>(self, parsed: Option<T>) -> Result<T, ApiError> {
+        self.finish()?;
+        parsed.ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "a required field failed to parse without a violation"
+            ))
+        })
+    }
+
     /// Parses a required id.
     pub fn id<T: From<Uuid>>(&mut self, field: &str, value: &str) -> Option<T> {
         if value.is_empty() {
@@ -175,6 +188,24 @@ mod tests {
             Err(ApiError::InvalidArgument(violations)) => assert_eq!(violations.len(), 3),
             other => panic!("expected invalid argument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn finish_with_returns_the_parsed_value_only_without_violations() {
+        let v = Violations::new();
+        assert_eq!(v.finish_with(Some(1)).ok(), Some(1));
+
+        let mut v = Violations::new();
+        let id: Option<Uuid> = v.id("id", "");
+        assert!(matches!(
+            v.finish_with(id),
+            Err(ApiError::InvalidArgument(_))
+        ));
+
+        assert!(matches!(
+            Violations::new().finish_with(None::<Uuid>),
+            Err(ApiError::Internal(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! TaskService. `parse` turns its requests into domain values.
+
+mod parse;
+
+use agentplane_proto::v1 as pb;
+use pb::task_service_server::TaskService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::paging::split_page;
+use super::watch_task::TaskWatcher;
+use super::{ResponseStream, STREAM_BUFFER, State, convert};
+use crate::auth::principal;
+use crate::domain::page;
+use crate::domain::task::{CancelTask, MessageQuery, NewTask, TaskQuery, TaskRef, TaskStatus};
+use crate::error::ApiError;
+use crate::spawn::spawn_named;
+use crate::store::StoreError;
+
+/// Handlers of TaskService.
+#[derive(Clone, Debug)]
+pub struct TaskApi {
+    state: State,
+}
+
+impl TaskApi {
+    /// Handlers over shared state.
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskApi {
+    async fn create_task(
+        &self,
+        request: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        let actor = principal(&request)?.actor();
+        let new: NewTask = request.into_inner().try_into()?;
+        let store = &self.state.store;
+        let mut tx = store.tenant(new.tenant).await?;
+        let task = match tx.create_task(&new, actor).await {
+            Ok((task, created)) => {
+                if created {
+                    tx.commit().await?;
+                }
+                task
+            }
+            // A concurrent call with the same request id committed first: answer with its task.
+            Err(StoreError::AlreadyExists(_)) if new.request_id.is_some() => {
+                drop(tx);
+                let mut tx = store.tenant(new.tenant).await?;
+                let request_id = new.request_id.as_deref().unwrap_or_default();
+                tx.task_by_request_id(request_id)
+                    .await?
+                    .ok_or(ApiError::NotFound("task"))?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(pb::CreateTaskResponse {
+            task: Some(convert::task(&task)),
+        }))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let request: TaskRef = request.into_inner().try_into()?;
+        let mut tx = self.state.store.tenant(request.tenant).await?;
+        let task = tx.get_task(request.task).await?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(convert::task(&task)),
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let query: TaskQuery = request.into_inner().try_into()?;
+        let mut tx = self.state.store.tenant(query.tenant).await?;
+        let rows = tx
+            .list_tasks(query.status, query.agent, query.before, query.limit + 1)
+            .await?;
+        let (tasks, next_page_token) = split_page(rows, query.limit, convert::task, |row| {
+            page::encode_id(&parse::tasks_page(row.tenant_id), row.id.0)
+        });
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let actor = principal(&request)?.actor();
+        let request: CancelTask = request.into_inner().try_into()?;
+        let mut tx = self.state.store.tenant(request.task.tenant).await?;
+        let task = tx
+            .cancel_task(request.task.task, request.request_id.as_deref(), actor)
+            .await?;
+        tx.commit().await?;
+        Ok(Response::new(pb::CancelTaskResponse {
+            task: Some(convert::task(&task)),
+        }))
+    }
+
+    async fn list_task_messages(
+        &self,
+        request: Request<pb::ListTaskMessagesRequest>,
+    ) -> Result<Response<pb::ListTaskMessagesResponse>, Status> {
+        let query: MessageQuery = request.into_inner().try_into()?;
+        let mut tx = self.state.store.tenant(query.task.tenant).await?;
+        let rows = tx
+            .list_task_messages(query.task.task, query.after, query.limit + 1)
+            .await?;
+        let kind = parse::messages_page(query.task.task);
+        let (messages, next_page_token) =
+            split_page(rows, query.limit, convert::task_message, |row| {
+                page::encode_number(&kind, i64::from(row.position))
+            });
+        Ok(Response::new(pb::ListTaskMessagesResponse {
+            messages,
+            next_page_token,
+        }))
+    }
+
+    type WatchTaskStream = ResponseStream<pb::WatchTaskResponse>;
+
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let TaskRef { tenant, task: id } = request.into_inner().try_into()?;
+        // Subscribe before reading the snapshot so nothing between the two is missed.
+        let notices = self.state.fanout.subscribe();
+        let mut tx = self.state.store.tenant(tenant).await?;
+        let snapshot = tx.task_snapshot(id).await?;
+        drop(tx);
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let watcher = TaskWatcher::new(self.state.clone(), tenant, id, &snapshot, sender.clone());
+        let first = pb::WatchTaskResponse {
+            kind: Some(pb::watch_task_response::Kind::Snapshot(pb::TaskSnapshot {
+                task: Some(convert::task(&snapshot.task)),
+                // Live output is dropped once a task ends; a finished task's answer is its output.
+                output: match snapshot.task.status {
+                    TaskStatus::Running => {
+                        snapshot.chunks.iter().map(|c| c.content.as_str()).collect()
+                    }
+                    TaskStatus::Succeeded => snapshot.task.output.clone().unwrap_or_default(),
+                    _ => String::new(),
+                },
+                next_delta_index: watcher.next_index(),
+            })),
+        };
+        // The buffer is empty, so this cannot block.
+        let _ = sender.send(Ok(first)).await;
+        if !snapshot.task.status.is_terminal() {
+            spawn_named("watch_task", watcher.run(notices));
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}

@@ -1,0 +1,133 @@
+//! WorkspaceService. `parse` turns its requests into domain values.
+
+mod parse;
+
+use agentplane_proto::v1 as pb;
+use pb::workspace_service_server::WorkspaceService;
+use tonic::{Request, Response, Status};
+
+use super::paging::split_page;
+use super::{State, convert};
+use crate::auth::principal;
+use crate::domain::page;
+use crate::domain::workspace::{
+    DeleteWorkspace, NewWorkspace, WorkspaceQuery, WorkspaceRef, WorkspaceUpdate,
+};
+use crate::store::NewEvent;
+
+/// Handlers of WorkspaceService.
+#[derive(Clone, Debug)]
+pub struct WorkspaceApi {
+    state: State,
+}
+
+impl WorkspaceApi {
+    /// Handlers over shared state.
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkspaceService for WorkspaceApi {
+    async fn create_workspace(
+        &self,
+        request: Request<pb::CreateWorkspaceRequest>,
+    ) -> Result<Response<pb::CreateWorkspaceResponse>, Status> {
+        let actor = principal(&request)?.actor();
+        let new: NewWorkspace = request.into_inner().try_into()?;
+        let row = self
+            .state
+            .store
+            .create_workspace(
+                &new.display_name,
+                &new.labels,
+                new.request_id.as_deref(),
+                actor,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateWorkspaceResponse {
+            workspace: Some(convert::workspace(&row)),
+        }))
+    }
+
+    async fn get_workspace(
+        &self,
+        request: Request<pb::GetWorkspaceRequest>,
+    ) -> Result<Response<pb::GetWorkspaceResponse>, Status> {
+        let request: WorkspaceRef = request.into_inner().try_into()?;
+        let row = self.state.store.get_workspace(request.tenant).await?;
+        Ok(Response::new(pb::GetWorkspaceResponse {
+            workspace: Some(convert::workspace(&row)),
+        }))
+    }
+
+    async fn list_workspaces(
+        &self,
+        request: Request<pb::ListWorkspacesRequest>,
+    ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
+        let query: WorkspaceQuery = request.into_inner().try_into()?;
+        let store = &self.state.store;
+        let rows = store.list_workspaces(query.after, query.limit + 1).await?;
+        let (workspaces, next_page_token) =
+            split_page(rows, query.limit, convert::workspace, |row| {
+                page::encode_id(parse::WORKSPACES_PAGE, row.id.0)
+            });
+        Ok(Response::new(pb::ListWorkspacesResponse {
+            workspaces,
+            next_page_token,
+        }))
+    }
+
+    async fn update_workspace(
+        &self,
+        request: Request<pb::UpdateWorkspaceRequest>,
+    ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
+        let actor = principal(&request)?.actor();
+        let update: WorkspaceUpdate = request.into_inner().try_into()?;
+        let mut tx = self.state.store.tenant(update.tenant).await?;
+        let current = tx.lock_workspace().await?;
+        let display_name = update.display_name.unwrap_or(current.display_name);
+        let labels = update.labels.unwrap_or(current.labels.0);
+        let row = tx.save_workspace(&display_name, &labels).await?;
+        tx.append_event(NewEvent {
+            actor,
+            action: "workspace.updated",
+            resource_type: "workspace",
+            resource_id: update.tenant.0,
+            request_id: update.request_id.as_deref(),
+            data: serde_json::json!({ "fields": update.paths }),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(pb::UpdateWorkspaceResponse {
+            workspace: Some(convert::workspace(&row)),
+        }))
+    }
+
+    async fn delete_workspace(
+        &self,
+        request: Request<pb::DeleteWorkspaceRequest>,
+    ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
+        let actor = principal(&request)?.actor();
+        let DeleteWorkspace { tenant, request_id } = request.into_inner().try_into()?;
+        let request_id = request_id.as_deref();
+        let mut tx = self.state.store.tenant(tenant).await?;
+        tx.lock_workspace().await?;
+        let canceled = tx
+            .cancel_tasks_where(None, true, "workspace deleted", actor, request_id)
+            .await?;
+        tx.soft_delete_workspace().await?;
+        tx.append_event(NewEvent {
+            actor,
+            action: "workspace.deleted",
+            resource_type: "workspace",
+            resource_id: tenant.0,
+            request_id,
+            data: serde_json::json!({ "canceled_tasks": canceled }),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(pb::DeleteWorkspaceResponse {}))
+    }
+}
