@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
-use super::{NewEvent, StoreError, StoreResult, TenantTx, classify};
+use super::{NewEvent, StoreError, StoreResult, TenantTx};
 use crate::domain::agent::{AgentSpec, Generation, Provider};
 use crate::ids::{AgentId, TenantId};
 
@@ -103,19 +103,17 @@ impl TenantTx {
             return Ok(existing);
         }
         let id = AgentId::generate();
-        let insert = sqlx::query_as::<_, AgentRow>(concat!(
+        let insert = self.query_as::<AgentRow>(concat!(
             "INSERT INTO agents (tenant_id, id, name, provider, model, system_prompt, generation, \
              labels, max_concurrency, task_timeout_ms, max_attempts, request_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
             columns!()
         ))
-        .bind(self.tenant)
         .bind(id);
         let row = bind_spec(insert, spec)
             .bind(request_id)
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(classify)?;
+            .fetch_one(self.executor())
+            .await?;
         self.append_event(NewEvent {
             actor,
             action: "agent.created",
@@ -145,43 +143,37 @@ impl TenantTx {
                 WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL"
             )
         };
-        sqlx::query_as::<_, AgentRow>(sql)
-            .bind(self.tenant)
+        self.query_as::<AgentRow>(sql)
             .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(classify)?
+            .fetch_optional(self.executor())
+            .await?
             .ok_or(StoreError::NotFound("agent"))
     }
 
     /// A live agent, share-locked so a concurrent delete waits for this transaction.
     pub async fn share_lock_agent(&mut self, id: AgentId) -> StoreResult<AgentRow> {
-        sqlx::query_as::<_, AgentRow>(concat!(
+        self.query_as::<AgentRow>(concat!(
             "SELECT ",
             columns!(),
             " FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE"
         ))
-        .bind(self.tenant)
         .bind(id)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)?
+        .fetch_optional(self.executor())
+        .await?
         .ok_or(StoreError::NotFound("agent"))
     }
 
     /// The agent created with this idempotency key, if any; NOT_FOUND if that agent has been
     /// deleted since (the key stays used, so a retry never creates a second agent).
     pub async fn agent_by_request_id(&mut self, request_id: &str) -> StoreResult<Option<AgentRow>> {
-        let found = sqlx::query_as::<_, ByRequestId>(concat!(
+        let found = self.query_as::<ByRequestId>(concat!(
             "SELECT ",
             columns!(),
             ", deleted_at IS NOT NULL AS deleted FROM agents WHERE tenant_id = $1 AND request_id = $2"
         ))
-        .bind(self.tenant)
         .bind(request_id)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)?;
+        .fetch_optional(self.executor())
+        .await?;
         match found {
             Some(ByRequestId { deleted: true, .. }) => Err(StoreError::NotFound("agent")),
             Some(ByRequestId { agent, .. }) => Ok(Some(agent)),
@@ -195,19 +187,18 @@ impl TenantTx {
         after: Option<AgentId>,
         limit: i64,
     ) -> StoreResult<Vec<AgentRow>> {
-        sqlx::query_as::<_, AgentRow>(concat!(
+        self.query_as::<AgentRow>(concat!(
             "SELECT ",
             columns!(),
             " FROM agents \
              WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id > $2) \
              ORDER BY id LIMIT $3"
         ))
-        .bind(self.tenant)
         .bind(after)
         .bind(limit)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.executor())
         .await
-        .map_err(classify)
+        .map_err(StoreError::from)
     }
 
     /// Replaces a live agent's spec.
@@ -219,19 +210,18 @@ impl TenantTx {
         request_id: Option<&str>,
         actor: &str,
     ) -> StoreResult<AgentRow> {
-        let update = sqlx::query_as::<_, AgentRow>(concat!(
-            "UPDATE agents SET name = $3, provider = $4, model = $5, system_prompt = $6, \
+        let update = self
+            .query_as::<AgentRow>(concat!(
+                "UPDATE agents SET name = $3, provider = $4, model = $5, system_prompt = $6, \
              generation = $7, labels = $8, max_concurrency = $9, task_timeout_ms = $10, \
              max_attempts = $11, updated_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
-            columns!()
-        ))
-        .bind(self.tenant)
-        .bind(id);
+                columns!()
+            ))
+            .bind(id);
         let row = bind_spec(update, spec)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(classify)?
+            .fetch_optional(self.executor())
+            .await?
             .ok_or(StoreError::NotFound("agent"))?;
         self.append_event(NewEvent {
             actor,
@@ -253,15 +243,14 @@ impl TenantTx {
         request_id: Option<&str>,
         actor: &str,
     ) -> StoreResult<u64> {
-        let deleted = sqlx::query(
-            "UPDATE agents SET deleted_at = now(), updated_at = now() \
+        let deleted = self
+            .query(
+                "UPDATE agents SET deleted_at = now(), updated_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL",
-        )
-        .bind(self.tenant)
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(classify)?;
+            )
+            .bind(id)
+            .execute(self.executor())
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound("agent"));
         }

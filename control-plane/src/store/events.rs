@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{StoreResult, TenantTx, classify};
+use super::{StoreError, StoreResult, TenantTx};
 use crate::domain::event::{EventFilter, EventPosition};
 use crate::ids::TenantId;
 use agentplane_core::notify::Notification;
@@ -66,11 +66,10 @@ impl EventRow {
 impl TenantTx {
     /// Appends an event in this transaction and wakes event watchers on commit.
     pub async fn append_event(&mut self, event: NewEvent<'_>) -> StoreResult<()> {
-        sqlx::query(
+        self.query(
             "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
              request_id, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(self.tenant)
         .bind(Uuid::now_v7())
         .bind(event.actor)
         .bind(event.action)
@@ -78,24 +77,22 @@ impl TenantTx {
         .bind(event.resource_id)
         .bind(event.request_id)
         .bind(Json(&event.data))
-        .execute(&mut *self.tx)
-        .await
-        .map_err(classify)?;
-        let tenant = self.tenant;
+        .execute(self.executor())
+        .await?;
+        let tenant = self.tenant();
         self.notify(&[Notification::Events { tenant }]).await
     }
 
     /// The position of this workspace's event `id`, if it has one.
     pub async fn event_position(&mut self, id: Uuid) -> StoreResult<Option<EventPosition>> {
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT xid::text::bigint, seq FROM events WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(self.tenant)
-        .bind(id)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)
-        .map(|found| found.map(|(xid, seq)| EventPosition { xid, seq }))
+        let found = self
+            .query_as::<(i64, i64)>(
+                "SELECT xid::text::bigint, seq FROM events WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(id)
+            .fetch_optional(self.executor())
+            .await?;
+        Ok(found.map(|(xid, seq)| EventPosition { xid, seq }))
     }
 
     /// Events after `after` in log order. Only events of transactions older than every
@@ -107,7 +104,7 @@ impl TenantTx {
         after: Option<EventPosition>,
         limit: i64,
     ) -> StoreResult<Vec<EventRow>> {
-        sqlx::query_as::<_, EventRow>(
+        self.query_as::<EventRow>(
             "SELECT tenant_id, id, xid::text::bigint AS xid, seq, actor, action, resource_type, \
                     resource_id, request_id, data, created_at \
              FROM events \
@@ -122,7 +119,6 @@ impl TenantTx {
              ORDER BY xid, seq \
              LIMIT $9",
         )
-        .bind(self.tenant)
         .bind(after.map(|p| p.xid))
         .bind(after.map(|p| p.seq))
         .bind(filter.resource_type.as_deref())
@@ -131,8 +127,8 @@ impl TenantTx {
         .bind(filter.start_time)
         .bind(filter.end_time)
         .bind(limit)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.executor())
         .await
-        .map_err(classify)
+        .map_err(StoreError::from)
     }
 }

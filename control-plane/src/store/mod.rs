@@ -72,7 +72,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-pub(super) fn classify(error: sqlx::Error) -> StoreError {
+fn classify(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some(sqlstate::UNIQUE_VIOLATION) => {

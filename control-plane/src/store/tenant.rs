@@ -17,8 +17,8 @@ use agentplane_core::notify::Notification;
 /// A transaction confined to one workspace.
 #[derive(Debug)]
 pub struct TenantTx {
-    pub(super) tx: Transaction<'static, Postgres>,
-    pub(super) tenant: TenantId,
+    tx: Transaction<'static, Postgres>,
+    tenant: TenantId,
 }
 
 impl Store {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
-use super::{NewEvent, Store, StoreError, StoreResult, TenantTx, classify};
+use super::{NewEvent, Store, StoreError, StoreResult, TenantTx};
 use crate::ids::TenantId;
 
 /// A workspace as stored.
@@ -53,18 +53,19 @@ impl Store {
         }
         let id = TenantId::generate();
         let mut tx = self.tenant_unchecked(id).await?;
-        let inserted = sqlx::query_as::<_, WorkspaceRow>(concat!(
-            "INSERT INTO workspaces (id, display_name, labels, request_id) VALUES ($1, $2, $3, $4) \
-             RETURNING ",
-            columns!()
-        ))
-        .bind(id)
-        .bind(display_name)
-        .bind(Json(labels))
-        .bind(request_id)
-        .fetch_one(&mut *tx.tx)
-        .await
-        .map_err(classify);
+        // The new workspace's id is the transaction's tenant, bound as $1.
+        let inserted = tx
+            .query_as::<WorkspaceRow>(concat!(
+                "INSERT INTO workspaces (id, display_name, labels, request_id) \
+                 VALUES ($1, $2, $3, $4) RETURNING ",
+                columns!()
+            ))
+            .bind(display_name)
+            .bind(Json(labels))
+            .bind(request_id)
+            .fetch_one(tx.executor())
+            .await
+            .map_err(StoreError::from);
         let row = match (inserted, request_id) {
             (Ok(row), _) => row,
             // A concurrent call with the same request id won the race: return its workspace.
@@ -100,8 +101,7 @@ impl Store {
         ))
         .bind(request_id)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
+        .await?;
         match found {
             Some(ByRequestId { deleted: true, .. }) => Err(StoreError::NotFound("workspace")),
             Some(ByRequestId { workspace, .. }) => Ok(Some(workspace)),
@@ -118,8 +118,7 @@ impl Store {
         ))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
+        .await?
         .ok_or(StoreError::NotFound("workspace"))
     }
 
@@ -139,35 +138,31 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(classify)
+        .map_err(StoreError::from)
     }
 }
 
 impl TenantTx {
     /// Locks this transaction's workspace row for a change; NOT_FOUND if deleted.
     pub async fn lock_workspace(&mut self) -> StoreResult<WorkspaceRow> {
-        sqlx::query_as::<_, WorkspaceRow>(concat!(
+        self.query_as::<WorkspaceRow>(concat!(
             "SELECT ",
             columns!(),
             " FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
         ))
-        .bind(self.tenant)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)?
+        .fetch_optional(self.executor())
+        .await?
         .ok_or(StoreError::NotFound("workspace"))
     }
 
     /// Share-locks this transaction's workspace while something is created in it, so a
     /// concurrent delete waits; NOT_FOUND if deleted.
     pub async fn share_lock_workspace(&mut self) -> StoreResult<()> {
-        sqlx::query_scalar::<_, i32>(
+        self.query_scalar::<i32>(
             "SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
         )
-        .bind(self.tenant)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)?
+        .fetch_optional(self.executor())
+        .await?
         .map(|_| ())
         .ok_or(StoreError::NotFound("workspace"))
     }
@@ -178,30 +173,27 @@ impl TenantTx {
         display_name: &str,
         labels: &BTreeMap<String, String>,
     ) -> StoreResult<WorkspaceRow> {
-        sqlx::query_as::<_, WorkspaceRow>(concat!(
+        self.query_as::<WorkspaceRow>(concat!(
             "UPDATE workspaces SET display_name = $2, labels = $3, updated_at = now() \
              WHERE id = $1 AND deleted_at IS NULL RETURNING ",
             columns!()
         ))
-        .bind(self.tenant)
         .bind(display_name)
         .bind(Json(labels))
-        .fetch_optional(&mut *self.tx)
-        .await
-        .map_err(classify)?
+        .fetch_optional(self.executor())
+        .await?
         .ok_or(StoreError::NotFound("workspace"))
     }
 
     /// Marks this transaction's workspace deleted.
     pub async fn soft_delete_workspace(&mut self) -> StoreResult<()> {
-        let deleted = sqlx::query(
-            "UPDATE workspaces SET deleted_at = now(), updated_at = now() \
+        let deleted = self
+            .query(
+                "UPDATE workspaces SET deleted_at = now(), updated_at = now() \
              WHERE id = $1 AND deleted_at IS NULL",
-        )
-        .bind(self.tenant)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(classify)?;
+            )
+            .execute(self.executor())
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound("workspace"));
         }
