@@ -35,7 +35,8 @@ impl Principal {
 }
 
 /// The credentials the server accepts.
-#[derive(Clone)]
+/// `Debug` shows the tokens as `[REDACTED]` (`SecretString`).
+#[derive(Clone, Debug)]
 pub struct Credentials {
     /// Bearer token of the platform admin.
     pub admin_token: SecretString,
@@ -127,7 +128,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 
 /// Tower layer that authenticates and authorises every request before it reaches a
 /// service, and stores the [`Principal`] in the request extensions.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthLayer {
     credentials: Arc<Credentials>,
 }
@@ -153,7 +154,7 @@ impl<S> Layer<S> for AuthLayer {
 }
 
 /// See [`AuthLayer`].
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
     credentials: Arc<Credentials>,

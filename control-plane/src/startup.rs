@@ -68,6 +68,7 @@ pub async fn migrate(url: &SecretString) -> anyhow::Result<()> {
 }
 
 /// A built server, bound and connected, not yet serving.
+#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,

@@ -26,6 +26,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
 
 /// A running control plane.
+#[derive(Debug)]
 pub struct TestApp {
     /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
@@ -113,6 +114,13 @@ impl TestApp {
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs, even in tests.
+        f.write_str("Bearer(..)")
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(
         &mut self,
@@ -136,6 +144,7 @@ pub fn bearer(token: &str) -> Bearer {
 }
 
 /// One client per public service.
+#[derive(Debug)]
 pub struct Clients {
     /// `WorkspaceService`.
     pub workspaces: WorkspaceServiceClient<Authed>,

@@ -206,6 +206,7 @@ impl Cluster {
 }
 
 /// A fresh, migrated database for one test.
+#[derive(Debug)]
 pub struct TestDb {
     /// Database name.
     pub name: String,

@@ -20,10 +20,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_ECHO_TOKEN_DELAY: Duration = Duration::from_millis(20);
 /// `statement_timeout` of the worker's database sessions, unless its database URL sets one
 /// (`?options=-c%20statement_timeout%3D60s`).
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `idle_in_transaction_session_timeout` of the worker's database sessions, unless its
 /// database URL sets one. An open transaction holds back every event stream.
-pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default address of the control plane.
 pub const DEFAULT_CONTROL_PLANE_URL: &str = "http://127.0.0.1:50051";
 

@@ -11,7 +11,7 @@ use crate::domain::task::{Role, TaskStatus};
 use crate::store::{AgentRow, EventRow, TaskMessageRow, TaskRow, WorkspaceRow};
 
 /// A time as a protobuf timestamp.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+pub(super) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.timestamp(),
         nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
@@ -19,7 +19,7 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// A protobuf timestamp as a time, if it is valid.
-pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+pub(super) fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     // Years 1 to 9999, as google.protobuf.Timestamp defines (and PostgreSQL can store).
     if !(-62_135_596_800..=253_402_300_799).contains(&ts.seconds) {
         return None;
@@ -35,7 +35,7 @@ fn labels(labels: &std::collections::BTreeMap<String, String>) -> HashMap<String
 }
 
 /// Stored workspace → protobuf.
-pub fn workspace(row: &WorkspaceRow) -> pb::Workspace {
+pub(super) fn workspace(row: &WorkspaceRow) -> pb::Workspace {
     pb::Workspace {
         id: row.id.to_string(),
         display_name: row.display_name.clone(),
@@ -46,14 +46,14 @@ pub fn workspace(row: &WorkspaceRow) -> pb::Workspace {
 }
 
 /// Provider → protobuf enum.
-pub fn provider(provider: Provider) -> pb::Provider {
+pub(super) fn provider(provider: Provider) -> pb::Provider {
     match provider {
         Provider::Echo => pb::Provider::Echo,
     }
 }
 
 /// Stored agent → protobuf.
-pub fn agent(row: &AgentRow) -> pb::Agent {
+pub(super) fn agent(row: &AgentRow) -> pb::Agent {
     let generation = &row.generation.0;
     pb::Agent {
         id: row.id.to_string(),
@@ -83,7 +83,7 @@ pub fn agent(row: &AgentRow) -> pb::Agent {
 }
 
 /// Status → protobuf enum.
-pub fn task_status(status: TaskStatus) -> pb::TaskStatus {
+pub(super) fn task_status(status: TaskStatus) -> pb::TaskStatus {
     match status {
         TaskStatus::Pending => pb::TaskStatus::Pending,
         TaskStatus::Running => pb::TaskStatus::Running,
@@ -94,7 +94,7 @@ pub fn task_status(status: TaskStatus) -> pb::TaskStatus {
 }
 
 /// Protobuf enum → status filter (`None` for unspecified).
-pub fn task_status_filter(status: pb::TaskStatus) -> Option<TaskStatus> {
+pub(super) fn task_status_filter(status: pb::TaskStatus) -> Option<TaskStatus> {
     match status {
         pb::TaskStatus::Unspecified => None,
         pb::TaskStatus::Pending => Some(TaskStatus::Pending),
@@ -106,7 +106,7 @@ pub fn task_status_filter(status: pb::TaskStatus) -> Option<TaskStatus> {
 }
 
 /// Stored task → protobuf.
-pub fn task(row: &TaskRow) -> pb::Task {
+pub(super) fn task(row: &TaskRow) -> pb::Task {
     let status = row.status;
     pb::Task {
         id: row.id.to_string(),
@@ -138,7 +138,7 @@ pub fn task(row: &TaskRow) -> pb::Task {
 }
 
 /// Role → protobuf enum.
-pub fn role(role: Role) -> pb::Role {
+pub(super) fn role(role: Role) -> pb::Role {
     match role {
         Role::System => pb::Role::System,
         Role::User => pb::Role::User,
@@ -147,7 +147,7 @@ pub fn role(role: Role) -> pb::Role {
 }
 
 /// Stored transcript message → protobuf.
-pub fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
+pub(super) fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
     pb::TaskMessage {
         id: row.id.to_string(),
         message: Some(pb::Message {
@@ -160,7 +160,7 @@ pub fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
 }
 
 /// Stored event → protobuf.
-pub fn event(row: &EventRow) -> pb::Event {
+pub(super) fn event(row: &EventRow) -> pb::Event {
     pb::Event {
         id: row.id.to_string(),
         workspace_id: row.tenant_id.to_string(),
@@ -176,7 +176,7 @@ pub fn event(row: &EventRow) -> pb::Event {
 }
 
 /// A JSON object as a protobuf Struct (`None` for anything but an object).
-pub fn json_to_struct(value: &serde_json::Value) -> Option<prost_types::Struct> {
+pub(super) fn json_to_struct(value: &serde_json::Value) -> Option<prost_types::Struct> {
     match json_to_value(value).kind {
         Some(prost_types::value::Kind::StructValue(s)) => Some(s),
         _ => None,
@@ -204,7 +204,7 @@ fn json_to_value(value: &serde_json::Value) -> prost_types::Value {
 }
 
 /// A protobuf Struct as JSON (non-finite numbers become null).
-pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+pub(super) fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
     serde_json::Value::Object(
         s.fields
             .iter()

@@ -25,7 +25,7 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 type Sender = mpsc::Sender<Result<pb::WatchTaskResponse, Status>>;
 
 /// Follows a task for one WatchTask stream.
-pub struct TaskWatcher {
+pub(super) struct TaskWatcher {
     state: State,
     tenant: TenantId,
     task: TaskId,
@@ -45,7 +45,7 @@ enum Flow {
 
 impl TaskWatcher {
     /// A watcher that continues after `snapshot`.
-    pub fn new(
+    pub(super) fn new(
         state: State,
         tenant: TenantId,
         task: TaskId,
@@ -69,12 +69,12 @@ impl TaskWatcher {
     }
 
     /// Index of the next delta the client expects.
-    pub fn next_index(&self) -> i64 {
+    pub(super) fn next_index(&self) -> i64 {
         self.next_index
     }
 
     /// Streams until the task ends, the client leaves, or the server shuts down.
-    pub async fn run(mut self, mut notices: broadcast::Receiver<Notice>) {
+    pub(super) async fn run(mut self, mut notices: broadcast::Receiver<Notice>) {
         let shutdown = self.state.shutdown.clone();
         // Re-read on a fixed schedule, however many unrelated notices arrive in between.
         let mut deadline = tokio::time::Instant::now() + RESYNC_INTERVAL;

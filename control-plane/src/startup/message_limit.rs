@@ -22,13 +22,13 @@ use crate::error::ApiError;
 /// Tower layer that turns tonic's over-the-limit OUT_OF_RANGE into RESOURCE_EXHAUSTED with
 /// an ErrorInfo naming the limit.
 #[derive(Clone, Copy, Debug)]
-pub struct MessageLimitLayer {
+pub(super) struct MessageLimitLayer {
     limit_bytes: usize,
 }
 
 impl MessageLimitLayer {
     /// A layer for services decoding at most `limit_bytes` per request message.
-    pub fn new(limit_bytes: usize) -> Self {
+    pub(super) fn new(limit_bytes: usize) -> Self {
         Self { limit_bytes }
     }
 }
@@ -46,7 +46,7 @@ impl<S> Layer<S> for MessageLimitLayer {
 
 /// See [`MessageLimitLayer`].
 #[derive(Clone, Debug)]
-pub struct MessageLimitService<S> {
+pub(super) struct MessageLimitService<S> {
     inner: S,
     limit_bytes: usize,
 }

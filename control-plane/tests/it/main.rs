@@ -1,21 +1,16 @@
 //! Integration tests of the control plane: a real PostgreSQL cluster started by the harness,
 //! real control planes on port 0 and real workers, talking over gRPC. The harness and the
 //! helpers live in `agentplane-testkit`, shared with the worker's tests (`worker/tests/it/`).
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    reason = "a failed unwrap is a failed test, with its location"
+    reason = "a failed unwrap is a failed test, with its location (allow-unwrap-in-tests covers only #[test] functions, not these helpers)"
 )]
-#![allow(
+#![expect(
     clippy::disallowed_methods,
     reason = "tests spawn plain tasks and join them; nothing outlives a test"
 )]
 
-// The test modules reach the shared helpers as `crate::pg`, `crate::app`, `crate::fixtures`.
-#[allow(
-    unused_imports,
-    reason = "no test here inserts rows directly today; kept so `crate::fixtures` works"
-)]
-use agentplane_testkit::fixtures;
+// The test modules reach the shared helpers as `crate::pg` and `crate::app`.
 use agentplane_testkit::{app, pg};
 
 mod session;

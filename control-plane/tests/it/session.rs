@@ -9,14 +9,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::app::{Clients, TestApp, WORKER_TOKEN};
 
 /// A hand-driven worker session.
-pub struct Session {
+pub(crate) struct Session {
     pub id: uuid::Uuid,
     send: mpsc::Sender<pb::SessionRequest>,
     pub recv: tonic::Streaming<pb::SessionResponse>,
 }
 
 impl Session {
-    pub async fn open(app: &TestApp, id: uuid::Uuid) -> Session {
+    pub(crate) async fn open(app: &TestApp, id: uuid::Uuid) -> Session {
         let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
         let (send, rx) = mpsc::channel(16);
         send.send(pb::SessionRequest {
@@ -38,14 +38,14 @@ impl Session {
         Session { id, send, recv }
     }
 
-    pub async fn send(&self, kind: In) {
+    pub(crate) async fn send(&self, kind: In) {
         self.send
             .send(pb::SessionRequest { kind: Some(kind) })
             .await
             .unwrap();
     }
 
-    pub async fn succeed(&mut self, lease: pb::LeaseRef, output: &str) -> pb::ResultAck {
+    pub(crate) async fn succeed(&mut self, lease: pb::LeaseRef, output: &str) -> pb::ResultAck {
         self.send(In::Result(pb::WorkerResult {
             lease: Some(lease),
             outcome: Some(pb::worker_result::Outcome::Success(pb::WorkerSuccess {
@@ -76,7 +76,7 @@ impl Session {
 impl Session {
     /// Waits until every message sent so far has been handled: the session handles messages
     /// in order, so the answer to a heartbeat sent now comes after all of them.
-    pub async fn settle(&mut self) -> pb::HeartbeatAck {
+    pub(crate) async fn settle(&mut self) -> pb::HeartbeatAck {
         self.send(In::Heartbeat(pb::WorkerHeartbeat { leases: vec![] }))
             .await;
         loop {

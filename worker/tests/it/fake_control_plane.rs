@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-pub const TOKEN: &str = "worker-test-token";
+pub(crate) const TOKEN: &str = "worker-test-token";
 
 type Responses = mpsc::UnboundedSender<Result<SessionResponse, Status>>;
 
@@ -33,7 +33,7 @@ struct Shared {
 }
 
 /// What the test sees: every non-heartbeat message, tagged with the stream it came on.
-pub struct FakeControlPlane {
+pub(crate) struct FakeControlPlane {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     received: mpsc::UnboundedReceiver<(usize, SessionRequest)>,
@@ -118,7 +118,7 @@ impl WorkerService for Service {
 
 impl FakeControlPlane {
     /// Serves on 127.0.0.1:0 until the test's runtime ends.
-    pub async fn start(heartbeat_interval: Duration, lease_duration: Duration) -> Self {
+    pub(crate) async fn start(heartbeat_interval: Duration, lease_duration: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -143,12 +143,12 @@ impl FakeControlPlane {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// The next message the worker sent (heartbeats excepted), within 10 s.
-    pub async fn next(&mut self) -> (usize, session_request::Kind) {
+    pub(crate) async fn next(&mut self) -> (usize, session_request::Kind) {
         let (session, message) =
             tokio::time::timeout(Duration::from_secs(10), self.received.recv())
                 .await
@@ -158,7 +158,10 @@ impl FakeControlPlane {
     }
 
     /// Whatever the worker sends within `wait`.
-    pub async fn drain_for(&mut self, wait: Duration) -> Vec<(usize, session_request::Kind)> {
+    pub(crate) async fn drain_for(
+        &mut self,
+        wait: Duration,
+    ) -> Vec<(usize, session_request::Kind)> {
         let mut messages = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some((session, message))) =
@@ -172,7 +175,7 @@ impl FakeControlPlane {
     }
 
     /// Acknowledges a result or release on the current stream.
-    pub fn ack(&self, lease: LeaseRef) {
+    pub(crate) fn ack(&self, lease: LeaseRef) {
         self.respond(session_response::Kind::ResultAck(ResultAck {
             lease: Some(lease),
             accepted: true,
@@ -181,7 +184,7 @@ impl FakeControlPlane {
     }
 
     /// From now on, heartbeats report this task's lease as lost.
-    pub fn lose(&self, task_id: &str) {
+    pub(crate) fn lose(&self, task_id: &str) {
         self.shared
             .lock()
             .expect("lock")
@@ -190,7 +193,7 @@ impl FakeControlPlane {
     }
 
     /// Ends the current stream with an error status, as a crashing replica would.
-    pub fn break_stream(&self) {
+    pub(crate) fn break_stream(&self) {
         let current = self.shared.lock().expect("lock").current.take();
         if let Some(current) = current {
             let _ = current.send(Err(Status::unavailable("replica going away")));
@@ -198,11 +201,11 @@ impl FakeControlPlane {
     }
 
     /// From now on, streams end right after the welcome (or not, with `false`).
-    pub fn hang_up_after_welcome(&self, hang_up: bool) {
+    pub(crate) fn hang_up_after_welcome(&self, hang_up: bool) {
         self.shared.lock().expect("lock").hang_up = hang_up;
     }
 
-    pub fn sessions(&self) -> usize {
+    pub(crate) fn sessions(&self) -> usize {
         self.shared.lock().expect("lock").sessions
     }
 

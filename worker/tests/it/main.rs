@@ -2,11 +2,11 @@
 //! cluster (started by `agentplane-testkit`), and whole workers against a scriptable fake
 //! control plane. Tests of workers with a real control plane are the control plane's
 //! (`control-plane/tests/it/end_to_end.rs`).
-#![allow(
+#![expect(
     clippy::unwrap_used,
     reason = "a failed unwrap is a failed test, with its location"
 )]
-#![allow(
+#![expect(
     clippy::disallowed_methods,
     reason = "tests spawn plain tasks and join them; nothing outlives a test"
 )]
