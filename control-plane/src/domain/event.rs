@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::ids::TenantId;
+
 /// Where an event sits in the log: the writing transaction, then the sequence. The order of
 /// the log, shared by every workspace, so it never leaves the server: clients name a place
 /// in the log by an event id instead (see `agentplane_core::page::encode_event`).
@@ -31,3 +33,27 @@ pub struct EventFilter {
 
 /// Resource kinds events are recorded for.
 pub const RESOURCE_TYPES: &[&str] = &["workspace", "agent", "task"];
+
+/// A validated ListEvents request.
+#[derive(Clone, Debug)]
+pub struct EventQuery {
+    /// Workspace whose log is read.
+    pub tenant: TenantId,
+    /// Which events.
+    pub filter: EventFilter,
+    /// Page size.
+    pub limit: i64,
+    /// The event the page token names: the page starts after it.
+    pub after: Option<Uuid>,
+}
+
+/// A validated WatchEvents request.
+#[derive(Clone, Debug)]
+pub struct EventWatch {
+    /// Workspace whose log is followed.
+    pub tenant: TenantId,
+    /// Which events.
+    pub filter: EventFilter,
+    /// The event the cursor names: the watch starts after it.
+    pub after: Option<Uuid>,
+}
