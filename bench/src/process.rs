@@ -8,6 +8,9 @@
 //!   "pre-created backlog" figure;
 //! - end to end: from the first CreateTask sent, i.e. what a client submitting N tasks at
 //!   once sees (it includes any pause).
+//!
+//! It also reports the machine's CPU time per task (`cpu.rs`), to set against DESIGN.md's
+//! cost per task.
 
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::api::{Api, Target};
 use crate::cli::{Common, ProcessArgs, Wait};
+use crate::cpu::CpuMeter;
 use crate::create::create_tasks;
 use crate::outcome::Outcome;
 use crate::report::Report;
@@ -47,6 +51,7 @@ pub async fn run(
         args.tasks, args.in_flight
     );
     let in_flight = usize::try_from(args.in_flight).context("--in-flight is too large")?;
+    let mut cpu = CpuMeter::start();
     let phase = create_tasks(api, &target, args.tasks, in_flight).await?;
     eprintln!(
         "created {} tasks in {:.2} s",
@@ -68,13 +73,16 @@ pub async fn run(
                  this is not a pre-created backlog figure",
             );
         }
+        cpu.pause();
         pause(wait, args.tasks).await?;
+        cpu.resume();
     }
 
     eprintln!("waiting for every task to finish");
     let tasks = api
         .wait_until_all_finished(&target, common.poll(), common.timeout())
         .await?;
+    let cpu = cpu.stop();
     let outcome = Outcome::of(&tasks);
     let processing = window(outcome.first_start, outcome.last_end);
     let end_to_end = window(Some(phase.started_at), outcome.last_end);
@@ -120,6 +128,29 @@ pub async fn run(
     );
     report.result("failed", "  of which FAILED", outcome.failed, "");
     report.result("canceled", "  of which CANCELED", outcome.canceled, "");
+    report.result(
+        "cpu_ms_per_task",
+        "machine CPU per task, bench excluded",
+        cpu.and_then(|spent| spent.others_ms_per_task(outcome.total)),
+        "ms",
+    );
+    report.result(
+        "machine_cpu_seconds",
+        "machine CPU, all processes",
+        cpu.map(|spent| spent.machine.as_secs_f64()),
+        "s",
+    );
+    report.result(
+        "bench_cpu_seconds",
+        "  of which the bench",
+        cpu.map(|spent| spent.own.as_secs_f64()),
+        "s",
+    );
+    report.note(
+        "CPU is the whole machine's busy time from the first create to the last task seen \
+         finished (any pause left out), less the bench's own: other work on the machine \
+         counts too",
+    );
     report.note(
         "the windows use the server's start_time (first claim) and end_time (last result) \
          and, for end to end, this machine's clock at the first CreateTask",
