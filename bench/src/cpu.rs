@@ -20,6 +20,11 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
+    /// What was used since `self`, up to now; `None` where `/proc` cannot be read.
+    pub fn spent_since(self) -> Option<CpuSpent> {
+        Some(CpuSpent::between(self, Self::read()?))
+    }
+
     /// Reads the counters; `None` where `/proc` is missing or unreadable.
     pub fn read() -> Option<Self> {
         let machine = std::fs::read_to_string("/proc/stat").ok()?;
@@ -49,56 +54,10 @@ impl CpuSpent {
         }
     }
 
-    /// Sums two windows (a run's create phase and, after a pause, its processing).
-    pub fn plus(self, other: Self) -> Self {
-        Self {
-            machine: self.machine + other.machine,
-            own: self.own + other.own,
-        }
-    }
-
     /// Milliseconds of machine CPU, apart from the bench's own, per task; `None` for no tasks.
     pub fn others_ms_per_task(&self, tasks: usize) -> Option<f64> {
         let others = self.machine.saturating_sub(self.own);
         (tasks > 0).then(|| others.as_secs_f64() * 1000.0 / tasks as f64)
-    }
-}
-
-/// Adds up CPU time over the measured parts of a run, leaving pauses out.
-#[derive(Debug)]
-pub struct CpuMeter {
-    spent: Option<CpuSpent>,
-    since: Option<CpuSample>,
-}
-
-impl CpuMeter {
-    /// Starts counting now.
-    pub fn start() -> Self {
-        Self {
-            spent: Some(CpuSpent::default()),
-            since: CpuSample::read(),
-        }
-    }
-
-    /// Stops counting until [`CpuMeter::resume`].
-    pub fn pause(&mut self) {
-        self.spent = self.spent.zip(self.window()).map(|(a, b)| a.plus(b));
-        self.since = None;
-    }
-
-    /// Counts again from now.
-    pub fn resume(&mut self) {
-        self.since = CpuSample::read();
-    }
-
-    /// What was used while counting; `None` when `/proc` could not be read.
-    pub fn stop(mut self) -> Option<CpuSpent> {
-        self.pause();
-        self.spent
-    }
-
-    fn window(&self) -> Option<CpuSpent> {
-        Some(CpuSpent::between(self.since?, CpuSample::read()?))
     }
 }
 
@@ -167,6 +126,5 @@ mod tests {
         // 2 s of others' CPU over 1000 tasks.
         assert_eq!(spent.others_ms_per_task(1_000), Some(2.0));
         assert_eq!(spent.others_ms_per_task(0), None);
-        assert_eq!(spent.plus(spent).machine, Duration::from_secs(5));
     }
 }

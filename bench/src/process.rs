@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::api::{Api, Target};
 use crate::cli::{Common, ProcessArgs, Wait};
-use crate::cpu::CpuMeter;
+use crate::cpu::CpuSample;
 use crate::create::create_tasks;
 use crate::outcome::Outcome;
 use crate::report::Report;
@@ -51,7 +51,7 @@ pub async fn run(
         args.tasks, args.in_flight
     );
     let in_flight = usize::try_from(args.in_flight).context("--in-flight is too large")?;
-    let mut cpu = CpuMeter::start();
+    let cpu_before = CpuSample::read();
     let phase = create_tasks(api, &target, args.tasks, in_flight).await?;
     eprintln!(
         "created {} tasks in {:.2} s",
@@ -73,16 +73,14 @@ pub async fn run(
                  this is not a pre-created backlog figure",
             );
         }
-        cpu.pause();
         pause(wait, args.tasks).await?;
-        cpu.resume();
     }
 
     eprintln!("waiting for every task to finish");
     let tasks = api
         .wait_until_all_finished(&target, common.poll(), common.timeout())
         .await?;
-    let cpu = cpu.stop();
+    let cpu = cpu_before.and_then(CpuSample::spent_since);
     let outcome = Outcome::of(&tasks);
     let processing = window(outcome.first_start, outcome.last_end);
     let end_to_end = window(Some(phase.started_at), outcome.last_end);
@@ -148,8 +146,8 @@ pub async fn run(
     );
     report.note(
         "CPU is the whole machine's busy time from the first create to the last task seen \
-         finished (any pause left out), less the bench's own: other work on the machine \
-         counts too",
+         finished (a pause included: the workers start during it), less the bench's own; \
+         other work on the machine counts too",
     );
     report.note(
         "the windows use the server's start_time (first claim) and end_time (last result) \
