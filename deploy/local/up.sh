@@ -3,10 +3,14 @@
 #   1. installs what is missing (PostgreSQL, protoc, mold) from the OS packages;
 #   2. starts a private PostgreSQL cluster under .state/local (or uses DATABASE_URL, a URL
 #      of a role that may create roles and own the schema);
-#   3. builds and starts the control plane (migrating the database) and two workers;
+#   3. builds and starts the control plane (migrating the database) and two workers
+#      (AGENTPLANE_WORKERS=n for another number);
 #   4. creates a demo workspace and agent, submits a task and streams its answer;
 #   5. prints grpcurl commands to go on by hand, and keeps running until Ctrl-C, which stops
 #      everything it started. With AGENTPLANE_DEMO_EXIT=1 it stops right after the demo.
+# With AGENTPLANE_WORKERS=0 there is no demo (nothing would run it): it prints the command
+# that starts a worker by hand instead, e.g. to drain a backlog queued before any worker
+# ran (docs/benchmarks.md).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,6 +18,10 @@ cd "$root"
 state="$root/.state/local"
 mkdir -p "$state"
 cp_port=${AGENTPLANE_PORT:-50051}
+workers=${AGENTPLANE_WORKERS:-2}
+case "$workers" in
+  '' | *[!0-9]*) echo "AGENTPLANE_WORKERS must be a number, got '$workers'" >&2; exit 1 ;;
+esac
 log_dir="$state/logs"
 mkdir -p "$log_dir"
 
@@ -110,7 +118,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-for n in 1 2; do
+for n in $(seq 1 "$workers"); do
   echo "==> starting worker $n"
   AGENTPLANE_WORKER_DATABASE_URL=$worker_url AGENTPLANE_WORKER_TOKEN=dev-worker-token \
     "$bin/agentplane-worker" --control-plane-url "http://127.0.0.1:$cp_port" --echo-token-delay-ms 60 \
@@ -118,19 +126,31 @@ for n in 1 2; do
   pids+=($!)
 done
 
-echo "==> running the demo"
-echo
-demo_out="$state/demo.out"
-"$bin/agentplane-control-plane" demo --endpoint "http://127.0.0.1:$cp_port" | tee "$demo_out"
-ids=$(grep '^WORKSPACE_ID=' "$demo_out" || true)
-ws=$(echo "$ids" | sed -n 's/.*WORKSPACE_ID=\([^ ]*\).*/\1/p')
-task=$(echo "$ids" | sed -n 's/.*TASK_ID=\([^ ]*\).*/\1/p')
-agent=$(echo "$ids" | sed -n 's/.*AGENT_ID=\([^ ]*\).*/\1/p')
+if [ "$workers" = 0 ]; then
+  cat <<HINT
 
-grpcurl_bin=$(command -v grpcurl || echo "$root/.state/tools/bin/grpcurl")
-cat <<HINT
+agentplane is running without workers: control plane on 127.0.0.1:$cp_port, logs in
+.state/local/logs. Tasks stay pending until a worker runs. Start one (once per worker, each
+in its own terminal; Ctrl-C there stops it) with:
 
-agentplane is running: control plane on 127.0.0.1:$cp_port, two workers, logs in .state/local/logs.
+  AGENTPLANE_WORKER_DATABASE_URL="postgres://agentplane_wk:\$(cat $password_file)@$db_location" \\
+    AGENTPLANE_WORKER_TOKEN=dev-worker-token $bin/agentplane-worker --control-plane-url http://127.0.0.1:$cp_port
+
+HINT
+else
+  echo "==> running the demo"
+  echo
+  demo_out="$state/demo.out"
+  "$bin/agentplane-control-plane" demo --endpoint "http://127.0.0.1:$cp_port" | tee "$demo_out"
+  ids=$(grep '^WORKSPACE_ID=' "$demo_out" || true)
+  ws=$(echo "$ids" | sed -n 's/.*WORKSPACE_ID=\([^ ]*\).*/\1/p')
+  task=$(echo "$ids" | sed -n 's/.*TASK_ID=\([^ ]*\).*/\1/p')
+  agent=$(echo "$ids" | sed -n 's/.*AGENT_ID=\([^ ]*\).*/\1/p')
+
+  grpcurl_bin=$(command -v grpcurl || echo "$root/.state/tools/bin/grpcurl")
+  cat <<HINT
+
+agentplane is running: control plane on 127.0.0.1:$cp_port, $workers worker(s), logs in .state/local/logs.
 Go on by hand with grpcurl (reflection is on; the dev admin token is dev-admin-token):
 
   alias apc='$grpcurl_bin -plaintext -H "authorization: Bearer dev-admin-token"'
@@ -142,6 +162,7 @@ Go on by hand with grpcurl (reflection is on; the dev admin token is dev-admin-t
   apc -d '{"workspace_id":"$ws"}' 127.0.0.1:$cp_port agentplane.v1.EventService/WatchEvents
 
 HINT
+fi
 
 if [ "${AGENTPLANE_DEMO_EXIT:-0}" = 1 ]; then
   exit 0
