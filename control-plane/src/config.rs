@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Seconds streams and in-flight calls get to finish on shutdown.
     #[arg(long, env = "AGENTPLANE_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Most streams (WatchTask, WatchEvents, worker sessions) this process holds open; one
+    /// more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AGENTPLANE_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: u64,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -138,6 +142,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Most open streams.
+    pub max_streams: usize,
 }
 
 impl fmt::Debug for Config {
@@ -154,6 +160,7 @@ impl fmt::Debug for Config {
             .field("lease_duration", &self.lease_duration)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_streams", &self.max_streams)
             .finish()
     }
 }
@@ -240,6 +247,7 @@ impl ServeArgs {
             0,
             MAX_DB_TIMEOUT_SECONDS,
         )?;
+        check_range("--max-streams", self.max_streams, 1, 1_000_000)?;
         let lease_duration = Duration::from_secs(self.lease_seconds);
         Ok(Config {
             listen_addr: self.listen_addr,
@@ -261,6 +269,7 @@ impl ServeArgs {
             lease_duration,
             heartbeat_interval: lease_duration / 3,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            max_streams: usize::try_from(self.max_streams).unwrap_or(usize::MAX),
         })
     }
 }
@@ -344,6 +353,7 @@ mod tests {
             db_idle_in_transaction_timeout_seconds: 10,
             lease_seconds: 30,
             shutdown_grace_seconds: 5,
+            max_streams: 10_000,
         }
     }
 

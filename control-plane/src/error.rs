@@ -1,7 +1,7 @@
 //! API errors and the one place that maps them to gRPC status codes.
 
 use tonic::Code;
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 use uuid::Uuid;
 
 use crate::store::StoreError;
@@ -42,6 +42,12 @@ pub enum ApiError {
         /// Largest request message accepted, in bytes.
         limit_bytes: usize,
     },
+    /// The server holds as many open streams as it allows; retry later or elsewhere.
+    #[error("too many open streams on this server (at most {limit})")]
+    TooManyStreams {
+        /// Most streams one server holds open.
+        limit: usize,
+    },
     /// A bug or an unexpected failure; details go to the log only.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -61,6 +67,9 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(what) => ApiError::AlreadyExists(what),
             StoreError::FailedPrecondition(what) => ApiError::FailedPrecondition(what),
             StoreError::InvalidInput(what) => ApiError::invalid("request", what),
+            StoreError::Timeout => {
+                ApiError::DeadlineExceeded("the database statement took too long")
+            }
             StoreError::Unavailable(error) => {
                 tracing::warn!(%error, "database unavailable");
                 ApiError::Unavailable
@@ -105,6 +114,20 @@ impl From<ApiError> for tonic::Status {
                     ERROR_DOMAIN,
                     [("limit_bytes".to_owned(), limit_bytes.to_string())],
                 );
+                (Code::ResourceExhausted, details)
+            }
+            ApiError::TooManyStreams { limit } => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    "TOO_MANY_STREAMS",
+                    ERROR_DOMAIN,
+                    [("limit".to_owned(), limit.to_string())],
+                );
+                details.set_quota_failure(vec![QuotaViolation::new(
+                    "server/streams",
+                    format!("at most {limit} open streams per server"),
+                )]);
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
                 (Code::ResourceExhausted, details)
             }
             ApiError::Internal(error) => {

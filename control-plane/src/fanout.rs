@@ -18,23 +18,26 @@ const RESYNC_AFTER_RECONNECT: std::time::Duration = std::time::Duration::from_se
 /// gets `Lagged` on its next receive and re-reads from the database instead, so a slow
 /// client costs a re-read, never memory.
 ///
-/// Memory bound: a notice carries at most one NOTIFY payload's text, and PostgreSQL keeps a
-/// payload under [`MAX_NOTIFY_PAYLOAD_BYTES`], so a slot holds under 8,000 bytes of text plus
-/// the `Notice` itself (under 100 bytes). In total at most 1,024 × ~8.1 KB ≈ 7.9 MiB per
-/// process (checked below against [`MAX_BUFFERED_BYTES`]), however many streams subscribe
-/// or stall. Per stream, a receiver holds only a clone of the notice it is handling (under
-/// 8,000 bytes); what a stream queues for its client is bounded in `api` (`STREAM_BUFFER`).
-const CAPACITY: usize = 1024;
+/// The ring is long, so that a busy process does not wrap it in milliseconds (a worker
+/// session that lags misses cancellations until its next heartbeat, and every lagging
+/// watcher re-reads the database at once), and its slots are small: a notice keeps a delta's
+/// text only up to [`MAX_RING_TEXT_BYTES`]; a watcher reads a longer delta from the table.
+///
+/// Memory bound: a slot holds at most [`MAX_RING_TEXT_BYTES`] of text plus the `Notice`
+/// itself, so in total at most 16,384 × ~330 B ≈ 5.2 MiB per process (checked below against
+/// [`MAX_BUFFERED_BYTES`]), however many streams subscribe or stall. Per stream, a receiver
+/// holds only a clone of the notice it is handling; what a stream queues for its client is
+/// bounded in `api` (`STREAM_BUFFER`).
+const CAPACITY: usize = 16 * 1024;
 
-/// PostgreSQL's limit on a NOTIFY payload (`NOTIFY_PAYLOAD_MAX_LENGTH`); a payload must be
-/// shorter, and a notice's text is never longer than its payload.
-const MAX_NOTIFY_PAYLOAD_BYTES: usize = 8000;
+/// Longest delta text a notice keeps in the ring.
+const MAX_RING_TEXT_BYTES: usize = 256;
 
 /// The most the ring may hold for stalled receivers.
 const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
 
 const _: () = assert!(
-    CAPACITY * (MAX_NOTIFY_PAYLOAD_BYTES + std::mem::size_of::<Notice>()) <= MAX_BUFFERED_BYTES,
+    CAPACITY * (MAX_RING_TEXT_BYTES + std::mem::size_of::<Notice>()) <= MAX_BUFFERED_BYTES,
     "the fan-out ring would exceed its memory bound"
 );
 
@@ -97,7 +100,7 @@ fn parse(channel_name: &str, payload: &str) -> Option<Notice> {
             task,
             attempt,
             index,
-            text,
+            text: text.filter(|text| text.len() <= MAX_RING_TEXT_BYTES),
         },
         Notification::TaskCancel {
             tenant,

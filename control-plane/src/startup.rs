@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{AgentApi, AppState, EventApi, TaskApi, WorkerApi, WorkspaceApi};
+use crate::api::{AgentApi, AppState, EventApi, StreamSlots, TaskApi, WorkerApi, WorkspaceApi};
 use crate::auth::AuthLayer;
 use crate::config::{Config, database_summary};
 use crate::fanout::Fanout;
@@ -109,6 +109,7 @@ impl Application {
             lease_duration: config.lease_duration,
             heartbeat_interval: config.heartbeat_interval,
             shutdown: streams,
+            streams: StreamSlots::new(config.max_streams),
         });
         Ok(Self {
             listener,

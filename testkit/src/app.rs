@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentplane_control_plane::config::ServeArgs;
+use agentplane_control_plane::config::{Config, ServeArgs};
 use agentplane_control_plane::startup::Application;
 use agentplane_proto::v1 as pb;
 use agentplane_worker::{Worker, WorkerConfig, WorkerHandle};
@@ -37,6 +37,11 @@ pub struct TestApp {
 impl TestApp {
     /// Starts a control plane on the test database.
     pub async fn spawn(db: &TestDb) -> TestApp {
+        Self::spawn_with(db, |_| {}).await
+    }
+
+    /// Starts a control plane on the test database with its configuration adjusted.
+    pub async fn spawn_with(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let args = ServeArgs {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             database_url: db.app_url().into(),
@@ -50,8 +55,11 @@ impl TestApp {
             db_idle_in_transaction_timeout_seconds: 10,
             lease_seconds: 30,
             shutdown_grace_seconds: 2,
+            max_streams: 10_000,
         };
-        let app = Application::build(args.validate().unwrap()).await.unwrap();
+        let mut config = args.validate().unwrap();
+        adjust(&mut config);
+        let app = Application::build(config).await.unwrap();
         let addr = app.local_addr();
         let stop = app.stop_token();
         let handle = tokio::spawn(async move {

@@ -24,6 +24,7 @@ pub use tasks::TaskApi;
 pub use workers::WorkerApi;
 pub use workspaces::WorkspaceApi;
 
+use crate::error::ApiError;
 use crate::fanout::Fanout;
 use crate::store::Store;
 
@@ -40,6 +41,35 @@ pub struct AppState {
     pub heartbeat_interval: Duration,
     /// Cancelled when the server shuts down: streams end.
     pub shutdown: CancellationToken,
+    /// Open streams (WatchTask, WatchEvents, worker sessions), capped per process.
+    pub streams: StreamSlots,
+}
+
+/// The stream cap (`--max-streams`): with the per-stream bound below, it bounds what streams
+/// hold in total. A slot is taken when a stream opens and given back when its task ends; a
+/// stream past the cap is refused with RESOURCE_EXHAUSTED (QuotaFailure and RetryInfo), so a
+/// client retries later or elsewhere.
+#[derive(Clone, Debug)]
+pub struct StreamSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl StreamSlots {
+    /// Room for `limit` streams.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// A slot for one more stream, held until the permit drops.
+    pub(crate) fn open(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyStreams { limit: self.limit })
+    }
 }
 
 /// Shared state handle.

@@ -59,8 +59,13 @@ impl TenantTx {
     }
 
     /// Stores one output delta of the attempt `worker` holds and publishes it. Returns false
-    /// if the worker does not hold the attempt, the delta was stored before, or storing it
-    /// would take the attempt's output past [`MAX_OUTPUT_BYTES`].
+    /// if the worker does not hold the attempt, the delta was stored before, its predecessor
+    /// is not stored (deltas come without gaps), or storing it would take the attempt's
+    /// output past [`MAX_OUTPUT_BYTES`].
+    ///
+    /// Each row keeps the attempt's running byte total (`end_offset`). Because a delta is
+    /// stored only after its predecessor, the total read from row `seq - 1` is exact, and
+    /// the cap costs one primary-key probe however long the output is.
     pub async fn append_output(
         &mut self,
         worker: WorkerId,
@@ -73,9 +78,11 @@ impl TenantTx {
                 "INSERT INTO task_output_chunks (tenant_id, task_id, attempt, seq, content, \
                                                  end_offset) \
                  SELECT $1, $2, $3, $4, $5, before.bytes + octet_length($5) \
-                 FROM (SELECT coalesce((SELECT end_offset FROM task_output_chunks \
-                                        WHERE tenant_id = $1 AND task_id = $2 AND attempt = $3 \
-                                        ORDER BY seq DESC LIMIT 1), 0) AS bytes) before \
+                 FROM (SELECT 0::bigint AS bytes WHERE $4 = 0 \
+                       UNION ALL \
+                       SELECT end_offset FROM task_output_chunks \
+                       WHERE tenant_id = $1 AND task_id = $2 AND attempt = $3 \
+                         AND seq = $4 - 1) before \
                  WHERE before.bytes + octet_length($5) <= $7 AND EXISTS ( \
                      SELECT 1 FROM tasks WHERE tenant_id = $1 AND id = $2 AND attempt = $3 \
                      AND status = 'running' AND worker_id = $6 FOR SHARE) \

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// The database refused a value as malformed.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A statement ran past the session's `statement_timeout` and was cancelled.
+    #[error("the database statement took too long")]
+    Timeout,
     /// The database cannot be reached or refused the connection.
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
@@ -89,6 +92,8 @@ fn classify(error: sqlx::Error) -> StoreError {
             Some(code) if sqlstate::BAD_INPUT.contains(&code) => {
                 StoreError::InvalidInput(db.message().to_owned())
             }
+            // Retrying at once would only run the same long statement again.
+            Some(sqlstate::QUERY_CANCELED) => StoreError::Timeout,
             Some(sqlstate::CHECK_VIOLATION) => StoreError::FailedPrecondition(format!(
                 "the change violates constraint {}",
                 db.constraint().unwrap_or("unknown")
@@ -99,7 +104,6 @@ fn classify(error: sqlx::Error) -> StoreError {
                         sqlstate::CANNOT_CONNECT_NOW,
                         sqlstate::ADMIN_SHUTDOWN,
                         sqlstate::TOO_MANY_CONNECTIONS,
-                        sqlstate::QUERY_CANCELED,
                     ]
                     .contains(&code) =>
             {

@@ -225,9 +225,20 @@ async fn a_stalled_subscriber_holds_at_most_8_mib_of_notices() {
     // What the stalled receiver can still read is what the fan-out keeps for it.
     let mut skipped = 0;
     let mut kept = 0;
+    let mut held_bytes = 0;
     loop {
         match stalled.try_recv() {
-            Ok(_) => kept += 1,
+            Ok(notice) => {
+                kept += 1;
+                held_bytes += std::mem::size_of_val(&notice);
+                if let agentplane_control_plane::fanout::Notice::TaskOutput {
+                    text: Some(text),
+                    ..
+                } = &notice
+                {
+                    held_bytes += text.len();
+                }
+            }
             Err(TryRecvError::Lagged(n)) => skipped += n as usize,
             Err(TryRecvError::Empty) => break,
             Err(error) => panic!("{error}"),
@@ -235,10 +246,53 @@ async fn a_stalled_subscriber_holds_at_most_8_mib_of_notices() {
     }
     assert_eq!(kept + skipped, SENT);
     assert!(
-        kept * TEXT <= 8 * 1024 * 1024,
-        "a stalled subscriber holds {kept} notices of {TEXT} bytes"
+        held_bytes <= 8 * 1024 * 1024,
+        "a stalled subscriber holds {kept} notices, {held_bytes} bytes"
     );
     assert!(kept > 0, "it then catches up from the newest");
     stop.cancel();
     pool.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_past_the_servers_cap_is_refused_until_one_closes() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |config| config.max_streams = 1).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("cap").await;
+    let watch = |c: &mut Clients| {
+        let mut events = c.events.clone();
+        let ws = ws.clone();
+        async move {
+            events
+                .watch_events(pb::WatchEventsRequest {
+                    workspace_id: ws,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let first = watch(&mut c).await.unwrap().into_inner();
+    let refused = watch(&mut c).await.expect_err("the cap is one stream");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    let details = tonic_types::StatusExt::get_error_details(&refused);
+    assert!(details.quota_failure().is_some(), "{refused:?}");
+    assert!(details.retry_info().is_some(), "{refused:?}");
+
+    // Closing the first stream gives its slot back (once the server notices).
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        if let Ok(stream) = watch(&mut c).await {
+            reopened = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened.is_some(), "the slot came back");
+    app.stop().await;
 }

@@ -171,3 +171,26 @@ async fn a_full_heartbeat_reports_each_lease_as_renewed_or_lost() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn deltas_out_of_order_are_refused_so_the_cap_cannot_be_skirted() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let (ws, task, mut session) = running_task(&db, &app, "gaps").await;
+    // Highest index first, then downwards: each would otherwise find no running total.
+    let top = i64::try_from(MAX_OUTPUT_BYTES / MAX_DELTA_BYTES + 2).unwrap();
+    for index in (1..=top).rev() {
+        session
+            .send(delta(&ws, &task, index, "a".repeat(MAX_DELTA_BYTES)))
+            .await;
+    }
+    session.send(delta(&ws, &task, 0, "b".into())).await;
+    session.send(delta(&ws, &task, 1, "c".into())).await;
+    session.settle().await;
+
+    let mut c = app.admin().await;
+    let snapshot = snapshot(&mut c, &ws, &task).await;
+    assert_eq!(snapshot.output, "bc");
+    assert_eq!(snapshot.next_delta_index, 2);
+    app.stop().await;
+}

@@ -57,6 +57,7 @@ impl EventService for EventApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let request: EventWatch = request.into_inner().try_into()?;
+        let slot = self.state.streams.open()?;
         // Fail now, not in the stream, if the workspace or the cursor's event is unknown.
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let after = position(&mut tx, &AFTER_CURSOR, request.after).await?;
@@ -64,7 +65,10 @@ impl EventService for EventApi {
         let notices = self.state.fanout.subscribe();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let follow = watch::follow(self.state.clone(), request, after, notices, sender);
-        spawn_named("watch_events", follow);
+        spawn_named("watch_events", async move {
+            follow.await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

@@ -137,6 +137,7 @@ impl TaskService for TaskApi {
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let TaskRef { tenant, task: id } = request.into_inner().try_into()?;
+        let slot = self.state.streams.open()?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
         let notices = self.state.fanout.subscribe();
         let mut tx = self.state.store.tenant(tenant).await?;
@@ -161,7 +162,10 @@ impl TaskService for TaskApi {
         // The buffer is empty, so this cannot block.
         let _ = sender.send(Ok(first)).await;
         if !snapshot.task.status.is_terminal() {
-            spawn_named("watch_task", watcher.run(notices));
+            spawn_named("watch_task", async move {
+                watcher.run(notices).await;
+                drop(slot);
+            });
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }

@@ -72,8 +72,10 @@ impl TryFrom<pb::ListTasksRequest> for TaskQuery {
             }
         };
         let limit = v.page_size("page_size", request.page_size);
-        let kind = tasks_page(tenant.map(|t| t.to_string()).unwrap_or_default());
-        let before = page_after(&mut v, &kind, &request.page_token);
+        // A token belongs to one workspace's listing, so it is read only once that is known.
+        let before = tenant.and_then(|tenant| {
+            page_after(&mut v, &tasks_page(tenant.to_string()), &request.page_token)
+        });
         v.finish_with(tenant.map(|tenant| TaskQuery {
             tenant,
             status,
@@ -94,11 +96,12 @@ impl TryFrom<pb::ListTaskMessagesRequest> for MessageQuery {
         // A token belongs to one task's transcript, so it is read only once the task is known.
         let after = match task {
             Some(task) if !request.page_token.is_empty() => {
-                let position = page::decode_number(&messages_page(task.task), &request.page_token);
+                let position = page::decode_number(&messages_page(task.task), &request.page_token)
+                    .and_then(|p| i32::try_from(p).ok());
                 if position.is_none() {
                     v.add("page_token", "is not a token returned by this list method");
                 }
-                position.and_then(|p| i32::try_from(p).ok())
+                position
             }
             _ => None,
         };

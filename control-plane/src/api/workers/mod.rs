@@ -44,6 +44,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let slot = self.state.streams.open()?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -78,7 +79,10 @@ impl WorkerService for WorkerApi {
             sender,
         };
         let notices = self.state.fanout.subscribe();
-        spawn_named("worker_session", session.run(inbound, notices));
+        spawn_named("worker_session", async move {
+            session.run(inbound, notices).await;
+            drop(slot);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

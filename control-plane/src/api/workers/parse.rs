@@ -88,14 +88,16 @@ fn output_report(output: pb::WorkerOutput) -> Result<Report, ApiError> {
             format!("must be 0 to {}", limits::MAX_DELTA_INDEX),
         );
     }
-    if output.text.len() > limits::MAX_DELTA_BYTES {
+    // Sizes are checked on the text as stored: NUL (1 byte) becomes U+FFFD (3 bytes).
+    let text = without_nul(&output.text).into_owned();
+    if text.len() > limits::MAX_DELTA_BYTES {
         v.add("output.text", "must be at most 64 KiB");
     }
     v.finish()?;
     Ok(Report::Output {
         lease: required(lease, "output.lease")?,
         index: output.index,
-        text: without_nul(&output.text).into_owned(),
+        text,
     })
 }
 
@@ -176,8 +178,10 @@ fn result_outcome(outcome: Option<pb::worker_result::Outcome>) -> Result<ResultO
 
 fn success_outcome(success: &pb::WorkerSuccess) -> Result<ResultOutcome, String> {
     let mut problems = Vec::new();
-    // Model text may hold NUL; it is replaced below rather than refused, as deltas are.
-    if success.output.len() > limits::MAX_OUTPUT_BYTES {
+    // Model text may hold NUL; it is replaced rather than refused, as in deltas, and the
+    // size is checked on the text as stored (U+FFFD takes 3 bytes where NUL took 1).
+    let output = without_nul(&success.output).into_owned();
+    if output.len() > limits::MAX_OUTPUT_BYTES {
         problems.push("result.success.output must be at most 1 MiB".to_owned());
     }
     if success.finish_reason.chars().count() > limits::MAX_CODE_CHARS {
@@ -230,7 +234,7 @@ fn success_outcome(success: &pb::WorkerSuccess) -> Result<ResultOutcome, String>
         return Err(problems.join("; "));
     }
     Ok(ResultOutcome::Success {
-        output: without_nul(&success.output).into_owned(),
+        output,
         finish_reason: without_nul(&success.finish_reason).into_owned(),
         calls,
     })
