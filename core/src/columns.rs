@@ -144,6 +144,32 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// What an identity may do in a workspace (`api_keys.role`). Declared from the least to
+    /// the most powerful, so the derived order compares them: each role includes the ones
+    /// below it.
+    WorkspaceRole, "workspace role" {
+        /// Reads.
+        Viewer => "viewer",
+        /// Also creates, cancels and watches tasks.
+        Member => "member",
+        /// Also manages agents, keys and settings.
+        Admin => "admin",
+    }
+);
+
+impl PartialOrd for WorkspaceRole {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for WorkspaceRole {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +182,11 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Ok(*role));
         }
+        for role in WorkspaceRole::ALL {
+            assert_eq!(WorkspaceRole::parse(role.as_str()), Ok(*role));
+        }
+        assert!(WorkspaceRole::Viewer < WorkspaceRole::Member);
+        assert!(WorkspaceRole::Member < WorkspaceRole::Admin);
         for provider in Provider::ALL {
             assert_eq!(Provider::parse(provider.as_str()), Ok(*provider));
         }
@@ -192,6 +223,14 @@ mod tests {
         {
             assert!(
                 schema.contains(&format!("'{name}'")),
+                "{name} is not in the schema"
+            );
+        }
+        let identity = include_str!("../../migrations/20261124200000_identity.sql");
+        for role in WorkspaceRole::ALL {
+            let name = role.as_str();
+            assert!(
+                identity.contains(&format!("'{name}'")),
                 "{name} is not in the schema"
             );
         }

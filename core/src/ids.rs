@@ -50,3 +50,7 @@ id_type!(
     /// A worker process id (chosen by the worker).
     WorkerId
 );
+id_type!(
+    /// A workspace API key id; also embedded in the key's secret.
+    ApiKeyId
+);
