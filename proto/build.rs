@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "agentplane/v1/task.proto",
     "agentplane/v1/event.proto",
     "agentplane/v1/worker.proto",
+    "agentplane/v1/identity.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
