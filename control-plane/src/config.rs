@@ -50,6 +50,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Create a demo workspace, agent and task on a running server and stream the answer.
     Demo(crate::demo::DemoArgs),
+    /// Create a workspace and its first admin API key in the database, print them, and exit.
+    Bootstrap(crate::bootstrap::BootstrapArgs),
 }
 
 /// Flags of `migrate`.

@@ -1,11 +1,13 @@
 //! `agentplane-control-plane demo`: a small client that exercises the whole path on a
-//! running system: workspace → agent → task → streamed answer → event log.
+//! running system: workspace and its first API key (as the platform admin), then, with that
+//! key, agent → task → streamed answer → event log.
 
 use std::io::Write as _;
 
 use agentplane_proto::v1 as pb;
 use anyhow::Context as _;
 use pb::agent_service_client::AgentServiceClient;
+use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use pb::watch_task_response::Kind;
@@ -59,16 +61,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.endpoint))?;
-    let intercepted = |channel: Channel| -> anyhow::Result<InterceptedService<Channel, Auth>> {
-        Ok(InterceptedService::new(
-            channel,
-            auth(args.token.expose_secret())?,
-        ))
-    };
-    let mut workspaces = WorkspaceServiceClient::new(intercepted(channel.clone())?);
-    let mut agents = AgentServiceClient::new(intercepted(channel.clone())?);
-    let mut tasks = TaskServiceClient::new(intercepted(channel.clone())?);
-    let mut events = EventServiceClient::new(intercepted(channel)?);
+    let intercepted =
+        |channel: Channel, token: &str| -> anyhow::Result<InterceptedService<Channel, Auth>> {
+            Ok(InterceptedService::new(channel, auth(token)?))
+        };
+    let admin = args.token.expose_secret();
+    let mut workspaces = WorkspaceServiceClient::new(intercepted(channel.clone(), admin)?);
+    let mut api_keys = ApiKeyServiceClient::new(intercepted(channel.clone(), admin)?);
 
     let workspace = workspaces
         .create_workspace(pb::CreateWorkspaceRequest {
@@ -83,6 +82,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .workspace
         .context("no workspace in response")?;
     println!("workspace  {}", workspace.id);
+
+    // The platform admin manages workspaces and keys; work inside one uses its API key.
+    let created = api_keys
+        .create_api_key(pb::CreateApiKeyRequest {
+            workspace_id: workspace.id.clone(),
+            api_key: Some(pb::ApiKey {
+                name: "demo".into(),
+                role: pb::WorkspaceRole::Admin.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let key = created.api_key.context("no api key in response")?;
+    println!("api key    {} (admin; the secret is shown once)", key.id);
+    let secret = created.secret;
+    let mut agents = AgentServiceClient::new(intercepted(channel.clone(), &secret)?);
+    let mut tasks = TaskServiceClient::new(intercepted(channel.clone(), &secret)?);
+    let mut events = EventServiceClient::new(intercepted(channel, &secret)?);
 
     let agent = agents
         .create_agent(pb::CreateAgentRequest {
@@ -170,7 +189,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("the demo task did not succeed");
     }
     println!(
-        "\nWORKSPACE_ID={} AGENT_ID={} TASK_ID={}",
+        "\nWORKSPACE_ID={} AGENT_ID={} TASK_ID={} API_KEY={secret}",
         workspace.id, agent.id, task.id
     );
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -1,8 +1,8 @@
-//! `agentplane-control-plane`: serve, migrate, or run the demo client.
+//! `agentplane-control-plane`: serve, migrate, bootstrap, or run the demo client.
 
 use agentplane_control_plane::config::{Cli, Command};
 use agentplane_control_plane::startup::{Application, migrate};
-use agentplane_control_plane::{demo, telemetry};
+use agentplane_control_plane::{bootstrap, demo, telemetry};
 use clap::Parser;
 
 #[tokio::main]
@@ -12,6 +12,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(args) => migrate(&args.migrate_database_url).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bootstrap(args) => bootstrap::run(args).await,
         Command::Serve(args) => {
             let config = args.validate()?;
             let app = Application::build(config).await?;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentplane_proto::v1::agent_service_server::AgentServiceServer;
+use agentplane_proto::v1::api_key_service_server::ApiKeyServiceServer;
 use agentplane_proto::v1::event_service_server::EventServiceServer;
+use agentplane_proto::v1::identity_service_server::IdentityServiceServer;
 use agentplane_proto::v1::task_service_server::TaskServiceServer;
 use agentplane_proto::v1::worker_service_server::WorkerServiceServer;
 use agentplane_proto::v1::workspace_service_server::WorkspaceServiceServer;
@@ -21,8 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{AgentApi, AppState, EventApi, StreamSlots, TaskApi, WorkerApi, WorkspaceApi};
-use crate::auth::AuthLayer;
+use crate::api::{
+    AgentApi, ApiKeyApi, AppState, EventApi, IdentityApi, StreamSlots, TaskApi, WorkerApi,
+    WorkspaceApi,
+};
+use crate::auth::last_used::LastUsed;
+use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, database_summary};
 use crate::fanout::Fanout;
 use crate::spawn::spawn_named;
@@ -43,6 +49,8 @@ const SERVICES: &[&str] = &[
     "agentplane.v1.TaskService",
     "agentplane.v1.EventService",
     "agentplane.v1.WorkerService",
+    "agentplane.v1.ApiKeyService",
+    "agentplane.v1.IdentityService",
 ];
 
 /// Applies pending migrations with an owner connection (under sqlx's advisory lock, so
@@ -149,6 +157,16 @@ impl Application {
             "health_probe",
             probe_health(state.store.clone(), health.clone(), stop.clone()),
         );
+        let last_used = LastUsed::default();
+        spawn_named(
+            "api_key_last_used",
+            last_used.clone().run(state.store.clone(), stop.clone()),
+        );
+        let authenticator = Authenticator::new(
+            config.credentials.clone(),
+            state.store.clone(),
+            last_used.clone(),
+        );
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(agentplane_proto::FILE_DESCRIPTOR_SET)
@@ -166,7 +184,7 @@ impl Application {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(AuthLayer::new(config.credentials.clone()))
+            .layer(AuthLayer::new(authenticator))
             .layer(MessageLimitLayer::new(MAX_MESSAGE_BYTES))
             .add_service(tonic_health::pb::health_server::HealthServer::new(
                 tonic_health::server::HealthService::from_health_reporter(health.clone()),
@@ -191,6 +209,14 @@ impl Application {
             )
             .add_service(
                 WorkerServiceServer::new(WorkerApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ApiKeyServiceServer::new(ApiKeyApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                IdentityServiceServer::new(IdentityApi::new(state.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
 
@@ -217,6 +243,8 @@ impl Application {
             }
         };
         state.shutdown.cancel();
+        // Key uses noted since the last flush are written while the pool is still open.
+        last_used.flush(&state.store).await;
         if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())
             .await
             .is_err()

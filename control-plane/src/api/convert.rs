@@ -228,6 +228,31 @@ fn value_to_json(value: &prost_types::Value) -> serde_json::Value {
     }
 }
 
+/// Stored role → protobuf.
+pub(super) fn workspace_role(role: agentplane_core::columns::WorkspaceRole) -> pb::WorkspaceRole {
+    use agentplane_core::columns::WorkspaceRole;
+    match role {
+        WorkspaceRole::Viewer => pb::WorkspaceRole::Viewer,
+        WorkspaceRole::Member => pb::WorkspaceRole::Member,
+        WorkspaceRole::Admin => pb::WorkspaceRole::Admin,
+    }
+}
+
+/// Stored API key → protobuf (never with a secret: the row has none).
+pub(super) fn api_key(row: &crate::store::ApiKeyRow) -> pb::ApiKey {
+    pb::ApiKey {
+        id: row.id.to_string(),
+        workspace_id: row.tenant_id.to_string(),
+        name: row.name.clone(),
+        role: workspace_role(row.role).into(),
+        expire_time: row.expires_at.map(timestamp),
+        created_by: row.created_by.clone(),
+        create_time: Some(timestamp(row.created_at)),
+        revoke_time: row.revoked_at.map(timestamp),
+        last_use_time: row.last_used_at.map(timestamp),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

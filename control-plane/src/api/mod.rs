@@ -3,6 +3,7 @@
 //! the result back into protobuf. Protobuf types stop here.
 
 mod agents;
+mod api_keys;
 mod convert;
 mod events;
 mod mask;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use agents::AgentApi;
+pub use api_keys::{ApiKeyApi, IdentityApi};
 pub use events::EventApi;
 pub use tasks::TaskApi;
 pub use workers::WorkerApi;

@@ -1,40 +1,153 @@
 //! Authentication and authorisation, decided in one place for every request from the
 //! credential in `authorization: Bearer <token>` and the gRPC method path.
 //!
-//! Today there are two credentials, both from configuration: the platform admin token and
-//! the worker token. Users (JWT) and workspace API keys slot in as further [`Principal`]
-//! variants; [`authorize`] is where their (workspace, role, method) rules will live.
+//! The credentials: the platform admin token and the worker token (from configuration), and
+//! workspace API keys (`api_key`, stored as hashes). The policy is the table in [`table`];
+//! the [`AuthLayer`] applies the part that needs only the credential and the method (fail
+//! closed: a method missing from the table is refused), and handlers apply the workspace
+//! part with [`Caller::authorize`] once they have parsed which workspace a request names.
+//! The workspace always comes from the request, never from the credential.
+//!
+//! Every authentication failure answers the same UNAUTHENTICATED "invalid credentials",
+//! whichever check failed, so a caller learns nothing about which part was wrong.
+
+pub mod api_key;
+pub mod last_used;
+pub mod table;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use agentplane_core::columns::WorkspaceRole;
+use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
+use crate::ids::{ApiKeyId, TenantId};
+use crate::store::Store;
+use last_used::LastUsed;
+use table::{Access, Permission};
+
+/// The one answer to a credential that is missing, malformed, unknown, revoked or expired.
+const INVALID: ApiError = ApiError::Unauthenticated("invalid credentials");
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    /// The platform operator: may manage every workspace.
+    /// The platform operator: manages workspaces, their keys and settings.
     PlatformAdmin,
     /// A worker process: may only use the worker channel.
     Worker,
+    /// A workspace API key: acts in its one workspace with its role.
+    ApiKey {
+        /// The key.
+        id: ApiKeyId,
+        /// The workspace it is bound to.
+        tenant: TenantId,
+        /// Its role there.
+        role: WorkspaceRole,
+    },
 }
 
 impl Principal {
     /// The actor recorded in events.
-    pub fn actor(&self) -> &'static str {
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::PlatformAdmin => "platform-admin".to_owned(),
+            Principal::Worker => "worker".to_owned(),
+            Principal::ApiKey { id, .. } => format!("api_key:{id}"),
+        }
+    }
+
+    /// The kind of identity, as GetCurrentIdentity reports it.
+    pub fn kind(&self) -> &'static str {
         match self {
             Principal::PlatformAdmin => "platform-admin",
             Principal::Worker => "worker",
+            Principal::ApiKey { .. } => "api_key",
+        }
+    }
+
+    /// Whether this credential's kind may call a method with `access` at all.
+    fn admits(&self, access: Access) -> bool {
+        match (access, self) {
+            (Access::Public, _) => true,
+            (Access::AnyClient, principal) => *principal != Principal::Worker,
+            (Access::Platform, principal) => *principal == Principal::PlatformAdmin,
+            (Access::Worker, principal) => *principal == Principal::Worker,
+            (Access::Workspace(permission), Principal::PlatformAdmin) => {
+                table::platform_admin_permits(permission)
+            }
+            (Access::Workspace(permission), Principal::ApiKey { role, .. }) => {
+                table::role_permits(*role, permission)
+            }
+            (Access::Workspace(_), Principal::Worker) => false,
         }
     }
 }
 
-/// The credentials the server accepts.
+/// The authenticated caller of a request, with the access its method needs.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Who is calling.
+    pub principal: Principal,
+    access: Access,
+}
+
+impl Caller {
+    /// Decides whether the caller may act in `tenant` with the permission its method needs
+    /// (from the table), and returns the actor to record in events.
+    ///
+    /// Another workspace answers NOT_FOUND, as if it did not exist, so ids reveal nothing.
+    pub fn authorize(&self, tenant: TenantId) -> Result<String, ApiError> {
+        let Access::Workspace(permission) = self.access else {
+            // Only workspace methods call this; anything else is a wiring bug: refuse.
+            return Err(ApiError::PermissionDenied);
+        };
+        let allowed = match &self.principal {
+            Principal::PlatformAdmin => table::platform_admin_permits(permission),
+            Principal::ApiKey {
+                tenant: own, role, ..
+            } => {
+                if *own != tenant {
+                    return Err(ApiError::NotFound("workspace"));
+                }
+                table::role_permits(*role, permission)
+            }
+            Principal::Worker => false,
+        };
+        if allowed {
+            Ok(self.principal.actor())
+        } else {
+            Err(ApiError::PermissionDenied)
+        }
+    }
+
+    /// The caller's role in `tenant`: `None` where it has none (the platform admin has none
+    /// anywhere, an API key only in its own workspace).
+    pub fn role_in(&self, tenant: TenantId) -> Option<WorkspaceRole> {
+        match &self.principal {
+            Principal::ApiKey {
+                tenant: own, role, ..
+            } if *own == tenant => Some(*role),
+            _ => None,
+        }
+    }
+
+    /// The permission of the method being called, for handlers that filter by it.
+    pub fn permission(&self) -> Option<Permission> {
+        match self.access {
+            Access::Workspace(permission) => Some(permission),
+            _ => None,
+        }
+    }
+}
+
+/// The static credentials the server accepts.
 /// `Debug` shows the tokens as `[REDACTED]` (`SecretString`).
 #[derive(Clone, Debug)]
 pub struct Credentials {
@@ -44,100 +157,100 @@ pub struct Credentials {
     pub worker_token: SecretString,
 }
 
-/// Who may call a method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Rule {
-    /// No credential needed (health checks, for load balancers and kubelets).
-    Public,
-    /// Any valid credential.
-    AnyPrincipal,
-    /// Only the platform admin.
-    Admin,
-    /// Only workers.
-    Worker,
+/// Everything authentication needs: the static tokens, the key store, and where key uses
+/// are noted.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    credentials: Credentials,
+    store: Store,
+    last_used: LastUsed,
 }
 
-/// The authorisation table: the first matching prefix decides.
-const RULES: &[(&str, Rule)] = &[
-    ("/grpc.health.v1.Health/", Rule::Public),
-    ("/grpc.reflection.", Rule::AnyPrincipal),
-    ("/agentplane.v1.WorkerService/", Rule::Worker),
-    ("/agentplane.v1.WorkspaceService/", Rule::Admin),
-    ("/agentplane.v1.AgentService/", Rule::Admin),
-    ("/agentplane.v1.TaskService/", Rule::Admin),
-    ("/agentplane.v1.EventService/", Rule::Admin),
-];
+impl Authenticator {
+    /// Accepts `credentials` and the API keys in `store`; notes key uses in `last_used`.
+    pub fn new(credentials: Credentials, store: Store, last_used: LastUsed) -> Self {
+        Self {
+            credentials,
+            store,
+            last_used,
+        }
+    }
 
-fn rule_for(path: &str) -> Rule {
-    RULES
-        .iter()
-        .find(|(prefix, _)| path.starts_with(prefix))
-        // Unknown methods still need a credential; the router then answers UNIMPLEMENTED.
-        .map_or(Rule::AnyPrincipal, |(_, rule)| *rule)
-}
+    /// Identifies the caller from the request headers.
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, ApiError> {
+        let token = bearer(headers).ok_or(INVALID)?;
+        if let Some(id) = api_key::parse(token) {
+            return self.authenticate_key(id, token).await;
+        }
+        if secret_eq(token, &self.credentials.admin_token) {
+            Ok(Principal::PlatformAdmin)
+        } else if secret_eq(token, &self.credentials.worker_token) {
+            Ok(Principal::Worker)
+        } else {
+            Err(INVALID)
+        }
+    }
 
-/// Identifies the caller from the request headers.
-pub fn authenticate(
-    credentials: &Credentials,
-    headers: &http::HeaderMap,
-) -> Result<Principal, ApiError> {
-    let value = headers
-        .get(http::header::AUTHORIZATION)
-        .ok_or(ApiError::Unauthenticated("missing authorization metadata"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+    async fn authenticate_key(&self, id: ApiKeyId, token: &str) -> Result<Principal, ApiError> {
+        let key = self.store.api_key_for_authentication(id).await?;
+        let Some(key) = key else {
+            // Hash anyway, so an unknown id costs what a known one does.
+            let _ = api_key::matches(token, &[0u8; 32]);
+            return Err(INVALID);
+        };
+        let live = key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > Utc::now());
+        if !api_key::matches(token, &key.secret_hash) || !live {
+            return Err(INVALID);
+        }
+        self.last_used.note(key.tenant_id, id);
+        Ok(Principal::ApiKey {
+            id,
+            tenant: key.tenant_id,
+            role: key.role,
         })
+    }
+
+    /// Authenticates and admits a request for `path`: the caller, or the error to answer.
+    pub async fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+        let access = table::access(path);
+        let principal = self.authenticate(headers).await?;
+        // Fail closed: a method the table does not list is refused.
+        let access = access.ok_or(ApiError::PermissionDenied)?;
+        if principal.admits(access) {
+            Ok(Caller { principal, access })
+        } else {
+            Err(ApiError::PermissionDenied)
+        }
+    }
+}
+
+/// The token of `authorization: Bearer <token>`, if the header has that shape.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
-        .ok_or(ApiError::Unauthenticated(
-            "authorization must be \"Bearer <token>\"",
-        ))?;
-    if constant_time_eq(token, credentials.admin_token.expose_secret()) {
-        Ok(Principal::PlatformAdmin)
-    } else if constant_time_eq(token, credentials.worker_token.expose_secret()) {
-        Ok(Principal::Worker)
-    } else {
-        Err(ApiError::Unauthenticated("invalid credentials"))
-    }
 }
 
-/// Decides whether `principal` may call the method at `path`. Deny wins.
-pub fn authorize(principal: &Principal, path: &str) -> Result<(), ApiError> {
-    let allowed = match rule_for(path) {
-        Rule::Public | Rule::AnyPrincipal => true,
-        Rule::Admin => *principal == Principal::PlatformAdmin,
-        Rule::Worker => *principal == Principal::Worker,
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::PermissionDenied)
-    }
+fn secret_eq(token: &str, secret: &SecretString) -> bool {
+    let (a, b) = (token.as_bytes(), secret.expose_secret().as_bytes());
+    // Lengths are not secret (both tokens are at least 16 characters by configuration).
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Tower layer that authenticates and authorises every request before it reaches a
-/// service, and stores the [`Principal`] in the request extensions.
+/// Tower layer that authenticates and admits every request before it reaches a service,
+/// and stores the [`Caller`] in the request extensions.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
-    credentials: Arc<Credentials>,
+    authenticator: Arc<Authenticator>,
 }
 
 impl AuthLayer {
-    /// A layer accepting these credentials.
-    pub fn new(credentials: Credentials) -> Self {
+    /// A layer authenticating with `authenticator`.
+    pub fn new(authenticator: Authenticator) -> Self {
         Self {
-            credentials: Arc::new(credentials),
+            authenticator: Arc::new(authenticator),
         }
     }
 }
@@ -148,7 +261,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthService {
             inner,
-            credentials: self.credentials.clone(),
+            authenticator: self.authenticator.clone(),
         }
     }
 }
@@ -157,13 +270,18 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone, Debug)]
 pub struct AuthService<S> {
     inner: S,
-    credentials: Arc<Credentials>,
+    authenticator: Arc<Authenticator>,
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -174,43 +292,43 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        if rule_for(path) != Rule::Public {
-            let decision = authenticate(&self.credentials, request.headers())
-                .and_then(|principal| authorize(&principal, path).map(|()| principal));
-            match decision {
-                Ok(principal) => {
-                    request.extensions_mut().insert(principal);
+        let path = request.uri().path().to_owned();
+        if table::access(&path) == Some(Access::Public) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The service that was polled ready serves this request; its clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            match authenticator.check(&path, request.headers()).await {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
                 }
                 Err(error) => {
-                    let response = tonic::Status::from(error).into_http();
-                    return Box::pin(async move { Ok(response) });
+                    if matches!(error, ApiError::Unauthenticated(_)) {
+                        tracing::debug!(method = %path, "authentication failed");
+                    }
+                    Ok(tonic::Status::from(error).into_http())
                 }
             }
-        }
-        Box::pin(self.inner.call(request))
+        })
     }
 }
 
-/// The principal the auth layer attached to a request.
-pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+/// The caller the auth layer attached to a request.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
     request
         .extensions()
-        .get::<Principal>()
+        .get::<Caller>()
         .cloned()
-        .ok_or_else(|| ApiError::Unauthenticated("no credentials").into())
+        .ok_or_else(|| INVALID.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn credentials() -> Credentials {
-        Credentials {
-            admin_token: SecretString::from("admin-secret"),
-            worker_token: SecretString::from("worker-secret"),
-        }
-    }
 
     fn headers(value: &str) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
@@ -221,39 +339,70 @@ mod tests {
     }
 
     #[test]
-    fn tokens_map_to_principals() {
-        let c = credentials();
-        assert_eq!(
-            authenticate(&c, &headers("Bearer admin-secret")).ok(),
-            Some(Principal::PlatformAdmin)
-        );
-        assert_eq!(
-            authenticate(&c, &headers("Bearer worker-secret")).ok(),
-            Some(Principal::Worker)
-        );
-        assert!(authenticate(&c, &headers("Bearer nope")).is_err());
-        assert!(authenticate(&c, &headers("admin-secret")).is_err());
-        assert!(authenticate(&c, &http::HeaderMap::new()).is_err());
+    fn only_bearer_headers_carry_a_token() {
+        assert_eq!(bearer(&headers("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&headers("bearer abc ")), Some("abc"));
+        assert_eq!(bearer(&headers("Basic abc")), None);
+        assert_eq!(bearer(&headers("abc")), None);
+        assert_eq!(bearer(&http::HeaderMap::new()), None);
+    }
+
+    fn key(tenant: TenantId, role: WorkspaceRole) -> Principal {
+        Principal::ApiKey {
+            id: ApiKeyId::generate(),
+            tenant,
+            role,
+        }
     }
 
     #[test]
-    fn workers_cannot_use_the_public_api_and_admins_cannot_use_the_worker_channel() {
-        assert!(authorize(&Principal::Worker, "/agentplane.v1.TaskService/CreateTask").is_err());
-        assert!(authorize(&Principal::Worker, "/agentplane.v1.WorkerService/Session").is_ok());
+    fn credential_kinds_reach_only_their_methods() {
+        let tenant = TenantId::generate();
+        let access = |path| table::access(path).unwrap();
+        let session = access("/agentplane.v1.WorkerService/Session");
+        let create_task = access("/agentplane.v1.TaskService/CreateTask");
+        let create_workspace = access("/agentplane.v1.WorkspaceService/CreateWorkspace");
+        assert!(Principal::Worker.admits(session));
+        assert!(!Principal::Worker.admits(create_task));
         assert!(
-            authorize(
-                &Principal::PlatformAdmin,
-                "/agentplane.v1.WorkerService/Session"
-            )
-            .is_err()
+            !Principal::Worker.admits(access("/agentplane.v1.IdentityService/GetCurrentIdentity"))
         );
-        assert!(
-            authorize(
-                &Principal::PlatformAdmin,
-                "/agentplane.v1.TaskService/CreateTask"
-            )
-            .is_ok()
+        assert!(!Principal::PlatformAdmin.admits(session));
+        assert!(!Principal::PlatformAdmin.admits(create_task));
+        assert!(Principal::PlatformAdmin.admits(create_workspace));
+        let admin = key(tenant, WorkspaceRole::Admin);
+        assert!(!admin.admits(session));
+        assert!(!admin.admits(create_workspace));
+        assert!(admin.admits(create_task));
+        assert!(!key(tenant, WorkspaceRole::Viewer).admits(create_task));
+        assert!(key(tenant, WorkspaceRole::Member).admits(create_task));
+    }
+
+    #[test]
+    fn another_workspace_is_not_found_and_a_missing_permission_is_denied() {
+        let own = TenantId::generate();
+        let caller = |role, path| Caller {
+            principal: key(own, role),
+            access: table::access(path).unwrap(),
+        };
+        let get = caller(WorkspaceRole::Viewer, "/agentplane.v1.TaskService/GetTask");
+        assert!(get.authorize(own).is_ok());
+        assert!(matches!(
+            get.authorize(TenantId::generate()),
+            Err(ApiError::NotFound(_))
+        ));
+        let create = caller(
+            WorkspaceRole::Viewer,
+            "/agentplane.v1.TaskService/CreateTask",
         );
-        assert_eq!(rule_for("/grpc.health.v1.Health/Check"), Rule::Public);
+        assert!(matches!(
+            create.authorize(own),
+            Err(ApiError::PermissionDenied)
+        ));
+        let not_a_workspace_method = Caller {
+            principal: Principal::PlatformAdmin,
+            access: Access::Platform,
+        };
+        assert!(not_a_workspace_method.authorize(own).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Validated domain values and rules, independent of protobuf and SQL.
 
 pub mod agent;
+pub mod api_key;
 pub mod event;
 pub use agentplane_core::page;
 pub mod task;

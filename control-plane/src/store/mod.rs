@@ -3,6 +3,7 @@
 //! workspace) and that binds the same tenant into every query it runs.
 
 mod agents;
+mod api_keys;
 mod attempts;
 mod events;
 mod tasks;
@@ -18,6 +19,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use agents::AgentRow;
+pub use api_keys::{ApiKeyCredential, ApiKeyRow, NewApiKey};
 pub use attempts::LeaseCheck;
 pub use events::{EventRow, NewEvent};
 pub use tasks::{OutputChunk, TaskMessageRow, TaskRow, TaskSnapshotRow};
@@ -82,6 +84,9 @@ fn classify(error: sqlx::Error) -> StoreError {
                 let constraint = db.constraint().unwrap_or_default();
                 StoreError::AlreadyExists(match constraint {
                     "agents_live_name" => "an agent with this name already exists".to_owned(),
+                    "api_keys_request_id" => {
+                        "an api key was already created with this request id".to_owned()
+                    }
                     _ => "the resource already exists".to_owned(),
                 })
             }

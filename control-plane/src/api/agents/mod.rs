@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::paging::split_page;
 use super::{State, convert};
-use crate::auth::principal;
+use crate::auth::caller;
 use crate::domain::agent::{AgentQuery, AgentRef, AgentUpdate, DeleteAgent, NewAgent};
 use crate::domain::page;
 use crate::error::ApiError;
@@ -33,12 +33,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let caller = caller(&request)?;
         let new: NewAgent = request.into_inner().try_into()?;
+        let actor = caller.authorize(new.tenant)?;
         let store = &self.state.store;
         let request_id = new.request_id.as_deref();
         let mut tx = store.tenant(new.tenant).await?;
-        let row = match tx.create_agent(&new.spec, request_id, actor).await {
+        let row = match tx.create_agent(&new.spec, request_id, &actor).await {
             Ok(row) => {
                 tx.commit().await?;
                 row
@@ -65,7 +66,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let caller = caller(&request)?;
         let request: AgentRef = request.into_inner().try_into()?;
+        caller.authorize(request.tenant)?;
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let row = tx.get_agent(request.agent, false).await?;
         Ok(Response::new(pb::GetAgentResponse {
@@ -77,7 +80,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let caller = caller(&request)?;
         let query: AgentQuery = request.into_inner().try_into()?;
+        caller.authorize(query.tenant)?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let rows = tx.list_agents(query.after, query.limit + 1).await?;
         let (agents, next_page_token) = split_page(rows, query.limit, convert::agent, |row| {
@@ -93,15 +98,16 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let caller = caller(&request)?;
         let update: AgentUpdate = request.into_inner().try_into()?;
+        let actor = caller.authorize(update.agent.tenant)?;
         let id = update.agent.agent;
         let mut tx = self.state.store.tenant(update.agent.tenant).await?;
         let spec = tx.get_agent(id, true).await?.spec();
         let spec = spec.with_changes(update.changes)?;
         let request_id = update.request_id.as_deref();
         let row = tx
-            .save_agent(id, &spec, &update.paths, request_id, actor)
+            .save_agent(id, &spec, &update.paths, request_id, &actor)
             .await?;
         tx.commit().await?;
         Ok(Response::new(pb::UpdateAgentResponse {
@@ -113,11 +119,12 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let caller = caller(&request)?;
         let request: DeleteAgent = request.into_inner().try_into()?;
+        let actor = caller.authorize(request.agent.tenant)?;
         let mut tx = self.state.store.tenant(request.agent.tenant).await?;
         let request_id = request.request_id.as_deref();
-        tx.delete_agent(request.agent.agent, request_id, actor)
+        tx.delete_agent(request.agent.agent, request_id, &actor)
             .await?;
         tx.commit().await?;
         Ok(Response::new(pb::DeleteAgentResponse {}))

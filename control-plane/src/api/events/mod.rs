@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
+use crate::auth::caller;
 use crate::domain::event::{EventPosition, EventQuery, EventWatch};
 use crate::domain::page;
 use crate::error::ApiError;
@@ -36,7 +37,9 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let caller = caller(&request)?;
         let query: EventQuery = request.into_inner().try_into()?;
+        caller.authorize(query.tenant)?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let after = position(&mut tx, &PAGE_TOKEN, query.after).await?;
         let (filter, limit) = (&query.filter, query.limit);
@@ -56,7 +59,9 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = caller(&request)?;
         let request: EventWatch = request.into_inner().try_into()?;
+        caller.authorize(request.tenant)?;
         let slot = self.state.streams.open()?;
         // Fail now, not in the stream, if the workspace or the cursor's event is unknown.
         let mut tx = self.state.store.tenant(request.tenant).await?;

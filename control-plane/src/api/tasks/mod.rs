@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::paging::split_page;
 use super::watch_task::TaskWatcher;
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
-use crate::auth::principal;
+use crate::auth::caller;
 use crate::domain::page;
 use crate::domain::task::{CancelTask, MessageQuery, NewTask, TaskQuery, TaskRef, TaskStatus};
 use crate::error::ApiError;
@@ -37,11 +37,12 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let caller = caller(&request)?;
         let new: NewTask = request.into_inner().try_into()?;
+        let actor = caller.authorize(new.tenant)?;
         let store = &self.state.store;
         let mut tx = store.tenant(new.tenant).await?;
-        let task = match tx.create_task(&new, actor).await {
+        let task = match tx.create_task(&new, &actor).await {
             Ok((task, created)) => {
                 if created {
                     tx.commit().await?;
@@ -68,7 +69,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let caller = caller(&request)?;
         let request: TaskRef = request.into_inner().try_into()?;
+        caller.authorize(request.tenant)?;
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let task = tx.get_task(request.task).await?;
         Ok(Response::new(pb::GetTaskResponse {
@@ -80,7 +83,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let caller = caller(&request)?;
         let query: TaskQuery = request.into_inner().try_into()?;
+        caller.authorize(query.tenant)?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let rows = tx
             .list_tasks(query.status, query.agent, query.before, query.limit + 1)
@@ -98,11 +103,12 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let caller = caller(&request)?;
         let request: CancelTask = request.into_inner().try_into()?;
+        let actor = caller.authorize(request.task.tenant)?;
         let mut tx = self.state.store.tenant(request.task.tenant).await?;
         let task = tx
-            .cancel_task(request.task.task, request.request_id.as_deref(), actor)
+            .cancel_task(request.task.task, request.request_id.as_deref(), &actor)
             .await?;
         tx.commit().await?;
         Ok(Response::new(pb::CancelTaskResponse {
@@ -114,7 +120,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::ListTaskMessagesRequest>,
     ) -> Result<Response<pb::ListTaskMessagesResponse>, Status> {
+        let caller = caller(&request)?;
         let query: MessageQuery = request.into_inner().try_into()?;
+        caller.authorize(query.task.tenant)?;
         let mut tx = self.state.store.tenant(query.task.tenant).await?;
         let rows = tx
             .list_task_messages(query.task.task, query.after, query.limit + 1)
@@ -136,7 +144,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let caller = caller(&request)?;
         let TaskRef { tenant, task: id } = request.into_inner().try_into()?;
+        caller.authorize(tenant)?;
         let slot = self.state.streams.open()?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
         let notices = self.state.fanout.subscribe();

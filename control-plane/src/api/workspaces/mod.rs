@@ -8,12 +8,13 @@ use tonic::{Request, Response, Status};
 
 use super::paging::split_page;
 use super::{State, convert};
-use crate::auth::principal;
+use crate::auth::{Principal, caller};
 use crate::domain::page;
 use crate::domain::workspace::{
     DeleteWorkspace, NewWorkspace, WorkspaceQuery, WorkspaceRef, WorkspaceUpdate,
 };
-use crate::store::NewEvent;
+use crate::error::ApiError;
+use crate::store::{NewEvent, StoreError};
 
 /// Handlers of WorkspaceService.
 #[derive(Clone, Debug)]
@@ -34,7 +35,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Result<Response<pb::CreateWorkspaceResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let actor = caller(&request)?.principal.actor();
         let new: NewWorkspace = request.into_inner().try_into()?;
         let row = self
             .state
@@ -43,7 +44,7 @@ impl WorkspaceService for WorkspaceApi {
                 &new.display_name,
                 &new.labels,
                 new.request_id.as_deref(),
-                actor,
+                &actor,
             )
             .await?;
         Ok(Response::new(pb::CreateWorkspaceResponse {
@@ -55,7 +56,9 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::GetWorkspaceRequest>,
     ) -> Result<Response<pb::GetWorkspaceResponse>, Status> {
+        let caller = caller(&request)?;
         let request: WorkspaceRef = request.into_inner().try_into()?;
+        caller.authorize(request.tenant)?;
         let row = self.state.store.get_workspace(request.tenant).await?;
         Ok(Response::new(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&row)),
@@ -66,9 +69,22 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ListWorkspacesRequest>,
     ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
+        let caller = caller(&request)?;
         let query: WorkspaceQuery = request.into_inner().try_into()?;
         let store = &self.state.store;
-        let rows = store.list_workspaces(query.after, query.limit + 1).await?;
+        let rows = match caller.principal {
+            Principal::PlatformAdmin => store.list_workspaces(query.after, query.limit + 1).await?,
+            // An API key sees only its own workspace.
+            Principal::ApiKey { tenant, .. } => {
+                caller.authorize(tenant)?;
+                match store.get_workspace(tenant).await {
+                    Ok(row) if query.after.is_none_or(|after| after < tenant) => vec![row],
+                    Ok(_) | Err(StoreError::NotFound(_)) => Vec::new(),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Principal::Worker => return Err(ApiError::PermissionDenied.into()),
+        };
         let (workspaces, next_page_token) =
             split_page(rows, query.limit, convert::workspace, |row| {
                 page::encode_id(parse::WORKSPACES_PAGE, row.id.0)
@@ -83,15 +99,16 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let caller = caller(&request)?;
         let update: WorkspaceUpdate = request.into_inner().try_into()?;
+        let actor = caller.authorize(update.tenant)?;
         let mut tx = self.state.store.tenant(update.tenant).await?;
         let current = tx.lock_workspace().await?;
         let display_name = update.display_name.unwrap_or(current.display_name);
         let labels = update.labels.unwrap_or(current.labels.0);
         let row = tx.save_workspace(&display_name, &labels).await?;
         tx.append_event(NewEvent {
-            actor,
+            actor: &actor,
             action: "workspace.updated",
             resource_type: "workspace",
             resource_id: update.tenant.0,
@@ -109,17 +126,17 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
-        let actor = principal(&request)?.actor();
+        let actor = caller(&request)?.principal.actor();
         let DeleteWorkspace { tenant, request_id } = request.into_inner().try_into()?;
         let request_id = request_id.as_deref();
         let mut tx = self.state.store.tenant(tenant).await?;
         tx.lock_workspace().await?;
         let canceled = tx
-            .cancel_tasks_where(None, true, "workspace deleted", actor, request_id)
+            .cancel_tasks_where(None, true, "workspace deleted", &actor, request_id)
             .await?;
         tx.soft_delete_workspace().await?;
         tx.append_event(NewEvent {
-            actor,
+            actor: &actor,
             action: "workspace.deleted",
             resource_type: "workspace",
             resource_id: tenant.0,
