@@ -6,6 +6,7 @@ use std::time::Duration;
 use agentplane_proto::v1 as pb;
 use anyhow::{Context as _, bail};
 use pb::agent_service_client::AgentServiceClient;
+use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use pb::workspace_service_client::WorkspaceServiceClient;
 use tokio::time::Instant;
@@ -51,6 +52,8 @@ pub struct Api {
     workspaces: WorkspaceServiceClient<Authed>,
     agents: AgentServiceClient<Authed>,
     tasks: TaskServiceClient<Authed>,
+    api_keys: ApiKeyServiceClient<Authed>,
+    channel: Channel,
 }
 
 impl Api {
@@ -60,9 +63,6 @@ impl Api {
         token: &str,
         rpc_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
-            .parse()
-            .context("the token cannot travel in a gRPC header")?;
         let channel = Endpoint::from_shared(endpoint.to_owned())
             .with_context(|| format!("invalid endpoint {endpoint:?}"))?
             .connect_timeout(Duration::from_secs(10))
@@ -70,11 +70,20 @@ impl Api {
             .connect()
             .await
             .with_context(|| format!("connecting to {endpoint}"))?;
-        let authed = InterceptedService::new(channel, Bearer(bearer));
+        Self::on(channel, token)
+    }
+
+    fn on(channel: Channel, token: &str) -> anyhow::Result<Self> {
+        let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .context("the token cannot travel in a gRPC header")?;
+        let authed = InterceptedService::new(channel.clone(), Bearer(bearer));
         Ok(Self {
             workspaces: WorkspaceServiceClient::new(authed.clone()),
             agents: AgentServiceClient::new(authed.clone()),
-            tasks: TaskServiceClient::new(authed),
+            tasks: TaskServiceClient::new(authed.clone()),
+            api_keys: ApiKeyServiceClient::new(authed),
+            channel,
         })
     }
 
@@ -83,9 +92,11 @@ impl Api {
         self.tasks.clone()
     }
 
-    /// Creates a workspace and an echo agent for one run. Each run gets its own, so its
-    /// tasks are exactly the ones it created; they are left in place for inspection.
-    pub async fn create_target(&self, command: &str) -> anyhow::Result<Target> {
+    /// Creates a workspace (as the platform admin), an admin API key of it and an echo agent
+    /// for one run, and returns clients that use the key with the target. Each run gets its
+    /// own workspace, so its tasks are exactly the ones it created; they are left in place
+    /// for inspection.
+    pub async fn create_target(&self, command: &str) -> anyhow::Result<(Api, Target)> {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
         let workspace = self
             .workspaces
@@ -103,7 +114,24 @@ impl Api {
             .into_inner()
             .workspace
             .context("CreateWorkspace answered without a workspace")?;
-        let agent = self
+        let secret = self
+            .api_keys
+            .clone()
+            .create_api_key(pb::CreateApiKeyRequest {
+                workspace_id: workspace.id.clone(),
+                api_key: Some(pb::ApiKey {
+                    name: "agentplane-bench".to_owned(),
+                    role: pb::WorkspaceRole::Admin.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .context("CreateApiKey")?
+            .into_inner()
+            .secret;
+        let scoped = Api::on(self.channel.clone(), &secret)?;
+        let agent = scoped
             .agents
             .clone()
             .create_agent(pb::CreateAgentRequest {
@@ -126,10 +154,11 @@ impl Api {
             .into_inner()
             .agent
             .context("CreateAgent answered without an agent")?;
-        Ok(Target {
+        let target = Target {
             workspace_id: workspace.id,
             agent_id: agent.id,
-        })
+        };
+        Ok((scoped, target))
     }
 
     /// Whether the workspace has at least one task in `status`: one ListTasks of one row,

@@ -100,7 +100,8 @@ pub async fn run(
     args: &CreateArgs,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let target = api.create_target("create").await?;
+    let (scoped, target) = api.create_target("create").await?;
+    let api = &scoped;
     report.setting("workspace_id", "workspace", target.workspace_id.as_str());
     report.setting("tasks", "tasks", args.tasks);
     report.setting("in_flight", "calls in flight", args.in_flight);

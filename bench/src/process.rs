@@ -32,7 +32,8 @@ pub async fn run(
     args: &ProcessArgs,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let target = api.create_target("process").await?;
+    let (scoped, target) = api.create_target("process").await?;
+    let api = &scoped;
     report.setting("workspace_id", "workspace", target.workspace_id.as_str());
     report.setting("tasks", "tasks", args.tasks);
     report.setting("in_flight", "create calls in flight", args.in_flight);

@@ -34,7 +34,8 @@ pub async fn run(
     args: &TrickleArgs,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let target = api.create_target("trickle").await?;
+    let (scoped, target) = api.create_target("trickle").await?;
+    let api = &scoped;
     report.setting("workspace_id", "workspace", target.workspace_id.as_str());
     report.setting("tasks", "tasks", args.tasks);
     report.setting("rate", "tasks created per second", args.rate);

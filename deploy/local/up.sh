@@ -127,6 +127,7 @@ for n in $(seq 1 "$workers"); do
 done
 
 if [ "$workers" = 0 ]; then
+  app_url_hint="postgres://agentplane_cp:\$(cat $password_file)@$db_location"
   cat <<HINT
 
 agentplane is running without workers: control plane on 127.0.0.1:$cp_port, logs in
@@ -135,6 +136,10 @@ in its own terminal; Ctrl-C there stops it) with:
 
   AGENTPLANE_WORKER_DATABASE_URL="postgres://agentplane_wk:\$(cat $password_file)@$db_location" \\
     AGENTPLANE_WORKER_TOKEN=dev-worker-token $bin/agentplane-worker --control-plane-url http://127.0.0.1:$cp_port
+
+To call the API, create a workspace and its first admin API key (shown once) with:
+
+  AGENTPLANE_DATABASE_URL="$app_url_hint" $bin/agentplane-control-plane bootstrap
 
 HINT
 else
@@ -146,14 +151,16 @@ else
   ws=$(echo "$ids" | sed -n 's/.*WORKSPACE_ID=\([^ ]*\).*/\1/p')
   task=$(echo "$ids" | sed -n 's/.*TASK_ID=\([^ ]*\).*/\1/p')
   agent=$(echo "$ids" | sed -n 's/.*AGENT_ID=\([^ ]*\).*/\1/p')
+  api_key=$(echo "$ids" | sed -n 's/.*API_KEY=\([^ ]*\).*/\1/p')
 
   grpcurl_bin=$(command -v grpcurl || echo "$root/.state/tools/bin/grpcurl")
   cat <<HINT
 
 agentplane is running: control plane on 127.0.0.1:$cp_port, $workers worker(s), logs in .state/local/logs.
-Go on by hand with grpcurl (reflection is on; the dev admin token is dev-admin-token):
+Go on by hand with grpcurl (reflection is on), with the demo workspace's admin API key
+(the platform token, dev-admin-token, only manages workspaces, keys and workers):
 
-  alias apc='$grpcurl_bin -plaintext -H "authorization: Bearer dev-admin-token"'
+  alias apc='$grpcurl_bin -plaintext -H "authorization: Bearer $api_key"'
   apc 127.0.0.1:$cp_port list
   apc 127.0.0.1:$cp_port describe agentplane.v1.TaskService
   apc -d '{"workspace_id":"$ws","agent_id":"$agent","input":[{"role":"ROLE_USER","content":"hi again"}]}' \\

@@ -8,7 +8,9 @@ use agentplane_control_plane::startup::Application;
 use agentplane_proto::v1 as pb;
 use agentplane_worker::{Worker, WorkerConfig, WorkerHandle};
 use pb::agent_service_client::AgentServiceClient;
+use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::event_service_client::EventServiceClient;
+use pb::identity_service_client::IdentityServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use pb::worker_service_client::WorkerServiceClient;
 use pb::workspace_service_client::WorkspaceServiceClient;
@@ -85,6 +87,14 @@ impl TestApp {
     /// Clients authenticated as the platform admin.
     pub async fn admin(&self) -> Clients {
         Clients::new(self.channel().await, ADMIN_TOKEN)
+    }
+
+    /// Clients authenticated with a new API key of `workspace_id` with `role` (created by
+    /// the platform admin).
+    pub async fn with_key(&self, workspace_id: &str, role: pb::WorkspaceRole) -> Clients {
+        let mut admin = self.admin().await;
+        let key = admin.api_key(workspace_id, role).await;
+        admin.with_token(&key)
     }
 
     /// Starts a worker connected to this control plane.
@@ -164,6 +174,11 @@ pub struct Clients {
     pub events: EventServiceClient<Authed>,
     /// `WorkerService` (answers only to the worker token).
     pub workers: WorkerServiceClient<Authed>,
+    /// `ApiKeyService`.
+    pub api_keys: ApiKeyServiceClient<Authed>,
+    /// `IdentityService`.
+    pub identity: IdentityServiceClient<Authed>,
+    channel: Channel,
 }
 
 impl Clients {
@@ -183,12 +198,62 @@ impl Clients {
                 channel.clone(),
                 bearer(token),
             )),
-            workers: WorkerServiceClient::new(InterceptedService::new(channel, bearer(token))),
+            workers: WorkerServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
+            api_keys: ApiKeyServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
+            identity: IdentityServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
+            channel,
         }
     }
 
-    /// Creates a workspace and returns its id.
+    /// Clients on the same connection that authenticate with `token`.
+    pub fn with_token(&self, token: &str) -> Clients {
+        Clients::new(self.channel.clone(), token)
+    }
+
+    /// Creates an API key in `workspace_id` with `role` (calling as these clients'
+    /// credential) and returns its secret.
+    pub async fn api_key(&mut self, workspace_id: &str, role: pb::WorkspaceRole) -> String {
+        self.api_keys
+            .create_api_key(pb::CreateApiKeyRequest {
+                workspace_id: workspace_id.to_owned(),
+                api_key: Some(pb::ApiKey {
+                    name: format!("test-{}", role.as_str_name().to_lowercase()),
+                    role: role.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+    }
+
+    /// Creates a workspace (these clients must be the platform admin's), gives it an admin
+    /// API key, and points the workspace clients (`agents`, `tasks`, `events`) at that key,
+    /// since the platform admin does not act inside workspaces. `workspaces` and `api_keys`
+    /// stay on the platform admin. Returns the workspace id.
     pub async fn workspace(&mut self, name: &str) -> String {
+        let id = self.create_workspace(name).await;
+        let key = self.api_key(&id, pb::WorkspaceRole::Admin).await;
+        let scoped = self.with_token(&key);
+        self.agents = scoped.agents;
+        self.tasks = scoped.tasks;
+        self.events = scoped.events;
+        id
+    }
+
+    /// Creates a workspace as these clients' credential and returns its id.
+    pub async fn create_workspace(&mut self, name: &str) -> String {
         self.workspaces
             .create_workspace(pb::CreateWorkspaceRequest {
                 workspace: Some(pb::Workspace {

@@ -76,7 +76,7 @@ async fn task_runs_end_to_end_through_a_worker_and_is_recorded() {
             .unwrap()
             .into_inner()
             .events;
-        if events.len() >= 6 {
+        if events.len() >= 7 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -86,6 +86,7 @@ async fn task_runs_end_to_end_through_a_worker_and_is_recorded() {
         actions,
         vec![
             "workspace.created",
+            "api_key.created",
             "agent.created",
             "task.created",
             "task.started",

@@ -17,6 +17,7 @@ const WORKSPACE_TABLES: &[&str] = &[
     "task_output_chunks",
     "usage_records",
     "events",
+    "api_keys",
 ];
 
 #[tokio::test]
@@ -136,15 +137,17 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Option<Code> {
 async fn another_workspaces_resources_answer_not_found() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
-    let mut c = app.admin().await;
-    let a = c.workspace("a").await;
-    let b = c.workspace("b").await;
-    let agent = c.echo_agent(&a, "coder").await;
-    let task = c.task(&a, &agent.id, "secret").await;
+    let mut ca = app.admin().await;
+    let a = ca.workspace("a").await;
+    // b's admin asks for a's resources under b's workspace id.
+    let mut cb = app.admin().await;
+    let b = cb.workspace("b").await;
+    let agent = ca.echo_agent(&a, "coder").await;
+    let task = ca.task(&a, &agent.id, "secret").await;
 
     assert_eq!(
         code(
-            c.agents
+            cb.agents
                 .get_agent(pb::GetAgentRequest {
                     workspace_id: b.clone(),
                     id: agent.id.clone()
@@ -155,7 +158,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.agents
+            cb.agents
                 .delete_agent(pb::DeleteAgentRequest {
                     workspace_id: b.clone(),
                     id: agent.id.clone(),
@@ -167,7 +170,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.agents
+            cb.agents
                 .update_agent(pb::UpdateAgentRequest {
                     workspace_id: b.clone(),
                     agent: Some(pb::Agent {
@@ -186,7 +189,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.tasks
+            cb.tasks
                 .create_task(pb::CreateTaskRequest {
                     workspace_id: b.clone(),
                     agent_id: agent.id.clone(),
@@ -199,7 +202,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.tasks
+            cb.tasks
                 .get_task(pb::GetTaskRequest {
                     workspace_id: b.clone(),
                     id: task.id.clone()
@@ -210,7 +213,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.tasks
+            cb.tasks
                 .cancel_task(pb::CancelTaskRequest {
                     workspace_id: b.clone(),
                     id: task.id.clone(),
@@ -222,7 +225,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.tasks
+            cb.tasks
                 .list_task_messages(pb::ListTaskMessagesRequest {
                     workspace_id: b.clone(),
                     task_id: task.id.clone(),
@@ -234,7 +237,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.tasks
+            cb.tasks
                 .watch_task(pb::WatchTaskRequest {
                     workspace_id: b.clone(),
                     id: task.id.clone()
@@ -243,7 +246,7 @@ async fn another_workspaces_resources_answer_not_found() {
         ),
         Some(Code::NotFound)
     );
-    let listed = c
+    let listed = cb
         .tasks
         .list_tasks(pb::ListTasksRequest {
             workspace_id: b.clone(),
@@ -253,7 +256,7 @@ async fn another_workspaces_resources_answer_not_found() {
         .unwrap()
         .into_inner();
     assert!(listed.tasks.is_empty());
-    let events = c
+    let events = cb
         .events
         .list_events(pb::ListEventsRequest {
             workspace_id: b.clone(),
@@ -269,7 +272,7 @@ async fn another_workspaces_resources_answer_not_found() {
     assert!(events.events.is_empty());
 
     // A deleted workspace is gone for reads and writes.
-    c.workspaces
+    ca.workspaces
         .delete_workspace(pb::DeleteWorkspaceRequest {
             id: a.clone(),
             ..Default::default()
@@ -278,7 +281,7 @@ async fn another_workspaces_resources_answer_not_found() {
         .unwrap();
     assert_eq!(
         code(
-            c.workspaces
+            ca.workspaces
                 .get_workspace(pb::GetWorkspaceRequest { id: a.clone() })
                 .await
         ),
@@ -286,7 +289,7 @@ async fn another_workspaces_resources_answer_not_found() {
     );
     assert_eq!(
         code(
-            c.tasks
+            ca.tasks
                 .get_task(pb::GetTaskRequest {
                     workspace_id: a.clone(),
                     id: task.id.clone()

@@ -15,6 +15,7 @@ use agentplane_testkit::{app, pg};
 
 mod session;
 
+mod api_keys;
 mod auth;
 mod database;
 mod end_to_end;

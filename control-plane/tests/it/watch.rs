@@ -62,8 +62,8 @@ async fn watch_on_a_second_replica_sees_output_produced_through_the_first() {
     let first = TestApp::spawn(&db).await;
     let second = TestApp::spawn(&db).await;
     let mut c1 = first.admin().await;
-    let mut c2 = second.admin().await;
     let ws = c1.workspace("replicas").await;
+    let mut c2 = second.with_key(&ws, pb::WorkspaceRole::Member).await;
     let agent = c1.echo_agent(&ws, "coder").await;
     let task = c1
         .task(&ws, &agent.id, "stream me across replicas please")

@@ -75,7 +75,7 @@ async fn an_output_index_at_the_top_of_the_range_is_refused_and_watchers_keep_wo
         .await;
     session.settle().await;
 
-    let mut c = app.admin().await;
+    let mut c = app.with_key(&ws, pb::WorkspaceRole::Member).await;
     let snapshot = snapshot(&mut c, &ws, &task).await;
     assert_eq!(snapshot.output, "ok");
     assert_eq!(snapshot.next_delta_index, 1);
@@ -104,7 +104,7 @@ async fn stored_output_of_an_attempt_is_capped_where_it_is_written() {
     }
     session.settle().await;
 
-    let mut c = app.admin().await;
+    let mut c = app.with_key(&ws, pb::WorkspaceRole::Member).await;
     let snapshot = snapshot(&mut c, &ws, &task).await;
     assert_eq!(snapshot.output.len(), MAX_OUTPUT_BYTES);
     assert_eq!(
@@ -188,7 +188,7 @@ async fn deltas_out_of_order_are_refused_so_the_cap_cannot_be_skirted() {
     session.send(delta(&ws, &task, 1, "c".into())).await;
     session.settle().await;
 
-    let mut c = app.admin().await;
+    let mut c = app.with_key(&ws, pb::WorkspaceRole::Member).await;
     let snapshot = snapshot(&mut c, &ws, &task).await;
     assert_eq!(snapshot.output, "bc");
     assert_eq!(snapshot.next_delta_index, 2);
