@@ -17,6 +17,7 @@ mod session;
 
 mod api_keys;
 mod auth;
+mod cross_workspace;
 mod database;
 mod end_to_end;
 mod events;
