@@ -8,7 +8,7 @@ use agentplane_core::columns::WorkspaceRole;
 use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::auth::api_key;
+use crate::auth::secret;
 use crate::config::database_summary;
 use crate::ids::{ApiKeyId, TenantId};
 use crate::store::{self, NewApiKey, PoolConfig, Store};
@@ -77,12 +77,12 @@ pub async fn create(
         .create_workspace(workspace_name, &Default::default(), None, actor)
         .await
         .context("creating the workspace")?;
-    let secret = api_key::generate().context("reading the random source")?;
+    let secret = secret::generate(secret::API_KEY).context("reading the random source")?;
     let mut tx = store.tenant(workspace.id).await?;
     let key = tx
         .create_api_key(
             NewApiKey {
-                id: secret.id,
+                id: ApiKeyId(secret.id),
                 name: key_name,
                 role: WorkspaceRole::Admin,
                 secret_hash: &secret.hash,

@@ -12,6 +12,7 @@ use agentplane_proto::v1::api_key_service_server::ApiKeyServiceServer;
 use agentplane_proto::v1::event_service_server::EventServiceServer;
 use agentplane_proto::v1::identity_service_server::IdentityServiceServer;
 use agentplane_proto::v1::task_service_server::TaskServiceServer;
+use agentplane_proto::v1::worker_credential_service_server::WorkerCredentialServiceServer;
 use agentplane_proto::v1::worker_service_server::WorkerServiceServer;
 use agentplane_proto::v1::workspace_service_server::WorkspaceServiceServer;
 use anyhow::Context as _;
@@ -25,9 +26,10 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::{
     AgentApi, ApiKeyApi, AppState, EventApi, IdentityApi, StreamSlots, TaskApi, WorkerApi,
-    WorkspaceApi,
+    WorkerCredentialApi, WorkspaceApi,
 };
 use crate::auth::last_used::LastUsed;
+use crate::auth::revocations::Revocations;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, database_summary};
 use crate::fanout::Fanout;
@@ -51,6 +53,7 @@ const SERVICES: &[&str] = &[
     "agentplane.v1.WorkerService",
     "agentplane.v1.ApiKeyService",
     "agentplane.v1.IdentityService",
+    "agentplane.v1.WorkerCredentialService",
 ];
 
 /// Applies pending migrations with an owner connection (under sqlx's advisory lock, so
@@ -118,6 +121,7 @@ impl Application {
             heartbeat_interval: config.heartbeat_interval,
             shutdown: streams,
             streams: StreamSlots::new(config.max_streams),
+            revocations: Revocations::default(),
         });
         Ok(Self {
             listener,
@@ -156,6 +160,13 @@ impl Application {
         spawn_named(
             "health_probe",
             probe_health(state.store.clone(), health.clone(), stop.clone()),
+        );
+        spawn_named(
+            "worker_revocations",
+            state
+                .revocations
+                .clone()
+                .run(state.store.clone(), stop.clone()),
         );
         let last_used = LastUsed::default();
         spawn_named(
@@ -217,6 +228,10 @@ impl Application {
             )
             .add_service(
                 IdentityServiceServer::new(IdentityApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                WorkerCredentialServiceServer::new(WorkerCredentialApi::new(state.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
 

@@ -253,6 +253,18 @@ pub(super) fn api_key(row: &crate::store::ApiKeyRow) -> pb::ApiKey {
     }
 }
 
+/// Stored worker credential → protobuf (never with a secret: the row has none).
+pub(super) fn worker_credential(row: &crate::store::WorkerCredentialRow) -> pb::WorkerCredential {
+    pb::WorkerCredential {
+        worker_id: row.id.to_string(),
+        name: row.name.clone(),
+        created_by: row.created_by.clone(),
+        create_time: Some(timestamp(row.created_at)),
+        revoked_by: row.revoked_by.clone().unwrap_or_default(),
+        revoke_time: row.revoked_at.map(timestamp),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

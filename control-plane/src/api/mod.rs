@@ -10,6 +10,7 @@ mod mask;
 mod paging;
 mod tasks;
 mod watch_task;
+mod worker_credentials;
 mod workers;
 mod workspaces;
 
@@ -23,6 +24,7 @@ pub use agents::AgentApi;
 pub use api_keys::{ApiKeyApi, IdentityApi};
 pub use events::EventApi;
 pub use tasks::TaskApi;
+pub use worker_credentials::WorkerCredentialApi;
 pub use workers::WorkerApi;
 pub use workspaces::WorkspaceApi;
 
@@ -45,6 +47,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Open streams (WatchTask, WatchEvents, worker sessions), capped per process.
     pub streams: StreamSlots,
+    /// Revoked worker credentials: a revoked worker's session ends.
+    pub revocations: crate::auth::revocations::Revocations,
 }
 
 /// The stream cap (`--max-streams`): with the per-stream bound below, it bounds what streams

@@ -1,8 +1,9 @@
 //! Authentication and authorisation, decided in one place for every request from the
 //! credential in `authorization: Bearer <token>` and the gRPC method path.
 //!
-//! The credentials: the platform admin token and the worker token (from configuration), and
-//! workspace API keys (`api_key`, stored as hashes). The policy is the table in [`table`];
+//! The credentials: the platform admin token and the fleet's worker enrolment token (from
+//! configuration), workspace API keys and per-worker credentials (`secret`, stored as
+//! hashes). The policy is the table in [`table`];
 //! the [`AuthLayer`] applies the part that needs only the credential and the method (fail
 //! closed: a method missing from the table is refused), and handlers apply the workspace
 //! part with [`Caller::authorize`] once they have parsed which workspace a request names.
@@ -11,8 +12,9 @@
 //! Every authentication failure answers the same UNAUTHENTICATED "invalid credentials",
 //! whichever check failed, so a caller learns nothing about which part was wrong.
 
-pub mod api_key;
 pub mod last_used;
+pub mod revocations;
+pub mod secret;
 pub mod table;
 
 use std::future::Future;
@@ -27,7 +29,7 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
-use crate::ids::{ApiKeyId, TenantId};
+use crate::ids::{ApiKeyId, TenantId, WorkerId};
 use crate::store::Store;
 use last_used::LastUsed;
 use table::{Access, Permission};
@@ -40,8 +42,13 @@ const INVALID: ApiError = ApiError::Unauthenticated("invalid credentials");
 pub enum Principal {
     /// The platform operator: manages workspaces, their keys and settings.
     PlatformAdmin,
-    /// A worker process: may only use the worker channel.
-    Worker,
+    /// The fleet's shared enrolment token: may only exchange itself for a worker credential.
+    Enrolment,
+    /// A worker with its own credential: may only use the worker channel, as this worker.
+    Worker {
+        /// The worker id, from the credential.
+        id: WorkerId,
+    },
     /// A workspace API key: acts in its one workspace with its role.
     ApiKey {
         /// The key.
@@ -58,7 +65,8 @@ impl Principal {
     pub fn actor(&self) -> String {
         match self {
             Principal::PlatformAdmin => "platform-admin".to_owned(),
-            Principal::Worker => "worker".to_owned(),
+            Principal::Enrolment => "enrolment".to_owned(),
+            Principal::Worker { id } => format!("worker:{id}"),
             Principal::ApiKey { id, .. } => format!("api_key:{id}"),
         }
     }
@@ -67,7 +75,8 @@ impl Principal {
     pub fn kind(&self) -> &'static str {
         match self {
             Principal::PlatformAdmin => "platform-admin",
-            Principal::Worker => "worker",
+            Principal::Enrolment => "enrolment",
+            Principal::Worker { .. } => "worker",
             Principal::ApiKey { .. } => "api_key",
         }
     }
@@ -76,16 +85,22 @@ impl Principal {
     fn admits(&self, access: Access) -> bool {
         match (access, self) {
             (Access::Public, _) => true,
-            (Access::AnyClient, principal) => *principal != Principal::Worker,
+            (Access::AnyClient, principal) => {
+                matches!(
+                    principal,
+                    Principal::PlatformAdmin | Principal::ApiKey { .. }
+                )
+            }
             (Access::Platform, principal) => *principal == Principal::PlatformAdmin,
-            (Access::Worker, principal) => *principal == Principal::Worker,
+            (Access::Worker, principal) => matches!(principal, Principal::Worker { .. }),
+            (Access::Enrol, principal) => *principal == Principal::Enrolment,
             (Access::Workspace(permission), Principal::PlatformAdmin) => {
                 table::platform_admin_permits(permission)
             }
             (Access::Workspace(permission), Principal::ApiKey { role, .. }) => {
                 table::role_permits(*role, permission)
             }
-            (Access::Workspace(_), Principal::Worker) => false,
+            (Access::Workspace(_), Principal::Worker { .. } | Principal::Enrolment) => false,
         }
     }
 }
@@ -118,7 +133,7 @@ impl Caller {
                 }
                 table::role_permits(*role, permission)
             }
-            Principal::Worker => false,
+            Principal::Worker { .. } | Principal::Enrolment => false,
         };
         if allowed {
             Ok(self.principal.actor())
@@ -153,7 +168,7 @@ impl Caller {
 pub struct Credentials {
     /// Bearer token of the platform admin.
     pub admin_token: SecretString,
-    /// Bearer token shared by workers.
+    /// The fleet's worker enrolment token: exchanged for a worker credential.
     pub worker_token: SecretString,
 }
 
@@ -179,13 +194,16 @@ impl Authenticator {
     /// Identifies the caller from the request headers.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, ApiError> {
         let token = bearer(headers).ok_or(INVALID)?;
-        if let Some(id) = api_key::parse(token) {
-            return self.authenticate_key(id, token).await;
+        if let Some(id) = secret::parse(secret::API_KEY, token) {
+            return self.authenticate_key(ApiKeyId(id), token).await;
+        }
+        if let Some(id) = secret::parse(secret::WORKER, token) {
+            return self.authenticate_worker(WorkerId(id), token).await;
         }
         if secret_eq(token, &self.credentials.admin_token) {
             Ok(Principal::PlatformAdmin)
         } else if secret_eq(token, &self.credentials.worker_token) {
-            Ok(Principal::Worker)
+            Ok(Principal::Enrolment)
         } else {
             Err(INVALID)
         }
@@ -195,11 +213,11 @@ impl Authenticator {
         let key = self.store.api_key_for_authentication(id).await?;
         let Some(key) = key else {
             // Hash anyway, so an unknown id costs what a known one does.
-            let _ = api_key::matches(token, &[0u8; 32]);
+            let _ = secret::matches(token, &[0u8; 32]);
             return Err(INVALID);
         };
         let live = key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > Utc::now());
-        if !api_key::matches(token, &key.secret_hash) || !live {
+        if !secret::matches(token, &key.secret_hash) || !live {
             return Err(INVALID);
         }
         self.last_used.note(key.tenant_id, id);
@@ -208,6 +226,17 @@ impl Authenticator {
             tenant: key.tenant_id,
             role: key.role,
         })
+    }
+
+    async fn authenticate_worker(&self, id: WorkerId, token: &str) -> Result<Principal, ApiError> {
+        let Some(credential) = self.store.worker_secret(id).await? else {
+            let _ = secret::matches(token, &[0u8; 32]);
+            return Err(INVALID);
+        };
+        if !secret::matches(token, &credential.secret_hash) || credential.revoked_at.is_some() {
+            return Err(INVALID);
+        }
+        Ok(Principal::Worker { id })
     }
 
     /// Authenticates and admits a request for `path`: the caller, or the error to answer.
@@ -362,11 +391,19 @@ mod tests {
         let session = access("/agentplane.v1.WorkerService/Session");
         let create_task = access("/agentplane.v1.TaskService/CreateTask");
         let create_workspace = access("/agentplane.v1.WorkspaceService/CreateWorkspace");
-        assert!(Principal::Worker.admits(session));
-        assert!(!Principal::Worker.admits(create_task));
-        assert!(
-            !Principal::Worker.admits(access("/agentplane.v1.IdentityService/GetCurrentIdentity"))
-        );
+        let worker = Principal::Worker {
+            id: WorkerId::generate(),
+        };
+        let enrol = access("/agentplane.v1.WorkerCredentialService/EnrollWorker");
+        assert!(worker.admits(session));
+        assert!(!worker.admits(create_task));
+        assert!(!worker.admits(enrol));
+        assert!(!worker.admits(access("/agentplane.v1.IdentityService/GetCurrentIdentity")));
+        // The enrolment token only enrols.
+        assert!(Principal::Enrolment.admits(enrol));
+        assert!(!Principal::Enrolment.admits(session));
+        assert!(!Principal::Enrolment.admits(create_task));
+        assert!(!Principal::PlatformAdmin.admits(enrol));
         assert!(!Principal::PlatformAdmin.admits(session));
         assert!(!Principal::PlatformAdmin.admits(create_task));
         assert!(Principal::PlatformAdmin.admits(create_workspace));

@@ -1,9 +1,10 @@
-//! API key secrets: `apk_<key id, 32 hex digits>_<32 random bytes, base64url>`.
+//! Bearer secrets the control plane issues: `<prefix><id, 32 hex digits>_<32 random bytes,
+//! base64url>`, with prefix `apk_` for workspace API keys and `wkr_` for worker credentials.
 //!
-//! The `apk_` prefix lets secret scanners recognise a leaked key; the embedded id finds the
-//! stored row without trying every hash; the random part carries 256 bits of entropy, so a
-//! fast hash (SHA-256) is as good as a password hash here and costs microseconds per call.
-//! Only the hash is stored, and it is compared in constant time.
+//! The prefix lets secret scanners recognise a leaked secret; the embedded id finds the
+//! stored row without trying every hash (for a worker it is also the worker id); the random
+//! part carries 256 bits of entropy, so a fast hash (SHA-256) is as good as a password hash
+//! here and costs microseconds per call. Only the hash is stored, compared in constant time.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,53 +13,38 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::ids::ApiKeyId;
+pub use agentplane_core::credential::parse;
 
-/// What every API key secret starts with.
-pub const PREFIX: &str = "apk_";
-/// Random bytes in a secret.
+/// What every workspace API key starts with.
+pub const API_KEY: &str = agentplane_core::credential::API_KEY_PREFIX;
+/// What every worker credential starts with.
+pub const WORKER: &str = agentplane_core::credential::WORKER_PREFIX;
+/// Random bytes in a secret (`credential::RANDOM_CHARS` characters once encoded).
 const SECRET_BYTES: usize = 32;
-/// Length of the base64url (unpadded) encoding of the random bytes.
-const SECRET_CHARS: usize = 43;
 
-/// A freshly made key: its id, its secret (shown once) and the hash that is stored.
+/// A freshly made secret: its id, the secret (shown once) and the hash that is stored.
 #[derive(Debug)]
 pub struct NewSecret {
-    /// The key id embedded in the secret.
-    pub id: ApiKeyId,
+    /// The id embedded in the secret (UUID v7).
+    pub id: Uuid,
     /// The whole secret, as the client sends it.
     pub secret: SecretString,
     /// SHA-256 of the secret.
     pub hash: [u8; 32],
 }
 
-/// Makes a new key id and secret from the operating system's random source.
-pub fn generate() -> Result<NewSecret, getrandom::Error> {
-    let id = ApiKeyId::generate();
+/// Makes a new id and secret with `prefix` from the operating system's random source.
+pub fn generate(prefix: &str) -> Result<NewSecret, getrandom::Error> {
+    let id = Uuid::now_v7();
     let mut random = [0u8; SECRET_BYTES];
     getrandom::fill(&mut random)?;
-    let secret = format!(
-        "{PREFIX}{}_{}",
-        id.0.simple(),
-        URL_SAFE_NO_PAD.encode(random)
-    );
+    let secret = format!("{prefix}{}_{}", id.simple(), URL_SAFE_NO_PAD.encode(random));
     let hash = hash(&secret);
     Ok(NewSecret {
         id,
         secret: SecretString::from(secret),
         hash,
     })
-}
-
-/// The key id a presented token names, if it has the shape of an API key secret.
-pub fn parse(token: &str) -> Option<ApiKeyId> {
-    let rest = token.strip_prefix(PREFIX)?;
-    let (id, random) = rest.split_once('_')?;
-    if id.len() != 32 || random.len() != SECRET_CHARS {
-        return None;
-    }
-    let id = Uuid::try_parse(id).ok()?;
-    Some(ApiKeyId(id))
 }
 
 /// SHA-256 of a secret, as stored.
@@ -82,21 +68,23 @@ mod tests {
 
     #[test]
     fn a_generated_secret_parses_back_to_its_id_and_matches_its_hash() {
-        let key = generate().unwrap();
-        let secret = key.secret.expose_secret();
-        assert!(secret.starts_with("apk_"));
-        assert_eq!(parse(secret), Some(key.id));
-        assert!(matches(secret, &key.hash));
-        let mut tampered = secret.to_owned();
-        tampered.pop();
-        tampered.push(if secret.ends_with('A') { 'B' } else { 'A' });
-        assert_eq!(parse(&tampered), Some(key.id));
-        assert!(!matches(&tampered, &key.hash));
+        for prefix in [API_KEY, WORKER] {
+            let key = generate(prefix).unwrap();
+            let secret = key.secret.expose_secret();
+            assert!(secret.starts_with(prefix));
+            assert_eq!(parse(prefix, secret), Some(key.id));
+            assert!(matches(secret, &key.hash));
+            let mut tampered = secret.to_owned();
+            tampered.pop();
+            tampered.push(if secret.ends_with('A') { 'B' } else { 'A' });
+            assert_eq!(parse(prefix, &tampered), Some(key.id));
+            assert!(!matches(&tampered, &key.hash));
+        }
     }
 
     #[test]
-    fn tokens_of_another_shape_name_no_key() {
-        let key = generate().unwrap();
+    fn tokens_of_another_shape_name_nothing() {
+        let key = generate(API_KEY).unwrap();
         let secret = key.secret.expose_secret();
         for token in [
             "",
@@ -107,8 +95,10 @@ mod tests {
             &secret.replacen("apk_", "apx_", 1),
             "apk_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
-            assert_eq!(parse(token), None, "{token}");
+            assert_eq!(parse(API_KEY, token), None, "{token}");
         }
+        // A key is not a worker credential, nor the other way round.
+        assert_eq!(parse(WORKER, secret), None);
         assert!(!matches(secret, &[0u8; 31]));
     }
 }

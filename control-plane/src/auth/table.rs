@@ -38,13 +38,15 @@ pub enum Access {
     AnyClient,
     /// Only the platform admin.
     Platform,
-    /// Only workers.
+    /// Only workers, each with its own credential.
     Worker,
+    /// Only the fleet's enrolment token.
+    Enrol,
     /// A permission in the workspace the request names.
     Workspace(Permission),
 }
 
-use Access::{AnyClient, Platform, Public, Worker, Workspace};
+use Access::{AnyClient, Enrol, Platform, Public, Worker, Workspace};
 use Permission::{
     ManageAgents, ManageKeys, ManageSettings, Read, ViewWorkspace, Watch, WriteTasks,
 };
@@ -124,6 +126,19 @@ pub const METHODS: &[(&str, Access)] = &[
         "/agentplane.v1.IdentityService/GetCurrentIdentity",
         AnyClient,
     ),
+    (
+        "/agentplane.v1.WorkerCredentialService/CreateWorkerCredential",
+        Platform,
+    ),
+    (
+        "/agentplane.v1.WorkerCredentialService/ListWorkerCredentials",
+        Platform,
+    ),
+    (
+        "/agentplane.v1.WorkerCredentialService/RevokeWorkerCredential",
+        Platform,
+    ),
+    ("/agentplane.v1.WorkerCredentialService/EnrollWorker", Enrol),
 ];
 
 /// The permissions of each workspace role. Each role lists all of its permissions, so the

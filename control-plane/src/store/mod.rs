@@ -8,6 +8,7 @@ mod attempts;
 mod events;
 mod tasks;
 mod tenant;
+mod worker_credentials;
 mod workers;
 mod workspaces;
 
@@ -24,6 +25,7 @@ pub use attempts::LeaseCheck;
 pub use events::{EventRow, NewEvent};
 pub use tasks::{OutputChunk, TaskMessageRow, TaskRow, TaskSnapshotRow};
 pub use tenant::TenantTx;
+pub use worker_credentials::{WorkerCredentialRow, WorkerSecret};
 pub use workspaces::WorkspaceRow;
 
 /// What the store can fail with; translated from SQLSTATEs in one place ([`classify`]).

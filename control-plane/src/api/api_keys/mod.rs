@@ -9,12 +9,12 @@ use tonic::{Request, Response, Status};
 
 use super::paging::split_page;
 use super::{State, convert};
-use crate::auth::{Principal, api_key, caller};
+use crate::auth::{Principal, caller, secret};
 use crate::domain::api_key::{ApiKeyQuery, NewApiKeyRequest, RevokeApiKey};
 use crate::domain::page;
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
-use crate::ids::TenantId;
+use crate::ids::{ApiKeyId, TenantId};
 use crate::store::NewApiKey;
 
 /// Handlers of ApiKeyService.
@@ -45,13 +45,13 @@ impl ApiKeyService for ApiKeyApi {
         {
             return Err(ApiError::PermissionDenied.into());
         }
-        let secret = api_key::generate()
+        let secret = secret::generate(secret::API_KEY)
             .map_err(|error| ApiError::Internal(anyhow::anyhow!("random source: {error}")))?;
         let mut tx = self.state.store.tenant(new.tenant).await?;
         let row = tx
             .create_api_key(
                 NewApiKey {
-                    id: secret.id,
+                    id: ApiKeyId(secret.id),
                     name: &new.name,
                     role: new.role,
                     secret_hash: &secret.hash,
@@ -64,7 +64,7 @@ impl ApiKeyService for ApiKeyApi {
         tx.commit().await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(convert::api_key(&row)),
-            secret: api_key::reveal(&secret.secret),
+            secret: secret::reveal(&secret.secret),
         }))
     }
 

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ResponseStream, STREAM_BUFFER, State};
+use crate::auth::{Principal, caller};
 use crate::domain::worker::Hello;
 use crate::error::ApiError;
 use crate::spawn::spawn_named;
@@ -45,6 +46,10 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let slot = self.state.streams.open()?;
+        // The worker id comes from the credential; the hello must agree with it.
+        let Principal::Worker { id: credential } = caller(&request)?.principal else {
+            return Err(ApiError::PermissionDenied.into());
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -56,6 +61,9 @@ impl WorkerService for WorkerApi {
             return Err(ApiError::invalid("hello", "the first message must be a hello").into());
         };
         let hello = Hello::try_from(hello)?;
+        if hello.worker != credential {
+            return Err(ApiError::PermissionDenied.into());
+        }
         self.state
             .store
             .upsert_worker(hello.worker, &hello.version, hello.capacity)
@@ -79,8 +87,19 @@ impl WorkerService for WorkerApi {
             sender,
         };
         let notices = self.state.fanout.subscribe();
+        let revocations = self.state.revocations.clone();
         spawn_named("worker_session", async move {
-            session.run(inbound, notices).await;
+            let worker = session.worker;
+            let sender = session.sender.clone();
+            tokio::select! {
+                () = session.run(inbound, notices) => {}
+                // A revoked worker is cut off: what it sends from now on is not recorded,
+                // and the leases it holds run out.
+                () = revocations.revoked(worker) => {
+                    tracing::warn!(worker_id = %worker, "worker credential revoked; session closed");
+                    let _ = sender.send(Err(ApiError::Unauthenticated("invalid credentials").into())).await;
+                }
+            }
             drop(slot);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))

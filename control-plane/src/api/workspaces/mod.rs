@@ -83,7 +83,9 @@ impl WorkspaceService for WorkspaceApi {
                     Err(error) => return Err(error.into()),
                 }
             }
-            Principal::Worker => return Err(ApiError::PermissionDenied.into()),
+            Principal::Worker { .. } | Principal::Enrolment => {
+                return Err(ApiError::PermissionDenied.into());
+            }
         };
         let (workspaces, next_page_token) =
             split_page(rows, query.limit, convert::workspace, |row| {
