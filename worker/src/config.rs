@@ -38,12 +38,14 @@ const MAX_ECHO_TOKEN_DELAY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// The worker's identity; written into every task it claims. Must not be nil.
+    /// [`crate::Worker::start`] replaces it with the id in the worker's credential.
     pub worker_id: Uuid,
     /// Base URL of the control plane's gRPC endpoint, `http://host:port`.
     pub control_plane_url: String,
     /// DSN of a login role that is a member of `agentplane_worker`.
     pub database_url: SecretString,
-    /// Credential presented to the control plane as `authorization: Bearer <token>`.
+    /// Credential presented to the control plane as `authorization: Bearer <token>`: a worker
+    /// credential (`wkr_…`), or the enrolment token, exchanged for one at start.
     pub worker_token: SecretString,
     /// Most tasks run at once, 1 to 10,000.
     pub capacity: u32,

@@ -12,6 +12,7 @@ mod backoff;
 mod claimer;
 mod coalesce;
 mod config;
+mod identity;
 mod lease;
 mod link;
 pub mod provider;

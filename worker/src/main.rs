@@ -15,7 +15,8 @@ use uuid::Uuid;
 #[derive(Debug, Parser)]
 #[command(name = "agentplane-worker", version)]
 struct Args {
-    /// This worker's id (UUID); a fresh UUID v7 by default.
+    /// Ignored: a worker's id is the one in its credential (AGENTPLANE_WORKER_TOKEN), or the
+    /// one it is issued when it enrols. Kept so existing deployments still start.
     #[arg(long, env = "AGENTPLANE_WORKER_ID")]
     worker_id: Option<Uuid>,
 
@@ -31,7 +32,8 @@ struct Args {
     #[arg(long, env = "AGENTPLANE_WORKER_DATABASE_URL", hide_env_values = true)]
     database_url: SecretString,
 
-    /// The worker credential the control plane expects as a bearer token.
+    /// This worker's credential (`wkr_…`, from CreateWorkerCredential), or the fleet's
+    /// enrolment token, which the worker exchanges for a credential of its own at start.
     #[arg(long, env = "AGENTPLANE_WORKER_TOKEN", hide_env_values = true)]
     worker_token: SecretString,
 

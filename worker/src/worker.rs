@@ -41,6 +41,7 @@ impl Worker {
     /// control plane refuses the worker token.
     pub async fn start(config: WorkerConfig) -> anyhow::Result<WorkerHandle> {
         config.validate()?;
+        let config = crate::identity::resolve(config).await?;
         let pool = connect_pool(&config).await?;
         let root = CancellationToken::new();
         let session = SessionSettings {

@@ -17,7 +17,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-pub(crate) const TOKEN: &str = "worker-test-token";
+/// A worker credential (`wkr_<worker id>_<random>`): the worker takes its id from it and
+/// skips enrolment, which this fake does not serve.
+pub(crate) const TOKEN: &str =
+    "wkr_0190a5b0c0d07a008000000000000001_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 type Responses = mpsc::UnboundedSender<Result<SessionResponse, Status>>;
 
