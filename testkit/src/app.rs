@@ -12,6 +12,7 @@ use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::identity_service_client::IdentityServiceClient;
 use pb::task_service_client::TaskServiceClient;
+use pb::worker_credential_service_client::WorkerCredentialServiceClient;
 use pb::worker_service_client::WorkerServiceClient;
 use pb::workspace_service_client::WorkspaceServiceClient;
 use secrecy::SecretString;
@@ -24,7 +25,8 @@ use crate::pg::TestDb;
 
 /// The platform admin token every [`TestApp`] accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-/// The worker token every [`TestApp`] accepts.
+/// The worker enrolment token every [`TestApp`] accepts: a worker started with it exchanges
+/// it for a credential of its own.
 pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
 
 /// A running control plane.
@@ -95,6 +97,21 @@ impl TestApp {
         let mut admin = self.admin().await;
         let key = admin.api_key(workspace_id, role).await;
         admin.with_token(&key)
+    }
+
+    /// A new worker credential from the platform admin: the worker id and the secret.
+    pub async fn worker_credential(&self) -> (uuid::Uuid, String) {
+        let mut admin = self.admin().await;
+        let created = admin
+            .worker_credentials
+            .create_worker_credential(pb::CreateWorkerCredentialRequest {
+                name: "test worker".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = created.credential.unwrap().worker_id.parse().unwrap();
+        (id, created.secret)
     }
 
     /// Starts a worker connected to this control plane.
@@ -178,6 +195,8 @@ pub struct Clients {
     pub api_keys: ApiKeyServiceClient<Authed>,
     /// `IdentityService`.
     pub identity: IdentityServiceClient<Authed>,
+    /// `WorkerCredentialService`.
+    pub worker_credentials: WorkerCredentialServiceClient<Authed>,
     channel: Channel,
 }
 
@@ -207,6 +226,10 @@ impl Clients {
                 bearer(token),
             )),
             identity: IdentityServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
+            worker_credentials: WorkerCredentialServiceClient::new(InterceptedService::new(
                 channel.clone(),
                 bearer(token),
             )),

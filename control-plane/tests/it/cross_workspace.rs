@@ -31,6 +31,8 @@ struct Target {
     task: String,
     api_key: String,
     cursor: String,
+    /// A worker credential (platform-wide, not B's, but no key of A may touch it either).
+    worker: String,
 }
 
 /// A request to send: the workspace it names (when it names one) and its encoded body.
@@ -225,6 +227,22 @@ fn attack(path: &str, ws: &str, b: &Target) -> Option<Attack> {
         "/agentplane.v1.IdentityService/GetCurrentIdentity" => {
             one(pb::GetCurrentIdentityRequest { workspace_id: ws })
         }
+        "/agentplane.v1.WorkerCredentialService/CreateWorkerCredential" => {
+            one(pb::CreateWorkerCredentialRequest {
+                name: "intruder".into(),
+            })
+        }
+        "/agentplane.v1.WorkerCredentialService/ListWorkerCredentials" => {
+            one(pb::ListWorkerCredentialsRequest::default())
+        }
+        "/agentplane.v1.WorkerCredentialService/RevokeWorkerCredential" => {
+            one(pb::RevokeWorkerCredentialRequest {
+                worker_id: b.worker.clone(),
+            })
+        }
+        "/agentplane.v1.WorkerCredentialService/EnrollWorker" => one(pb::EnrollWorkerRequest {
+            name: "intruder".into(),
+        }),
         _ => return None,
     })
 }
@@ -423,7 +441,7 @@ fn present(
 }
 
 /// B's rows in every workspace table, as text (last use of keys aside: it is bookkeeping).
-async fn snapshot(owner: &sqlx::PgPool, b: &str) -> Vec<String> {
+async fn snapshot(owner: &sqlx::PgPool, b: &str, worker: &str) -> Vec<String> {
     let mut rows = Vec::new();
     for table in [
         "agents",
@@ -451,6 +469,14 @@ async fn snapshot(owner: &sqlx::PgPool, b: &str) -> Vec<String> {
             .await
             .unwrap();
     rows.push(workspace);
+    let credentials: String = sqlx::query_scalar(
+        "SELECT string_agg(to_jsonb(w)::text, '|' ORDER BY w.id) FROM worker_credentials w",
+    )
+    .fetch_one(owner)
+    .await
+    .unwrap();
+    assert!(credentials.contains(worker));
+    rows.push(credentials);
     rows
 }
 
@@ -499,6 +525,7 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         task: b_task.id.clone(),
         api_key: b_key.id.clone(),
         cursor: b_event.cursor.clone(),
+        worker: app.worker_credential().await.0.to_string(),
     };
     let b_ids = [
         b.workspace.as_str(),
@@ -506,6 +533,7 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         &b.task,
         &b.api_key,
         &b_event.id,
+        &b.worker,
         "b's secret prompt",
     ];
 
@@ -532,7 +560,7 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         .into_inner();
 
     let owner = db.owner_pool().await;
-    let before = snapshot(&owner, &b_ws).await;
+    let before = snapshot(&owner, &b_ws, &b.worker).await;
     let set = FileDescriptorSet::decode(agentplane_proto::FILE_DESCRIPTOR_SET).unwrap();
     let channel = app.channel().await;
     let mut calls = 0;
@@ -580,7 +608,11 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         }
     }
     assert_eq!(calls, 3 * 2 * methods.len());
-    assert_eq!(snapshot(&owner, &b_ws).await, before, "B's data changed");
+    assert_eq!(
+        snapshot(&owner, &b_ws, &b.worker).await,
+        before,
+        "B's data changed"
+    );
 
     // B keeps working, and A's open watch sees none of it.
     owner_b.task(&b_ws, &b_agent.id, "after the attack").await;

@@ -29,3 +29,4 @@ mod tasks;
 mod validation;
 mod watch;
 mod worker_channel;
+mod worker_credentials;

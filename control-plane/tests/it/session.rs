@@ -6,7 +6,7 @@ use pb::session_response::Kind as Out;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::app::{Clients, TestApp, WORKER_TOKEN};
+use crate::app::{Clients, TestApp};
 
 /// A hand-driven worker session.
 pub(crate) struct Session {
@@ -16,8 +16,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) async fn open(app: &TestApp, id: uuid::Uuid) -> Session {
-        let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
+    /// Opens a session with a worker credential (`TestApp::worker_credential`).
+    pub(crate) async fn open(app: &TestApp, credential: &(uuid::Uuid, String)) -> Session {
+        let (id, token) = (credential.0, credential.1.as_str());
+        let mut client = Clients::new(app.channel().await, token).workers;
         let (send, rx) = mpsc::channel(16);
         send.send(pb::SessionRequest {
             kind: Some(In::Hello(pb::WorkerHello {

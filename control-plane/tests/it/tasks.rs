@@ -22,7 +22,8 @@ async fn a_result_from_an_attempt_that_lost_its_lease_is_not_recorded() {
     let pool = sqlx::PgPool::connect(&db.worker_url()).await.unwrap();
     let owner = db.owner_pool().await;
 
-    let (old, new) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let (old_worker, new_worker) = (app.worker_credential().await, app.worker_credential().await);
+    let (old, new) = (old_worker.0, new_worker.0);
     assert_eq!(
         claim_tasks(&pool, old, 1, Duration::from_millis(50))
             .await
@@ -46,11 +47,11 @@ async fn a_result_from_an_attempt_that_lost_its_lease_is_not_recorded() {
         task_id: task.id.clone(),
         attempt,
     };
-    let mut stale = Session::open(&app, old).await;
+    let mut stale = Session::open(&app, &old_worker).await;
     let ack = stale.succeed(lease(1), "stale answer").await;
     assert!(!ack.accepted, "{ack:?}");
 
-    let mut current = Session::open(&app, new).await;
+    let mut current = Session::open(&app, &new_worker).await;
     let ack = current.succeed(lease(2), "fresh answer").await;
     assert!(ack.accepted, "{ack:?}");
     // A resend after a reconnect is acknowledged without recording twice.
@@ -264,7 +265,8 @@ async fn model_output_with_nul_is_recorded_with_a_replacement_character() {
     let agent = c.echo_agent(&ws, "coder").await;
     let task = c.task(&ws, &agent.id, "say nul").await;
     let pool = db.worker_pool().await;
-    let worker = uuid::Uuid::now_v7();
+    let credential = app.worker_credential().await;
+    let worker = credential.0;
     assert_eq!(
         claim_tasks(&pool, worker, 1, Duration::from_secs(60))
             .await
@@ -272,7 +274,7 @@ async fn model_output_with_nul_is_recorded_with_a_replacement_character() {
             .len(),
         1
     );
-    let mut session = Session::open(&app, worker).await;
+    let mut session = Session::open(&app, &credential).await;
     let lease = pb::LeaseRef {
         workspace_id: ws.clone(),
         task_id: task.id.clone(),

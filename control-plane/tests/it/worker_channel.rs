@@ -11,7 +11,7 @@ use pb::watch_task_response::Kind;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::app::{Clients, TestApp, WORKER_TOKEN};
+use crate::app::{Clients, TestApp};
 use crate::pg::TestDb;
 use crate::session::Session;
 
@@ -21,12 +21,17 @@ async fn running_task(db: &TestDb, app: &TestApp, name: &str) -> (String, String
     let ws = c.workspace(name).await;
     let agent = c.echo_agent(&ws, "coder").await;
     let task = c.task(&ws, &agent.id, "hi").await;
-    let worker = uuid::Uuid::now_v7();
-    let claimed = claim_tasks(&db.worker_pool().await, worker, 1, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let credential = app.worker_credential().await;
+    let claimed = claim_tasks(
+        &db.worker_pool().await,
+        credential.0,
+        1,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 1);
-    let session = Session::open(app, worker).await;
+    let session = Session::open(app, &credential).await;
     (ws, task.id, session)
 }
 
@@ -118,7 +123,8 @@ async fn stored_output_of_an_attempt_is_capped_where_it_is_written() {
 async fn a_worker_saying_hello_with_the_nil_uuid_is_refused() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
-    let mut client = Clients::new(app.channel().await, WORKER_TOKEN).workers;
+    let (_, token) = app.worker_credential().await;
+    let mut client = Clients::new(app.channel().await, &token).workers;
     let (send, rx) = tokio::sync::mpsc::channel(1);
     send.send(pb::SessionRequest {
         kind: Some(In::Hello(pb::WorkerHello {
