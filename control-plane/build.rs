@@ -1,0 +1,7 @@
+//! Rebuilds the crate when a migration is added or changed: `sqlx::migrate!` embeds
+//! `../migrations` at compile time, and cargo does not watch that directory by itself, so a
+//! new migration could otherwise be missing from a test run's template database.
+
+fn main() {
+    println!("cargo:rerun-if-changed=../migrations");
+}
