@@ -1,0 +1,166 @@
+//! The worker's database role can do what claiming and lease expiry need and nothing else:
+//! no forged events, no finished task touched, no arbitrary transition, no reading of events,
+//! output, usage or API keys. (Claim and expiry themselves are covered by `queue.rs`.)
+
+use std::time::Duration;
+
+use agentplane_worker::queue::{claim_tasks, reap_expired_leases};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::fixtures::{agent, task, workspace};
+use crate::pg::TestDb;
+
+/// SQLSTATE of an error, if it is a database error.
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+async fn event(
+    pool: &PgPool,
+    tenant: Uuid,
+    task: Uuid,
+    action: &str,
+    actor: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id) \
+         VALUES ($1, $2, $3, $4, 'task', $5)",
+    )
+    .bind(tenant)
+    .bind(Uuid::now_v7())
+    .bind(actor)
+    .bind(action)
+    .bind(task)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+async fn set_status(pool: &PgPool, task: Uuid, sql: &str) -> sqlx::Result<u64> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE tasks SET {sql} WHERE id = $1"
+    )))
+    .bind(task)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+#[tokio::test]
+async fn the_worker_role_cannot_forge_events_touch_finished_tasks_or_read_results() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let pool = db.worker_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    let pending = task(&owner, tenant, agent_id, 0, "p").await;
+    let done = task(&owner, tenant, agent_id, 0, "d").await;
+    sqlx::query("UPDATE tasks SET status = 'succeeded', output = 'secret answer', ended_at = now() WHERE id = $1")
+        .bind(done)
+        .execute(&owner)
+        .await
+        .unwrap();
+
+    // No event it did not earn: not another kind, not about a task it did not just move.
+    for (action, actor) in [
+        ("task.succeeded", "system"),
+        ("agent.created", "system"),
+        (
+            "task.started",
+            "worker:00000000-0000-0000-0000-000000000001",
+        ),
+        ("task.failed", "system"),
+    ] {
+        let error = event(&pool, tenant, pending, action, actor)
+            .await
+            .expect_err(action);
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("42501"),
+            "{action}: {error}"
+        );
+    }
+
+    // A finished task is out of reach; a pending one cannot be finished or failed.
+    assert_eq!(
+        set_status(&pool, done, "status = 'pending'").await.unwrap(),
+        0
+    );
+    assert_eq!(
+        set_status(&pool, done, "error_message = 'x'")
+            .await
+            .unwrap(),
+        0
+    );
+    let error = set_status(&pool, pending, "status = 'failed', ended_at = now()")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error}");
+    let error = set_status(&pool, pending, "status = 'succeeded'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error}");
+    // Nor written with results it has no column grant for.
+    let error = set_status(&pool, pending, "output = 'forged'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error}");
+
+    // A claimed task whose lease has not run out cannot be expired or failed early.
+    let worker = Uuid::now_v7();
+    let claimed = claim_tasks(&pool, worker, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    for change in [
+        "status = 'pending', worker_id = NULL, lease_expires_at = NULL",
+        "status = 'failed', worker_id = NULL, lease_expires_at = NULL",
+        "lease_expires_at = now() + interval '1 day'",
+        "attempt = attempt + 5",
+    ] {
+        let error = set_status(&pool, pending, change).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("42501"),
+            "{change}: {error}"
+        );
+    }
+
+    // What it may not read at all.
+    for table in [
+        "events",
+        "task_output_chunks",
+        "usage_records",
+        "api_keys",
+        "worker_credentials",
+    ] {
+        let error = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("42501"),
+            "{table}: {error}"
+        );
+    }
+
+    // And what it needs still works: the lease runs out and the reaper requeues the task.
+    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(pending)
+        .execute(&owner)
+        .await
+        .unwrap();
+    assert_eq!(reap_expired_leases(&pool, 10).await.unwrap(), 1);
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM events WHERE resource_id = $1 ORDER BY seq")
+            .bind(pending)
+            .fetch_all(&owner)
+            .await
+            .unwrap();
+    assert_eq!(events, ["task.started", "task.retrying"]);
+}
