@@ -128,23 +128,30 @@ async fn a_key_is_shown_once_acts_in_its_workspace_and_stops_at_revocation() {
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(status.message(), "invalid credentials");
 
-    // Key changes are events, with the acting identity.
-    let viewer = app.with_key(&ws, pb::WorkspaceRole::Viewer).await;
-    let mut viewer = viewer;
-    let events = viewer
-        .events
-        .list_events(pb::ListEventsRequest {
-            workspace_id: ws.clone(),
-            filter: Some(pb::EventFilter {
-                resource_type: "api_key".into(),
+    // Key changes are events, with the acting identity. An event shows once every older
+    // transaction on the server has ended, so it may take a moment.
+    let mut viewer = app.with_key(&ws, pb::WorkspaceRole::Viewer).await;
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = viewer
+            .events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: ws.clone(),
+                filter: Some(pb::EventFilter {
+                    resource_type: "api_key".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if events.iter().any(|e| e.action == "api_key.revoked") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let revoke_event = events
         .iter()
         .find(|e| e.action == "api_key.revoked")
