@@ -54,7 +54,14 @@ async fn set_status(pool: &PgPool, task: Uuid, sql: &str) -> sqlx::Result<u64> {
 async fn the_worker_role_cannot_forge_events_touch_finished_tasks_or_read_results() {
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
-    let pool = db.worker_pool().await;
+    // One connection: a refused statement's row lock is released when its server process
+    // finishes the implicit transaction, which can be after the client saw the error; on
+    // the same connection the next statement always comes after that.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.worker_url())
+        .await
+        .unwrap();
     let tenant = workspace(&owner).await;
     let agent_id = agent(&owner, tenant, 10).await;
     let pending = task(&owner, tenant, agent_id, 0, "p").await;
