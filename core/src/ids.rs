@@ -54,3 +54,7 @@ id_type!(
     /// A workspace API key id; also embedded in the key's secret.
     ApiKeyId
 );
+id_type!(
+    /// A user: a person known to the identity provider, recorded on first sight.
+    UserId
+);
