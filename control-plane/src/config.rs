@@ -1,6 +1,7 @@
 //! Command line and configuration. Every setting is a flag with an `AGENTPLANE_*`
 //! environment variable; `validate` turns the parsed flags into a [`Config`].
 
+use crate::auth::jwt::{JwtConfig, JwtKeySource, JwtVerifier};
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -122,6 +123,20 @@ pub struct ServeArgs {
     /// more is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "AGENTPLANE_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: u64,
+    /// Users' JWTs: the `iss` they must carry. Setting it turns user sign-in on (with
+    /// --jwt-audience and one of --jwt-hs256-secret or --jwt-public-key-file).
+    #[arg(long, env = "AGENTPLANE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Users' JWTs: the `aud` they must carry.
+    #[arg(long, env = "AGENTPLANE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Users' JWTs are HS256 with this shared secret (at least 32 bytes).
+    #[arg(long, env = "AGENTPLANE_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<SecretString>,
+    /// Users' JWTs are signed by the key whose PEM public key (RSA → RS256, EC P-256 →
+    /// ES256, Ed25519 → EdDSA) is in this file.
+    #[arg(long, env = "AGENTPLANE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -146,6 +161,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Most open streams.
     pub max_streams: usize,
+    /// How users' JWTs are verified; `None` when user sign-in is off.
+    pub jwt: Option<JwtConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -163,6 +180,10 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_streams", &self.max_streams)
+            .field(
+                "jwt_issuer",
+                &self.jwt.as_ref().map(|jwt| jwt.issuer.as_str()),
+            )
             .finish()
     }
 }
@@ -170,6 +191,14 @@ impl fmt::Debug for Config {
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The JWT settings are incomplete or contradictory.
+    #[error(
+        "user sign-in needs --jwt-issuer, --jwt-audience and exactly one of --jwt-hs256-secret (at least 32 bytes) or --jwt-public-key-file: {0}"
+    )]
+    Jwt(&'static str),
+    /// The JWT public key file cannot be read or is not a supported public key.
+    #[error("--jwt-public-key-file: {0}")]
+    JwtKey(String),
     /// A token is missing outside local-dev mode.
     #[error("{flag} is required (or start with --dev-mode for local development)")]
     MissingToken {
@@ -250,8 +279,15 @@ impl ServeArgs {
             MAX_DB_TIMEOUT_SECONDS,
         )?;
         check_range("--max-streams", self.max_streams, 1, 1_000_000)?;
+        let jwt = jwt_config(
+            self.jwt_issuer,
+            self.jwt_audience,
+            self.jwt_hs256_secret,
+            self.jwt_public_key_file,
+        )?;
         let lease_duration = Duration::from_secs(self.lease_seconds);
         Ok(Config {
+            jwt,
             listen_addr: self.listen_addr,
             database_url: self.database_url,
             migrate_database_url: self.migrate_database_url,
@@ -274,6 +310,45 @@ impl ServeArgs {
             max_streams: usize::try_from(self.max_streams).unwrap_or(usize::MAX),
         })
     }
+}
+
+/// The JWT settings, checked: all or nothing, exactly one key source, a usable key.
+fn jwt_config(
+    issuer: Option<String>,
+    audience: Option<String>,
+    secret: Option<SecretString>,
+    key_file: Option<std::path::PathBuf>,
+) -> Result<Option<JwtConfig>, ConfigError> {
+    let keys = match (secret, key_file) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(ConfigError::Jwt("both key sources are set")),
+        (Some(secret), None) if secret.expose_secret().len() < 32 => {
+            return Err(ConfigError::Jwt(
+                "the HS256 secret is shorter than 32 bytes",
+            ));
+        }
+        (Some(secret), None) => Some(JwtKeySource::Hs256(secret)),
+        (None, Some(path)) => Some(JwtKeySource::PublicKeyPem(
+            std::fs::read_to_string(&path)
+                .map_err(|error| ConfigError::JwtKey(format!("{}: {error}", path.display())))?,
+        )),
+    };
+    let config = match (issuer, audience, keys) {
+        (None, None, None) => return Ok(None),
+        (Some(issuer), Some(audience), Some(keys))
+            if !issuer.is_empty() && !audience.is_empty() =>
+        {
+            JwtConfig {
+                issuer,
+                audience,
+                keys,
+            }
+        }
+        _ => return Err(ConfigError::Jwt("some are missing")),
+    };
+    // Fail at start, not at the first sign-in, on a key that cannot be used.
+    JwtVerifier::new(&config).map_err(|error| ConfigError::JwtKey(error.to_string()))?;
+    Ok(Some(config))
 }
 
 /// A token as configured, or the dev default in local-dev mode.
@@ -356,6 +431,60 @@ mod tests {
             lease_seconds: 30,
             shutdown_grace_seconds: 5,
             max_streams: 10_000,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_hs256_secret: None,
+            jwt_public_key_file: None,
+        }
+    }
+
+    #[test]
+    fn jwt_settings_are_all_or_nothing_with_one_usable_key() {
+        let dev = || ServeArgs {
+            dev_mode: true,
+            ..args()
+        };
+        let secret = || Some(SecretString::from("x".repeat(32)));
+        let issuer = || Some("https://idp.example".to_owned());
+        let audience = || Some("agentplane".to_owned());
+        let ok = ServeArgs {
+            jwt_issuer: issuer(),
+            jwt_audience: audience(),
+            jwt_hs256_secret: secret(),
+            ..dev()
+        };
+        assert!(ok.validate().is_ok_and(|c| c.jwt.is_some()));
+        for bad in [
+            ServeArgs {
+                jwt_issuer: issuer(),
+                ..dev()
+            },
+            ServeArgs {
+                jwt_issuer: issuer(),
+                jwt_audience: audience(),
+                ..dev()
+            },
+            ServeArgs {
+                jwt_issuer: issuer(),
+                jwt_audience: audience(),
+                jwt_hs256_secret: Some(SecretString::from("short")),
+                ..dev()
+            },
+            ServeArgs {
+                jwt_issuer: issuer(),
+                jwt_audience: audience(),
+                jwt_hs256_secret: secret(),
+                jwt_public_key_file: Some("/nonexistent.pem".into()),
+                ..dev()
+            },
+            ServeArgs {
+                jwt_issuer: issuer(),
+                jwt_audience: audience(),
+                jwt_public_key_file: Some("/nonexistent.pem".into()),
+                ..dev()
+            },
+        ] {
+            assert!(bad.validate().is_err());
         }
     }
 

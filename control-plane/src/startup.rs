@@ -11,6 +11,7 @@ use agentplane_proto::v1::agent_service_server::AgentServiceServer;
 use agentplane_proto::v1::api_key_service_server::ApiKeyServiceServer;
 use agentplane_proto::v1::event_service_server::EventServiceServer;
 use agentplane_proto::v1::identity_service_server::IdentityServiceServer;
+use agentplane_proto::v1::member_service_server::MemberServiceServer;
 use agentplane_proto::v1::task_service_server::TaskServiceServer;
 use agentplane_proto::v1::worker_credential_service_server::WorkerCredentialServiceServer;
 use agentplane_proto::v1::worker_service_server::WorkerServiceServer;
@@ -25,9 +26,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::{
-    AgentApi, ApiKeyApi, AppState, EventApi, IdentityApi, StreamSlots, TaskApi, WorkerApi,
-    WorkerCredentialApi, WorkspaceApi,
+    AgentApi, ApiKeyApi, AppState, EventApi, IdentityApi, MemberApi, StreamSlots, TaskApi,
+    WorkerApi, WorkerCredentialApi, WorkspaceApi,
 };
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::last_used::LastUsed;
 use crate::auth::revocations::Revocations;
 use crate::auth::{AuthLayer, Authenticator};
@@ -54,6 +56,7 @@ const SERVICES: &[&str] = &[
     "agentplane.v1.ApiKeyService",
     "agentplane.v1.IdentityService",
     "agentplane.v1.WorkerCredentialService",
+    "agentplane.v1.MemberService",
 ];
 
 /// Applies pending migrations with an owner connection (under sqlx's advisory lock, so
@@ -173,11 +176,14 @@ impl Application {
             "api_key_last_used",
             last_used.clone().run(state.store.clone(), stop.clone()),
         );
-        let authenticator = Authenticator::new(
+        let mut authenticator = Authenticator::new(
             config.credentials.clone(),
             state.store.clone(),
             last_used.clone(),
         );
+        if let Some(jwt) = &config.jwt {
+            authenticator = authenticator.with_jwt(JwtVerifier::new(jwt)?);
+        }
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(agentplane_proto::FILE_DESCRIPTOR_SET)
@@ -232,6 +238,10 @@ impl Application {
             )
             .add_service(
                 WorkerCredentialServiceServer::new(WorkerCredentialApi::new(state.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                MemberServiceServer::new(MemberApi::new(state.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
 

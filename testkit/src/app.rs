@@ -11,6 +11,7 @@ use pb::agent_service_client::AgentServiceClient;
 use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::event_service_client::EventServiceClient;
 use pb::identity_service_client::IdentityServiceClient;
+use pb::member_service_client::MemberServiceClient;
 use pb::task_service_client::TaskServiceClient;
 use pb::worker_credential_service_client::WorkerCredentialServiceClient;
 use pb::worker_service_client::WorkerServiceClient;
@@ -28,6 +29,31 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// The worker enrolment token every [`TestApp`] accepts: a worker started with it exchanges
 /// it for a credential of its own.
 pub const WORKER_TOKEN: &str = "test-worker-token-0123456789";
+
+/// The issuer of the test identity provider's tokens.
+pub const JWT_ISSUER: &str = "https://idp.test";
+/// The audience every [`TestApp`] expects in users' tokens.
+pub const JWT_AUDIENCE: &str = "agentplane-test";
+/// The HS256 secret of the test identity provider.
+pub const JWT_SECRET: &str = "test-identity-provider-secret-0123456789";
+
+/// A user's token from the test identity provider, valid for ten minutes.
+pub fn user_token(subject: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": subject,
+        "iat": now, "exp": now + 600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// A running control plane.
 #[derive(Debug)]
@@ -60,6 +86,10 @@ impl TestApp {
             lease_seconds: 30,
             shutdown_grace_seconds: 2,
             max_streams: 10_000,
+            jwt_issuer: Some(JWT_ISSUER.into()),
+            jwt_audience: Some(JWT_AUDIENCE.into()),
+            jwt_hs256_secret: Some(JWT_SECRET.into()),
+            jwt_public_key_file: None,
         };
         let mut config = args.validate().unwrap();
         adjust(&mut config);
@@ -197,6 +227,8 @@ pub struct Clients {
     pub identity: IdentityServiceClient<Authed>,
     /// `WorkerCredentialService`.
     pub worker_credentials: WorkerCredentialServiceClient<Authed>,
+    /// `MemberService`.
+    pub members: MemberServiceClient<Authed>,
     channel: Channel,
 }
 
@@ -230,6 +262,10 @@ impl Clients {
                 bearer(token),
             )),
             worker_credentials: WorkerCredentialServiceClient::new(InterceptedService::new(
+                channel.clone(),
+                bearer(token),
+            )),
+            members: MemberServiceClient::new(InterceptedService::new(
                 channel.clone(),
                 bearer(token),
             )),

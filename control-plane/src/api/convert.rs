@@ -265,6 +265,19 @@ pub(super) fn worker_credential(row: &crate::store::WorkerCredentialRow) -> pb::
     }
 }
 
+/// Stored membership → protobuf.
+pub(super) fn member(row: &crate::store::MemberRow) -> pb::Member {
+    pb::Member {
+        user_id: row.user_id.to_string(),
+        workspace_id: row.tenant_id.to_string(),
+        issuer: row.issuer.clone(),
+        subject: row.subject.clone(),
+        role: workspace_role(row.role).into(),
+        created_by: row.created_by.clone(),
+        create_time: Some(timestamp(row.created_at)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 //!
 //! The credentials: the platform admin token and the fleet's worker enrolment token (from
 //! configuration), workspace API keys and per-worker credentials (`secret`, stored as
-//! hashes). The policy is the table in [`table`];
+//! hashes), and users' JWTs from an identity provider (`jwt`), whose role in a workspace is
+//! their membership of it. The policy is the table in [`table`];
 //! the [`AuthLayer`] applies the part that needs only the credential and the method (fail
 //! closed: a method missing from the table is refused), and handlers apply the workspace
 //! part with [`Caller::authorize`] once they have parsed which workspace a request names.
@@ -12,6 +13,7 @@
 //! Every authentication failure answers the same UNAUTHENTICATED "invalid credentials",
 //! whichever check failed, so a caller learns nothing about which part was wrong.
 
+pub mod jwt;
 pub mod last_used;
 pub mod revocations;
 pub mod secret;
@@ -29,7 +31,7 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
-use crate::ids::{ApiKeyId, TenantId, WorkerId};
+use crate::ids::{ApiKeyId, TenantId, UserId, WorkerId};
 use crate::store::Store;
 use last_used::LastUsed;
 use table::{Access, Permission};
@@ -48,6 +50,12 @@ pub enum Principal {
     Worker {
         /// The worker id, from the credential.
         id: WorkerId,
+    },
+    /// A user from the identity provider: acts in the workspaces it is a member of, with its
+    /// role in each.
+    User {
+        /// The user.
+        id: UserId,
     },
     /// A workspace API key: acts in its one workspace with its role.
     ApiKey {
@@ -68,6 +76,7 @@ impl Principal {
             Principal::Enrolment => "enrolment".to_owned(),
             Principal::Worker { id } => format!("worker:{id}"),
             Principal::ApiKey { id, .. } => format!("api_key:{id}"),
+            Principal::User { id } => format!("user:{id}"),
         }
     }
 
@@ -78,6 +87,7 @@ impl Principal {
             Principal::Enrolment => "enrolment",
             Principal::Worker { .. } => "worker",
             Principal::ApiKey { .. } => "api_key",
+            Principal::User { .. } => "user",
         }
     }
 
@@ -85,12 +95,10 @@ impl Principal {
     fn admits(&self, access: Access) -> bool {
         match (access, self) {
             (Access::Public, _) => true,
-            (Access::AnyClient, principal) => {
-                matches!(
-                    principal,
-                    Principal::PlatformAdmin | Principal::ApiKey { .. }
-                )
-            }
+            (Access::AnyClient, principal) => matches!(
+                principal,
+                Principal::PlatformAdmin | Principal::ApiKey { .. } | Principal::User { .. }
+            ),
             (Access::Platform, principal) => *principal == Principal::PlatformAdmin,
             (Access::Worker, principal) => matches!(principal, Principal::Worker { .. }),
             (Access::Enrol, principal) => *principal == Principal::Enrolment,
@@ -100,6 +108,8 @@ impl Principal {
             (Access::Workspace(permission), Principal::ApiKey { role, .. }) => {
                 table::role_permits(*role, permission)
             }
+            // A user's role depends on the workspace: decided by `Caller::authorize`.
+            (Access::Workspace(_), Principal::User { .. }) => true,
             (Access::Workspace(_), Principal::Worker { .. } | Principal::Enrolment) => false,
         }
     }
@@ -118,7 +128,7 @@ impl Caller {
     /// (from the table), and returns the actor to record in events.
     ///
     /// Another workspace answers NOT_FOUND, as if it did not exist, so ids reveal nothing.
-    pub fn authorize(&self, tenant: TenantId) -> Result<String, ApiError> {
+    pub async fn authorize(&self, store: &Store, tenant: TenantId) -> Result<String, ApiError> {
         let Access::Workspace(permission) = self.access else {
             // Only workspace methods call this; anything else is a wiring bug: refuse.
             return Err(ApiError::PermissionDenied);
@@ -133,6 +143,13 @@ impl Caller {
                 }
                 table::role_permits(*role, permission)
             }
+            Principal::User { .. } => {
+                let role = self
+                    .role_in(store, tenant)
+                    .await?
+                    .ok_or(ApiError::NotFound("workspace"))?;
+                table::role_permits(role, permission)
+            }
             Principal::Worker { .. } | Principal::Enrolment => false,
         };
         if allowed {
@@ -144,13 +161,38 @@ impl Caller {
 
     /// The caller's role in `tenant`: `None` where it has none (the platform admin has none
     /// anywhere, an API key only in its own workspace).
-    pub fn role_in(&self, tenant: TenantId) -> Option<WorkspaceRole> {
-        match &self.principal {
+    pub async fn role_in(
+        &self,
+        store: &Store,
+        tenant: TenantId,
+    ) -> Result<Option<WorkspaceRole>, ApiError> {
+        Ok(match &self.principal {
             Principal::ApiKey {
                 tenant: own, role, ..
             } if *own == tenant => Some(*role),
+            Principal::User { id } => match store.member_role(tenant, *id).await {
+                Ok(role) => role,
+                Err(crate::store::StoreError::NotFound(_)) => None,
+                Err(error) => return Err(error.into()),
+            },
             _ => None,
-        }
+        })
+    }
+
+    /// Whether the caller may give `role` to a key or member: never more than it has.
+    pub async fn may_grant(
+        &self,
+        store: &Store,
+        tenant: TenantId,
+        role: WorkspaceRole,
+    ) -> Result<bool, ApiError> {
+        Ok(match self.principal {
+            Principal::PlatformAdmin => true,
+            _ => self
+                .role_in(store, tenant)
+                .await?
+                .is_some_and(|own| role <= own),
+        })
     }
 
     /// The permission of the method being called, for handlers that filter by it.
@@ -179,7 +221,13 @@ pub struct Authenticator {
     credentials: Credentials,
     store: Store,
     last_used: LastUsed,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// User ids by (issuer, subject), so a known user costs no database read.
+    users: Arc<std::sync::Mutex<std::collections::HashMap<jwt::VerifiedUser, UserId>>>,
 }
+
+/// Users remembered in memory before the map is cleared (a bound, not a working-set size).
+const MAX_CACHED_USERS: usize = 100_000;
 
 impl Authenticator {
     /// Accepts `credentials` and the API keys in `store`; notes key uses in `last_used`.
@@ -188,7 +236,37 @@ impl Authenticator {
             credentials,
             store,
             last_used,
+            jwt: None,
+            users: Arc::default(),
         }
+    }
+
+    /// Also accepts users' JWTs that `verifier` verifies.
+    pub fn with_jwt(mut self, verifier: jwt::JwtVerifier) -> Self {
+        self.jwt = Some(Arc::new(verifier));
+        self
+    }
+
+    async fn authenticate_user(&self, user: jwt::VerifiedUser) -> Result<Principal, ApiError> {
+        let cached = self
+            .users
+            .lock()
+            .ok()
+            .and_then(|users| users.get(&user).copied());
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = self.store.user_id(&user.issuer, &user.subject).await?;
+                if let Ok(mut users) = self.users.lock() {
+                    if users.len() >= MAX_CACHED_USERS {
+                        users.clear();
+                    }
+                    users.insert(user, id);
+                }
+                id
+            }
+        };
+        Ok(Principal::User { id })
     }
 
     /// Identifies the caller from the request headers.
@@ -199,6 +277,12 @@ impl Authenticator {
         }
         if let Some(id) = secret::parse(secret::WORKER, token) {
             return self.authenticate_worker(WorkerId(id), token).await;
+        }
+        if let Some(verifier) = &self.jwt
+            && jwt::JwtVerifier::looks_like_jwt(token)
+        {
+            let user = verifier.verify(token).ok_or(INVALID)?;
+            return self.authenticate_user(user).await;
         }
         if secret_eq(token, &self.credentials.admin_token) {
             Ok(Principal::PlatformAdmin)
@@ -415,17 +499,22 @@ mod tests {
         assert!(key(tenant, WorkspaceRole::Member).admits(create_task));
     }
 
-    #[test]
-    fn another_workspace_is_not_found_and_a_missing_permission_is_denied() {
+    #[tokio::test]
+    async fn another_workspace_is_not_found_and_a_missing_permission_is_denied() {
+        // API keys are decided without the database; the pool never connects.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://127.0.0.1:1/none")
+            .unwrap();
+        let store = Store::new(pool);
         let own = TenantId::generate();
         let caller = |role, path| Caller {
             principal: key(own, role),
             access: table::access(path).unwrap(),
         };
         let get = caller(WorkspaceRole::Viewer, "/agentplane.v1.TaskService/GetTask");
-        assert!(get.authorize(own).is_ok());
+        assert!(get.authorize(&store, own).await.is_ok());
         assert!(matches!(
-            get.authorize(TenantId::generate()),
+            get.authorize(&store, TenantId::generate()).await,
             Err(ApiError::NotFound(_))
         ));
         let create = caller(
@@ -433,13 +522,13 @@ mod tests {
             "/agentplane.v1.TaskService/CreateTask",
         );
         assert!(matches!(
-            create.authorize(own),
+            create.authorize(&store, own).await,
             Err(ApiError::PermissionDenied)
         ));
         let not_a_workspace_method = Caller {
             principal: Principal::PlatformAdmin,
             access: Access::Platform,
         };
-        assert!(not_a_workspace_method.authorize(own).is_err());
+        assert!(not_a_workspace_method.authorize(&store, own).await.is_err());
     }
 }

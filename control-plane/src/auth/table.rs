@@ -25,6 +25,8 @@ pub enum Permission {
     ManageAgents,
     /// Create, list and revoke API keys.
     ManageKeys,
+    /// Add, list, change and remove members.
+    ManageMembers,
     /// Change the workspace's settings (display name, labels).
     ManageSettings,
 }
@@ -48,7 +50,7 @@ pub enum Access {
 
 use Access::{AnyClient, Enrol, Platform, Public, Worker, Workspace};
 use Permission::{
-    ManageAgents, ManageKeys, ManageSettings, Read, ViewWorkspace, Watch, WriteTasks,
+    ManageAgents, ManageKeys, ManageMembers, ManageSettings, Read, ViewWorkspace, Watch, WriteTasks,
 };
 
 /// Every RPC the server serves, by full gRPC path, and the access it needs.
@@ -139,6 +141,22 @@ pub const METHODS: &[(&str, Access)] = &[
         Platform,
     ),
     ("/agentplane.v1.WorkerCredentialService/EnrollWorker", Enrol),
+    (
+        "/agentplane.v1.MemberService/AddMember",
+        Workspace(ManageMembers),
+    ),
+    (
+        "/agentplane.v1.MemberService/ListMembers",
+        Workspace(ManageMembers),
+    ),
+    (
+        "/agentplane.v1.MemberService/UpdateMemberRole",
+        Workspace(ManageMembers),
+    ),
+    (
+        "/agentplane.v1.MemberService/RemoveMember",
+        Workspace(ManageMembers),
+    ),
 ];
 
 /// The permissions of each workspace role. Each role lists all of its permissions, so the
@@ -159,6 +177,7 @@ const ROLES: &[(WorkspaceRole, &[Permission])] = &[
             Watch,
             ManageAgents,
             ManageKeys,
+            ManageMembers,
             ManageSettings,
         ],
     ),
@@ -167,7 +186,7 @@ const ROLES: &[(WorkspaceRole, &[Permission])] = &[
 /// What the platform admin may do in any workspace: see it, change its settings and give it
 /// keys (how a new workspace gets its first admin). It neither reads nor runs the agents,
 /// tasks and events inside (a key it creates for that is itself an event in the log).
-const PLATFORM_ADMIN: &[Permission] = &[ViewWorkspace, ManageKeys, ManageSettings];
+const PLATFORM_ADMIN: &[Permission] = &[ViewWorkspace, ManageKeys, ManageMembers, ManageSettings];
 
 /// The access `path` needs; `None` for a method the table does not know (refused).
 pub fn access(path: &str) -> Option<Access> {
@@ -255,6 +274,7 @@ mod tests {
             Watch,
             ManageAgents,
             ManageKeys,
+            ManageMembers,
             ManageSettings,
         ];
         for permission in all {

@@ -32,7 +32,7 @@ pub struct EventFilter {
 }
 
 /// Resource kinds events are recorded for.
-pub const RESOURCE_TYPES: &[&str] = &["workspace", "agent", "task", "api_key"];
+pub const RESOURCE_TYPES: &[&str] = &["workspace", "agent", "task", "api_key", "member"];
 
 /// A validated ListEvents request.
 #[derive(Clone, Debug)]

@@ -35,7 +35,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::CreateAgentResponse>, Status> {
         let caller = caller(&request)?;
         let new: NewAgent = request.into_inner().try_into()?;
-        let actor = caller.authorize(new.tenant)?;
+        let actor = caller.authorize(&self.state.store, new.tenant).await?;
         let store = &self.state.store;
         let request_id = new.request_id.as_deref();
         let mut tx = store.tenant(new.tenant).await?;
@@ -68,7 +68,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         let caller = caller(&request)?;
         let request: AgentRef = request.into_inner().try_into()?;
-        caller.authorize(request.tenant)?;
+        caller.authorize(&self.state.store, request.tenant).await?;
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let row = tx.get_agent(request.agent, false).await?;
         Ok(Response::new(pb::GetAgentResponse {
@@ -82,7 +82,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let caller = caller(&request)?;
         let query: AgentQuery = request.into_inner().try_into()?;
-        caller.authorize(query.tenant)?;
+        caller.authorize(&self.state.store, query.tenant).await?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let rows = tx.list_agents(query.after, query.limit + 1).await?;
         let (agents, next_page_token) = split_page(rows, query.limit, convert::agent, |row| {
@@ -100,7 +100,9 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         let caller = caller(&request)?;
         let update: AgentUpdate = request.into_inner().try_into()?;
-        let actor = caller.authorize(update.agent.tenant)?;
+        let actor = caller
+            .authorize(&self.state.store, update.agent.tenant)
+            .await?;
         let id = update.agent.agent;
         let mut tx = self.state.store.tenant(update.agent.tenant).await?;
         let spec = tx.get_agent(id, true).await?.spec();
@@ -121,7 +123,9 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let caller = caller(&request)?;
         let request: DeleteAgent = request.into_inner().try_into()?;
-        let actor = caller.authorize(request.agent.tenant)?;
+        let actor = caller
+            .authorize(&self.state.store, request.agent.tenant)
+            .await?;
         let mut tx = self.state.store.tenant(request.agent.tenant).await?;
         let request_id = request.request_id.as_deref();
         tx.delete_agent(request.agent.agent, request_id, &actor)

@@ -2,6 +2,8 @@
 
 mod parse;
 
+pub(super) use parse::role;
+
 use agentplane_proto::v1 as pb;
 use pb::api_key_service_server::ApiKeyService;
 use pb::identity_service_server::IdentityService;
@@ -38,10 +40,11 @@ impl ApiKeyService for ApiKeyApi {
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = caller(&request)?;
         let new: NewApiKeyRequest = request.into_inner().try_into()?;
-        let actor = caller.authorize(new.tenant)?;
+        let actor = caller.authorize(&self.state.store, new.tenant).await?;
         // A key never gets more than its creator has (the platform admin grants any role).
-        if let Principal::ApiKey { role, .. } = caller.principal
-            && new.role > role
+        if !caller
+            .may_grant(&self.state.store, new.tenant, new.role)
+            .await?
         {
             return Err(ApiError::PermissionDenied.into());
         }
@@ -74,7 +77,7 @@ impl ApiKeyService for ApiKeyApi {
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let caller = caller(&request)?;
         let query: ApiKeyQuery = request.into_inner().try_into()?;
-        caller.authorize(query.tenant)?;
+        caller.authorize(&self.state.store, query.tenant).await?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let rows = tx.list_api_keys(query.before, query.limit + 1).await?;
         let (api_keys, next_page_token) = split_page(rows, query.limit, convert::api_key, |row| {
@@ -92,7 +95,7 @@ impl ApiKeyService for ApiKeyApi {
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let caller = caller(&request)?;
         let revoke: RevokeApiKey = request.into_inner().try_into()?;
-        let actor = caller.authorize(revoke.tenant)?;
+        let actor = caller.authorize(&self.state.store, revoke.tenant).await?;
         let mut tx = self.state.store.tenant(revoke.tenant).await?;
         let row = tx
             .revoke_api_key(revoke.key, &actor, revoke.request_id.as_deref())
@@ -137,7 +140,8 @@ impl IdentityService for IdentityApi {
             }
             (Some(tenant), _) => {
                 let role = caller
-                    .role_in(tenant)
+                    .role_in(&self.state.store, tenant)
+                    .await?
                     .ok_or(ApiError::NotFound("workspace"))?;
                 self.state.store.get_workspace(tenant).await?;
                 convert::workspace_role(role)

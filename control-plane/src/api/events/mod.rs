@@ -39,7 +39,7 @@ impl EventService for EventApi {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let caller = caller(&request)?;
         let query: EventQuery = request.into_inner().try_into()?;
-        caller.authorize(query.tenant)?;
+        caller.authorize(&self.state.store, query.tenant).await?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let after = position(&mut tx, &PAGE_TOKEN, query.after).await?;
         let (filter, limit) = (&query.filter, query.limit);
@@ -61,7 +61,7 @@ impl EventService for EventApi {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let caller = caller(&request)?;
         let request: EventWatch = request.into_inner().try_into()?;
-        caller.authorize(request.tenant)?;
+        caller.authorize(&self.state.store, request.tenant).await?;
         let slot = self.state.streams.open()?;
         // Fail now, not in the stream, if the workspace or the cursor's event is unknown.
         let mut tx = self.state.store.tenant(request.tenant).await?;

@@ -39,7 +39,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
         let caller = caller(&request)?;
         let new: NewTask = request.into_inner().try_into()?;
-        let actor = caller.authorize(new.tenant)?;
+        let actor = caller.authorize(&self.state.store, new.tenant).await?;
         let store = &self.state.store;
         let mut tx = store.tenant(new.tenant).await?;
         let task = match tx.create_task(&new, &actor).await {
@@ -71,7 +71,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let caller = caller(&request)?;
         let request: TaskRef = request.into_inner().try_into()?;
-        caller.authorize(request.tenant)?;
+        caller.authorize(&self.state.store, request.tenant).await?;
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let task = tx.get_task(request.task).await?;
         Ok(Response::new(pb::GetTaskResponse {
@@ -85,7 +85,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let caller = caller(&request)?;
         let query: TaskQuery = request.into_inner().try_into()?;
-        caller.authorize(query.tenant)?;
+        caller.authorize(&self.state.store, query.tenant).await?;
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let rows = tx
             .list_tasks(query.status, query.agent, query.before, query.limit + 1)
@@ -105,7 +105,9 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let caller = caller(&request)?;
         let request: CancelTask = request.into_inner().try_into()?;
-        let actor = caller.authorize(request.task.tenant)?;
+        let actor = caller
+            .authorize(&self.state.store, request.task.tenant)
+            .await?;
         let mut tx = self.state.store.tenant(request.task.tenant).await?;
         let task = tx
             .cancel_task(request.task.task, request.request_id.as_deref(), &actor)
@@ -122,7 +124,9 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::ListTaskMessagesResponse>, Status> {
         let caller = caller(&request)?;
         let query: MessageQuery = request.into_inner().try_into()?;
-        caller.authorize(query.task.tenant)?;
+        caller
+            .authorize(&self.state.store, query.task.tenant)
+            .await?;
         let mut tx = self.state.store.tenant(query.task.tenant).await?;
         let rows = tx
             .list_task_messages(query.task.task, query.after, query.limit + 1)
@@ -146,7 +150,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let caller = caller(&request)?;
         let TaskRef { tenant, task: id } = request.into_inner().try_into()?;
-        caller.authorize(tenant)?;
+        caller.authorize(&self.state.store, tenant).await?;
         let slot = self.state.streams.open()?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
         let notices = self.state.fanout.subscribe();

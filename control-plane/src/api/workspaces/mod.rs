@@ -58,7 +58,7 @@ impl WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::GetWorkspaceResponse>, Status> {
         let caller = caller(&request)?;
         let request: WorkspaceRef = request.into_inner().try_into()?;
-        caller.authorize(request.tenant)?;
+        caller.authorize(&self.state.store, request.tenant).await?;
         let row = self.state.store.get_workspace(request.tenant).await?;
         Ok(Response::new(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&row)),
@@ -76,12 +76,18 @@ impl WorkspaceService for WorkspaceApi {
             Principal::PlatformAdmin => store.list_workspaces(query.after, query.limit + 1).await?,
             // An API key sees only its own workspace.
             Principal::ApiKey { tenant, .. } => {
-                caller.authorize(tenant)?;
+                caller.authorize(&self.state.store, tenant).await?;
                 match store.get_workspace(tenant).await {
                     Ok(row) if query.after.is_none_or(|after| after < tenant) => vec![row],
                     Ok(_) | Err(StoreError::NotFound(_)) => Vec::new(),
                     Err(error) => return Err(error.into()),
                 }
+            }
+            // A user sees the workspaces it is a member of.
+            Principal::User { id } => {
+                store
+                    .workspaces_of_user(id, query.after, query.limit + 1)
+                    .await?
             }
             Principal::Worker { .. } | Principal::Enrolment => {
                 return Err(ApiError::PermissionDenied.into());
@@ -103,7 +109,7 @@ impl WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
         let caller = caller(&request)?;
         let update: WorkspaceUpdate = request.into_inner().try_into()?;
-        let actor = caller.authorize(update.tenant)?;
+        let actor = caller.authorize(&self.state.store, update.tenant).await?;
         let mut tx = self.state.store.tenant(update.tenant).await?;
         let current = tx.lock_workspace().await?;
         let display_name = update.display_name.unwrap_or(current.display_name);
