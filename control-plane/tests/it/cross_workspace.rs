@@ -1,5 +1,5 @@
-//! The cross-workspace attack suite: with workspace A's credentials (an API key of each
-//! role), call every method of every agentplane service, enumerated from the service
+//! The cross-workspace attack suite: with workspace A's credentials (an API key and a user
+//! of each role), call every method of every agentplane service, enumerated from the service
 //! descriptors, with workspace B's ids in every id field. Every call must fail with
 //! NOT_FOUND or PERMISSION_DENIED (or, where the request names A's own workspace, succeed
 //! without showing anything of B), B's rows must be unchanged, and an open watch on A must
@@ -33,6 +33,8 @@ struct Target {
     cursor: String,
     /// A worker credential (platform-wide, not B's, but no key of A may touch it either).
     worker: String,
+    /// A member of B (a user).
+    member: String,
 }
 
 /// A request to send: the workspace it names (when it names one) and its encoded body.
@@ -243,6 +245,33 @@ fn attack(path: &str, ws: &str, b: &Target) -> Option<Attack> {
         "/agentplane.v1.WorkerCredentialService/EnrollWorker" => one(pb::EnrollWorkerRequest {
             name: "intruder".into(),
         }),
+        "/agentplane.v1.MemberService/AddMember" => one(pb::AddMemberRequest {
+            workspace_id: ws,
+            member: Some(pb::Member {
+                user_id: b.member.clone(),
+                workspace_id: b.workspace.clone(),
+                issuer: crate::app::JWT_ISSUER.into(),
+                subject: "intruder".into(),
+                role: pb::WorkspaceRole::Admin.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }),
+        "/agentplane.v1.MemberService/ListMembers" => one(pb::ListMembersRequest {
+            workspace_id: ws,
+            ..Default::default()
+        }),
+        "/agentplane.v1.MemberService/UpdateMemberRole" => one(pb::UpdateMemberRoleRequest {
+            workspace_id: ws,
+            user_id: b.member.clone(),
+            role: pb::WorkspaceRole::Viewer.into(),
+            request_id: String::new(),
+        }),
+        "/agentplane.v1.MemberService/RemoveMember" => one(pb::RemoveMemberRequest {
+            workspace_id: ws,
+            user_id: b.member.clone(),
+            request_id: String::new(),
+        }),
         _ => return None,
     })
 }
@@ -451,6 +480,7 @@ async fn snapshot(owner: &sqlx::PgPool, b: &str, worker: &str) -> Vec<String> {
         "usage_records",
         "events",
         "api_keys",
+        "memberships",
     ] {
         let text: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT string_agg((to_jsonb(t) - 'last_used_at')::text, '|' ORDER BY t::text) \
@@ -519,6 +549,23 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         .into_inner()
         .events
         .remove(0);
+    let b_member = owner_b
+        .members
+        .add_member(pb::AddMemberRequest {
+            workspace_id: b_ws.clone(),
+            member: Some(pb::Member {
+                issuer: crate::app::JWT_ISSUER.into(),
+                subject: "b-admin".into(),
+                role: pb::WorkspaceRole::Admin.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
     let b = Target {
         workspace: b_ws.clone(),
         agent: b_agent.id.clone(),
@@ -526,6 +573,7 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         api_key: b_key.id.clone(),
         cursor: b_event.cursor.clone(),
         worker: app.worker_credential().await.0.to_string(),
+        member: b_member.user_id.clone(),
     };
     let b_ids = [
         b.workspace.as_str(),
@@ -534,6 +582,8 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         &b.api_key,
         &b_event.id,
         &b.worker,
+        &b.member,
+        "b-admin",
         "b's secret prompt",
     ];
 
@@ -546,9 +596,26 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         pb::WorkspaceRole::Member,
         pb::WorkspaceRole::Admin,
     ] {
-        tokens.push((role, platform.api_key(&a_ws, role).await));
+        tokens.push((format!("{role:?} key"), platform.api_key(&a_ws, role).await));
+        // A user with the same role in A (and none in B).
+        let subject = format!("a-{}", role.as_str_name().to_lowercase());
+        platform
+            .members
+            .add_member(pb::AddMemberRequest {
+                workspace_id: a_ws.clone(),
+                member: Some(pb::Member {
+                    issuer: crate::app::JWT_ISSUER.into(),
+                    subject: subject.clone(),
+                    role: role.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+        tokens.push((format!("{role:?} user"), crate::app::user_token(&subject)));
     }
-    let mut a_admin = platform.with_token(&tokens[2].1);
+    let mut a_admin = platform.with_token(&tokens[4].1);
     let mut a_watch = a_admin
         .events
         .watch_events(pb::WatchEventsRequest {
@@ -589,11 +656,14 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
                 let outcome = call(&channel, token, path, streaming, attack).await;
                 calls += 1;
                 let context = format!(
-                    "{path} as A's {role:?} naming workspace {}",
+                    "{path} as A's {role} naming workspace {}",
                     if *ws == b.workspace { "B" } else { "A" }
                 );
                 match outcome {
                     Err(Code::NotFound | Code::PermissionDenied) => {}
+                    // In A's own workspace, an earlier role's call may have created what a
+                    // later one tries again (CreateAgent, AddMember): A's data, not B's.
+                    Err(Code::AlreadyExists) if *ws == a_ws => {}
                     // Naming A's own workspace may succeed, showing nothing of B.
                     Ok(messages) if *ws == a_ws || path.ends_with("/ListWorkspaces") => {
                         for message in &messages {
@@ -607,7 +677,7 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
             }
         }
     }
-    assert_eq!(calls, 3 * 2 * methods.len());
+    assert_eq!(calls, 6 * 2 * methods.len());
     assert_eq!(
         snapshot(&owner, &b_ws, &b.worker).await,
         before,

@@ -18,6 +18,7 @@ const WORKSPACE_TABLES: &[&str] = &[
     "usage_records",
     "events",
     "api_keys",
+    "memberships",
 ];
 
 #[tokio::test]
@@ -29,6 +30,19 @@ async fn row_level_security_confines_the_application_role_to_one_workspace() {
     let mut ids = Vec::new();
     for name in ["a", "b"] {
         let ws = c.workspace(name).await;
+        c.members
+            .add_member(pb::AddMemberRequest {
+                workspace_id: ws.clone(),
+                member: Some(pb::Member {
+                    issuer: crate::app::JWT_ISSUER.into(),
+                    subject: format!("{name}-admin"),
+                    role: pb::WorkspaceRole::Admin.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
         let agent = c.echo_agent(&ws, "coder").await;
         let task = c.task(&ws, &agent.id, "hi").await;
         c.wait_terminal(&ws, &task.id).await;

@@ -24,6 +24,7 @@ mod events;
 mod idempotency;
 mod isolation;
 mod lifecycle;
+mod members;
 mod reflection;
 mod tasks;
 mod validation;
