@@ -124,7 +124,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AGENTPLANE_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: u64,
     /// Users' JWTs: the `iss` they must carry. Setting it turns user sign-in on (with
-    /// --jwt-audience and one of --jwt-hs256-secret or --jwt-public-key-file).
+    /// --jwt-audience and one of --jwt-jwks-url, --jwt-hs256-secret or --jwt-public-key-file).
     #[arg(long, env = "AGENTPLANE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
     /// Users' JWTs: the `aud` they must carry.
@@ -137,6 +137,10 @@ pub struct ServeArgs {
     /// ES256, Ed25519 → EdDSA) is in this file.
     #[arg(long, env = "AGENTPLANE_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Users' JWTs are signed by keys of the identity provider's JWKS at this URL (https, or
+    /// http on localhost); RS256, ES256 and EdDSA keys are taken, cached by kid.
+    #[arg(long, env = "AGENTPLANE_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -193,7 +197,7 @@ impl fmt::Debug for Config {
 pub enum ConfigError {
     /// The JWT settings are incomplete or contradictory.
     #[error(
-        "user sign-in needs --jwt-issuer, --jwt-audience and exactly one of --jwt-hs256-secret (at least 32 bytes) or --jwt-public-key-file: {0}"
+        "user sign-in needs --jwt-issuer, --jwt-audience and exactly one of --jwt-jwks-url, --jwt-hs256-secret (at least 32 bytes) or --jwt-public-key-file: {0}"
     )]
     Jwt(&'static str),
     /// The JWT public key file cannot be read or is not a supported public key.
@@ -284,6 +288,7 @@ impl ServeArgs {
             self.jwt_audience,
             self.jwt_hs256_secret,
             self.jwt_public_key_file,
+            self.jwt_jwks_url,
         )?;
         let lease_duration = Duration::from_secs(self.lease_seconds);
         Ok(Config {
@@ -318,20 +323,22 @@ fn jwt_config(
     audience: Option<String>,
     secret: Option<SecretString>,
     key_file: Option<std::path::PathBuf>,
+    jwks_url: Option<String>,
 ) -> Result<Option<JwtConfig>, ConfigError> {
-    let keys = match (secret, key_file) {
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(ConfigError::Jwt("both key sources are set")),
-        (Some(secret), None) if secret.expose_secret().len() < 32 => {
+    let keys = match (secret, key_file, jwks_url) {
+        (None, None, None) => None,
+        (Some(secret), None, None) if secret.expose_secret().len() < 32 => {
             return Err(ConfigError::Jwt(
                 "the HS256 secret is shorter than 32 bytes",
             ));
         }
-        (Some(secret), None) => Some(JwtKeySource::Hs256(secret)),
-        (None, Some(path)) => Some(JwtKeySource::PublicKeyPem(
+        (Some(secret), None, None) => Some(JwtKeySource::Hs256(secret)),
+        (None, Some(path), None) => Some(JwtKeySource::PublicKeyPem(
             std::fs::read_to_string(&path)
                 .map_err(|error| ConfigError::JwtKey(format!("{}: {error}", path.display())))?,
         )),
+        (None, None, Some(url)) => Some(JwtKeySource::JwksUrl(url)),
+        _ => return Err(ConfigError::Jwt("more than one key source is set")),
     };
     let config = match (issuer, audience, keys) {
         (None, None, None) => return Ok(None),
@@ -435,6 +442,7 @@ mod tests {
             jwt_audience: None,
             jwt_hs256_secret: None,
             jwt_public_key_file: None,
+            jwt_jwks_url: None,
         }
     }
 
@@ -454,6 +462,13 @@ mod tests {
             ..dev()
         };
         assert!(ok.validate().is_ok_and(|c| c.jwt.is_some()));
+        let jwks = ServeArgs {
+            jwt_issuer: issuer(),
+            jwt_audience: audience(),
+            jwt_jwks_url: Some("https://idp.example/.well-known/jwks.json".into()),
+            ..dev()
+        };
+        assert!(jwks.validate().is_ok_and(|c| c.jwt.is_some()));
         for bad in [
             ServeArgs {
                 jwt_issuer: issuer(),
@@ -481,6 +496,19 @@ mod tests {
                 jwt_issuer: issuer(),
                 jwt_audience: audience(),
                 jwt_public_key_file: Some("/nonexistent.pem".into()),
+                ..dev()
+            },
+            ServeArgs {
+                jwt_issuer: issuer(),
+                jwt_audience: audience(),
+                jwt_jwks_url: Some("http://idp.example/jwks.json".into()),
+                ..dev()
+            },
+            ServeArgs {
+                jwt_issuer: issuer(),
+                jwt_audience: audience(),
+                jwt_hs256_secret: secret(),
+                jwt_jwks_url: Some("https://idp.example/jwks.json".into()),
                 ..dev()
             },
         ] {

@@ -90,6 +90,7 @@ impl TestApp {
             jwt_audience: Some(JWT_AUDIENCE.into()),
             jwt_hs256_secret: Some(JWT_SECRET.into()),
             jwt_public_key_file: None,
+            jwt_jwks_url: None,
         };
         let mut config = args.validate().unwrap();
         adjust(&mut config);

@@ -13,6 +13,7 @@
 //! Every authentication failure answers the same UNAUTHENTICATED "invalid credentials",
 //! whichever check failed, so a caller learns nothing about which part was wrong.
 
+pub mod jwks;
 pub mod jwt;
 pub mod last_used;
 pub mod revocations;
@@ -281,7 +282,7 @@ impl Authenticator {
         if let Some(verifier) = &self.jwt
             && jwt::JwtVerifier::looks_like_jwt(token)
         {
-            let user = verifier.verify(token).ok_or(INVALID)?;
+            let user = verifier.verify(token).await.ok_or(INVALID)?;
             return self.authenticate_user(user).await;
         }
         if secret_eq(token, &self.credentials.admin_token) {
