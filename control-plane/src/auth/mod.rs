@@ -11,7 +11,8 @@
 //! The workspace always comes from the request, never from the credential.
 //!
 //! Every authentication failure answers the same UNAUTHENTICATED "invalid credentials",
-//! whichever check failed, so a caller learns nothing about which part was wrong.
+//! whichever check failed, so a caller learns nothing about which part was wrong. Failures
+//! are counted, and repeated ones from one source are slowed down (`throttle`).
 
 pub mod jwks;
 pub mod jwt;
@@ -19,6 +20,7 @@ pub mod last_used;
 pub mod revocations;
 pub mod secret;
 pub mod table;
+pub mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -223,6 +225,8 @@ pub struct Authenticator {
     store: Store,
     last_used: LastUsed,
     jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// Authentication failures, counted and slowed down per source.
+    throttle: Arc<throttle::FailureThrottle>,
     /// User ids by (issuer, subject), so a known user costs no database read.
     users: Arc<std::sync::Mutex<std::collections::HashMap<jwt::VerifiedUser, UserId>>>,
 }
@@ -238,8 +242,14 @@ impl Authenticator {
             store,
             last_used,
             jwt: None,
+            throttle: Arc::default(),
             users: Arc::default(),
         }
+    }
+
+    /// Authentication failures since start.
+    pub fn failures(&self) -> u64 {
+        self.throttle.total()
     }
 
     /// Also accepts users' JWTs that `verifier` verifies.
@@ -414,6 +424,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = self.authenticator.clone();
+        let source = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+            .map(|addr| addr.ip());
         Box::pin(async move {
             match authenticator.check(&path, request.headers()).await {
                 Ok(caller) => {
@@ -422,7 +437,9 @@ where
                 }
                 Err(error) => {
                     if matches!(error, ApiError::Unauthenticated(_)) {
-                        tracing::debug!(method = %path, "authentication failed");
+                        let delay = authenticator.throttle.failed(source);
+                        tracing::debug!(method = %path, ?source, ?delay, "authentication failed");
+                        tokio::time::sleep(delay).await;
                     }
                     Ok(tonic::Status::from(error).into_http())
                 }

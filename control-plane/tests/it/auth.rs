@@ -86,3 +86,39 @@ async fn every_rpc_requires_a_valid_bearer_token_for_its_role() {
     assert!(serving, "health reports SERVING once the database answers");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_authentication_failures_from_one_source_are_slowed_down() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut wrong = Clients::new(app.channel().await, "not-a-real-token-at-all");
+    let mut timings = Vec::new();
+    for _ in 0..8 {
+        let started = std::time::Instant::now();
+        let status = wrong
+            .identity
+            .get_current_identity(pb::GetCurrentIdentityRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        timings.push(started.elapsed());
+    }
+    // Five are free; then 100 ms, 200 ms, 400 ms.
+    let slow = std::time::Duration::from_millis(90);
+    assert!(timings[..5].iter().all(|t| *t < slow), "{timings:?}");
+    assert!(timings[5] >= slow, "{timings:?}");
+    assert!(
+        timings[7] >= std::time::Duration::from_millis(390),
+        "{timings:?}"
+    );
+    // A valid credential from the same source is not held up.
+    let mut admin = app.admin().await;
+    let started = std::time::Instant::now();
+    admin
+        .workspaces
+        .list_workspaces(pb::ListWorkspacesRequest::default())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < slow);
+    app.stop().await;
+}
