@@ -196,10 +196,19 @@ impl WorkerHandle {
         }
         self.link_stop.cancel();
         let _ = self.link_task.await;
-        self.pool.close().await;
+        // Connections still busy are dropped rather than waited for without end.
+        if tokio::time::timeout(POOL_CLOSE_WAIT, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(wait = ?POOL_CLOSE_WAIT, "database pool did not close in time");
+        }
         tracing::info!(worker_id = %self.worker_id, "worker stopped");
     }
 }
+
+/// How long shutdown waits for the database pool's connections to be returned.
+const POOL_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Waits up to `wait` for `loops` to end (their stop token already fired), then aborts the
 /// ones still running. An aborted claim rolls back; tasks it had already claimed are

@@ -85,21 +85,7 @@ impl Notifications {
 
     /// Queues the notifications in `tx`; Postgres delivers them on commit.
     async fn send(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let (channels, payloads): (Vec<&str>, Vec<String>) =
-            self.0.iter().map(|n| (n.channel(), n.payload())).unzip();
-        let connection: &mut PgConnection = tx;
-        sqlx::query(
-            "SELECT pg_notify(n.channel, n.payload) \
-             FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
-        )
-        .bind(channels)
-        .bind(payloads)
-        .execute(connection)
-        .await?;
-        Ok(())
+        agentplane_core::notify::send_all(tx, &self.0).await
     }
 }
 

@@ -20,7 +20,7 @@ use crate::provider::{
     provider_request_id,
 };
 use crate::queue::ClaimedTask;
-use agentplane_core::columns::Role;
+use agentplane_core::columns::{Provider, Role};
 use agentplane_core::generation::Generation;
 use agentplane_core::limits::{MAX_FAILURE_MESSAGE_BYTES, MAX_OUTPUT_BYTES};
 use agentplane_core::text::{truncate_owned, without_nul};
@@ -124,7 +124,13 @@ pub(crate) async fn run_attempt(
 }
 
 async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt>) -> Outcome {
-    let Some(provider) = context.providers.get(&task.agent.provider) else {
+    // The stored name is parsed here, not in the claim, so that one agent of a provider this
+    // build does not know fails its own tasks instead of every claim.
+    let provider = match Provider::parse(&task.agent.provider) {
+        Ok(name) => context.providers.get(name),
+        Err(_) => None,
+    };
+    let Some(provider) = provider else {
         return failure(
             "unsupported_provider",
             format!("this worker has no provider {:?}", task.agent.provider),

@@ -195,10 +195,9 @@ mod attempts {
     async fn run(provider: Scripted, abort_after: Option<Duration>) -> Run {
         let (link, mut inbox) = LinkHandle::for_tests(1024);
         let mut providers = Providers::default();
-        providers.register("scripted", Arc::new(provider));
+        providers.register(Provider::Echo, Arc::new(provider));
         let context = Arc::new(RunContext { link, providers });
-        let mut claimed = task(&[("user", "hi")], serde_json::json!({}));
-        claimed.agent.provider = "scripted".to_owned();
+        let claimed = task(&[("user", "hi")], serde_json::json!({}));
         let lease = LeaseKey {
             tenant_id: claimed.tenant_id,
             task_id: claimed.task_id,
