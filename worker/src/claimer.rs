@@ -114,7 +114,8 @@ impl Claimer {
                 task_id: task.task_id,
                 attempt: task.attempt,
             };
-            let attempt = Arc::new(Attempt::new(lease, claimed_at, &self.attempts_shutdown));
+            let attempt =
+                Arc::new(Attempt::new(lease, claimed_at, &self.attempts_shutdown).holding(permit));
             if self
                 .context
                 .link
@@ -133,7 +134,7 @@ impl Claimer {
                 attempt = task.attempt,
             );
             tracing::info!(parent: &span, provider = %task.agent.provider, model = %task.agent.model, "attempt started");
-            let run = runner::run_attempt(Arc::clone(&self.context), task, attempt, permit);
+            let run = runner::run_attempt(Arc::clone(&self.context), task, attempt);
             spawn_named("attempt", run.instrument(span));
         }
     }

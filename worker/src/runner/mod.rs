@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use agentplane_proto::v1::{ModelCall, Usage, WorkerFailure, WorkerSuccess, worker_result};
 use prost_types::value::Kind;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::lease::{Attempt, StopReason};
@@ -75,14 +75,14 @@ impl Drop for EndingGuard {
     }
 }
 
-/// Runs a claimed attempt to its end, reports the ending to the link, then frees the
-/// capacity slot held by `permit`. If it panics or is dropped first, the attempt is
-/// reported abandoned (see [`EndingGuard`]).
+/// Runs a claimed attempt to its end and reports the ending to the link. If it panics or
+/// is dropped first, the attempt is reported abandoned (see [`EndingGuard`]). The capacity
+/// slot the attempt holds is freed once the link lets go of it too: when the control plane
+/// has recorded the ending, not when it was handed over.
 pub(crate) async fn run_attempt(
     context: Arc<RunContext>,
     task: ClaimedTask,
     attempt: Arc<Attempt>,
-    permit: OwnedSemaphorePermit,
 ) {
     let mut guard = EndingGuard {
         link: context.link.clone(),
@@ -120,7 +120,6 @@ pub(crate) async fn run_attempt(
     if reported.is_err() {
         tracing::warn!("link stopped before the attempt's ending could be reported");
     }
-    drop(permit);
 }
 
 async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt>) -> Outcome {
