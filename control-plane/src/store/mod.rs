@@ -5,6 +5,7 @@
 mod agents;
 mod attempts;
 mod events;
+mod results;
 mod tasks;
 mod tenant;
 mod workers;
