@@ -6,6 +6,7 @@ mod agents;
 mod attempts;
 mod events;
 mod results;
+mod task_batch;
 mod tasks;
 mod tenant;
 mod workers;

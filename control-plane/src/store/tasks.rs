@@ -68,6 +68,7 @@ macro_rules! columns {
     error_code, error_message, request_id, created_at, updated_at, started_at, ended_at"
     };
 }
+pub(super) use columns;
 
 /// A transcript message.
 #[derive(Clone, Debug, sqlx::FromRow)]

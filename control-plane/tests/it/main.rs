@@ -16,6 +16,7 @@ use agentplane_testkit::{app, pg};
 mod session;
 
 mod auth;
+mod batch;
 mod database;
 mod end_to_end;
 mod events;

@@ -13,7 +13,9 @@ use super::watch_task::TaskWatcher;
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::principal;
 use crate::domain::page;
-use crate::domain::task::{CancelTask, MessageQuery, NewTask, TaskQuery, TaskRef, TaskStatus};
+use crate::domain::task::{
+    CancelTask, MessageQuery, NewTask, NewTaskBatch, TaskQuery, TaskRef, TaskStatus,
+};
 use crate::error::ApiError;
 use crate::spawn::spawn_named;
 use crate::store::StoreError;
@@ -61,6 +63,35 @@ impl TaskService for TaskApi {
         };
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(convert::task(&task)),
+        }))
+    }
+
+    async fn batch_create_tasks(
+        &self,
+        request: Request<pb::BatchCreateTasksRequest>,
+    ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
+        let actor = principal(&request)?.actor();
+        let batch: NewTaskBatch = request.into_inner().try_into()?;
+        let store = &self.state.store;
+        let mut tx = store.tenant(batch.tenant).await?;
+        let rows = match tx.create_tasks(&batch.tasks, actor).await {
+            Ok(rows) => {
+                tx.commit().await?;
+                rows
+            }
+            // A concurrent call with one of the request ids committed first: go again, and
+            // that item answers with the task it created.
+            Err(StoreError::AlreadyExists(_)) => {
+                drop(tx);
+                let mut tx = store.tenant(batch.tenant).await?;
+                let rows = tx.create_tasks(&batch.tasks, actor).await?;
+                tx.commit().await?;
+                rows
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(pb::BatchCreateTasksResponse {
+            tasks: rows.iter().map(convert::task).collect(),
         }))
     }
 
