@@ -132,6 +132,22 @@ impl TenantTx {
         Ok(LeaseCheck::Accepted)
     }
 
+    /// Locks these tasks' rows in id order, for a transaction that will change several of
+    /// them: taking row locks in one global order is what keeps two such transactions
+    /// (a batch of worker reports, a cancel of many tasks) from deadlocking.
+    pub async fn lock_tasks_in_order(&mut self, ids: &[TaskId]) -> StoreResult<()> {
+        if ids.len() < 2 {
+            return Ok(());
+        }
+        self.query(
+            "SELECT 1 FROM tasks WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
+        )
+        .bind(ids)
+        .execute(self.executor())
+        .await?;
+        Ok(())
+    }
+
     /// Whether `worker` holds the attempt (and locks the task until commit if it does).
     pub async fn holds_attempt(&mut self, worker: WorkerId, lease: Lease) -> StoreResult<bool> {
         self.lock_held_attempt(worker, lease).await

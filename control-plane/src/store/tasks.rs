@@ -277,12 +277,14 @@ impl TenantTx {
         actor: &str,
         request_id: Option<&str>,
     ) -> StoreResult<u64> {
+        // Rows are locked in id order, as everywhere several tasks are locked at once, so
+        // this cannot deadlock with a worker's batch of reports.
         let ids: Vec<TaskId> = self
             .query_scalar(
                 "SELECT id FROM tasks WHERE tenant_id = $1 \
                  AND ($2::uuid IS NULL OR agent_id = $2) \
                  AND (status = 'pending' OR ($3 AND status = 'running')) \
-                 FOR UPDATE",
+                 ORDER BY id FOR UPDATE",
             )
             .bind(agent)
             .bind(include_running)
@@ -309,7 +311,7 @@ impl TenantTx {
                         ended_at = now(), updated_at = now(), \
                         error_code = 'canceled', error_message = $3 \
                  FROM (SELECT id, status AS old_status FROM tasks \
-                       WHERE tenant_id = $1 AND id = ANY($2) FOR UPDATE) old \
+                       WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE) old \
                  WHERE t.tenant_id = $1 AND t.id = old.id AND t.status IN ('pending', 'running') \
                  RETURNING t.id, old.old_status, t.attempt, t.worker_id",
             )

@@ -198,6 +198,14 @@ impl Session {
         let mut acks = Vec::new();
         for (tenant, reports) in by_tenant {
             let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let mut tasks: Vec<TaskId> = reports
+                .iter()
+                .filter_map(Report::lease)
+                .map(|l| l.task)
+                .collect();
+            tasks.sort_unstable();
+            tasks.dedup();
+            tx.lock_tasks_in_order(&tasks).await?;
             let mut results: Vec<(Lease, ResultOutcome)> = Vec::new();
             for report in reports {
                 match report {
