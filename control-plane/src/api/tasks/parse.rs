@@ -142,6 +142,7 @@ impl TryFrom<pb::CreateTaskRequest> for NewTask {
             run_at,
             labels,
             request_id,
+            traceparent: None,
         }))
     }
 }
