@@ -16,14 +16,18 @@ use agentplane_testkit::{app, pg};
 mod session;
 
 mod auth;
+mod autoscaling;
 mod database;
 mod end_to_end;
 mod events;
 mod idempotency;
 mod isolation;
 mod lifecycle;
+mod log_hygiene;
+mod metrics;
 mod reflection;
 mod tasks;
+mod tracing_e2e;
 mod validation;
 mod watch;
 mod worker_channel;
