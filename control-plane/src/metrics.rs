@@ -7,6 +7,8 @@
 //!   `agentplane_queue_running_tasks`, `agentplane_queue_oldest_ready_age_seconds`, read from
 //!   the database at each scrape (every replica reports the same totals: aggregate with
 //!   `max`);
+//! - the fan-out: `agentplane_fanout_backlog_notices` (how far the slowest live stream is
+//!   behind the ring, in notices) and `agentplane_fanout_subscribers`;
 //! - the database pool: `agentplane_db_pool_connections{state="idle|in_use"}`,
 //!   `agentplane_db_pool_max_connections` (saturation is in-use over max).
 
@@ -20,6 +22,7 @@ use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 use prost::Message as _;
 use sqlx::PgPool;
 
+use crate::fanout::Fanout;
 use crate::store::{PRIORITY_BANDS, QueueBand, Store};
 
 /// Longest a scrape waits for the queue totals.
@@ -38,6 +41,8 @@ pub struct Metrics {
     queue_oldest_age: GaugeVec,
     pool_connections: IntGaugeVec,
     pool_max: IntGauge,
+    fanout_backlog: IntGauge,
+    fanout_subscribers: IntGauge,
 }
 
 /// The process's metrics (one registry, however many servers a test starts).
@@ -95,9 +100,28 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let fanout_backlog = register(
+            &registry,
+            IntGauge::new(
+                "agentplane_fanout_backlog_notices",
+                "Notices the slowest live stream has yet to read from the fan-out ring \
+                 (16,384 at most; past that the stream re-reads from the database)",
+            )
+            .expect("valid metric"),
+        );
+        let fanout_subscribers = register(
+            &registry,
+            IntGauge::new(
+                "agentplane_fanout_subscribers",
+                "Live streams and worker sessions receiving fan-out notices",
+            )
+            .expect("valid metric"),
+        );
         Self {
             registry,
             grpc,
+            fanout_backlog,
+            fanout_subscribers,
             queue_ready,
             queue_scheduled,
             queue_running,
@@ -113,10 +137,16 @@ impl Metrics {
     pub fn before_scrape(
         &'static self,
         store: Store,
+        fanout: Fanout,
         pool: PgPool,
         max_connections: u32,
     ) -> BeforeScrape {
         Arc::new(move || {
+            let (backlog, subscribers) = fanout.lag();
+            self.fanout_backlog
+                .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+            self.fanout_subscribers
+                .set(i64::try_from(subscribers).unwrap_or(i64::MAX));
             let size = i64::from(pool.size());
             let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
             self.pool_connections.with_label_values(&["idle"]).set(idle);

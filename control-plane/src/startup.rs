@@ -179,6 +179,7 @@ impl Application {
             tracing::info!(addr = %metrics.local_addr(), "serving metrics");
             let before = METRICS.before_scrape(
                 state.store.clone(),
+                state.fanout.clone(),
                 pool.clone(),
                 config.pool.max_connections,
             );

@@ -152,6 +152,8 @@ async fn metrics_endpoints_of_both_binaries_expose_series_that_move() {
     // The worker's session is a live stream.
     let session = ["method=\"agentplane.v1.WorkerService/Session\""];
     assert!(has(&cp, "agentplane_grpc_server_in_flight", &session) >= 1.0);
+    assert!(has(&cp, "agentplane_fanout_subscribers", &[]) >= 1.0);
+    has(&cp, "agentplane_fanout_backlog_notices", &[]);
 
     let wk = scrape(worker_metrics).await;
     assert!(has(&wk, "agentplane_worker_claim_duration_seconds_count", &[]) >= 1.0);
