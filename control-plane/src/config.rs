@@ -120,6 +120,9 @@ pub struct ServeArgs {
     /// more is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "AGENTPLANE_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: u64,
+    /// Address of the Prometheus endpoint (`GET /metrics`); unset serves none.
+    #[arg(long, env = "AGENTPLANE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -144,6 +147,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Most open streams.
     pub max_streams: usize,
+    /// Prometheus endpoint address, if any.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Config {
@@ -161,6 +166,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("max_streams", &self.max_streams)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -270,6 +276,7 @@ impl ServeArgs {
             heartbeat_interval: lease_duration / 3,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             max_streams: usize::try_from(self.max_streams).unwrap_or(usize::MAX),
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -354,6 +361,7 @@ mod tests {
             lease_seconds: 30,
             shutdown_grace_seconds: 5,
             max_streams: 10_000,
+            metrics_addr: None,
         }
     }
 

@@ -14,6 +14,7 @@ mod coalesce;
 mod config;
 mod lease;
 mod link;
+mod metrics;
 pub mod provider;
 pub mod queue;
 mod runner;

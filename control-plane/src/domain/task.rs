@@ -57,6 +57,9 @@ pub struct NewTask {
     pub labels: BTreeMap<String, String>,
     /// Idempotency key.
     pub request_id: Option<String>,
+    /// W3C `traceparent` of the creating call's span, stored so the worker that claims the
+    /// task continues its trace; `None` when tracing is off.
+    pub traceparent: Option<String>,
 }
 
 /// A validated BatchCreateTasks request: tasks of one workspace, created all or none.

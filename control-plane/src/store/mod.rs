@@ -5,6 +5,7 @@
 mod agents;
 mod attempts;
 mod events;
+mod queue_stats;
 mod results;
 mod task_batch;
 mod tasks;
@@ -22,6 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use agents::AgentRow;
 pub use attempts::LeaseCheck;
 pub use events::{EventRow, NewEvent};
+pub use queue_stats::{PRIORITY_BANDS, QueueBand};
 pub use tasks::{OutputChunk, TaskMessageRow, TaskRow, TaskSnapshotRow};
 pub use tenant::TenantTx;
 pub use workspaces::WorkspaceRow;

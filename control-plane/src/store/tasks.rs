@@ -128,8 +128,8 @@ impl TenantTx {
         let task = self
             .query_as::<TaskRow>(concat!(
                 "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, \
-                 max_attempts, request_id) \
-                 VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8) \
+                 max_attempts, request_id, traceparent) \
+                 VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8, $9) \
                  RETURNING ",
                 columns!()
             ))
@@ -140,6 +140,7 @@ impl TenantTx {
             .bind(Json(&new.labels))
             .bind(agent.max_attempts)
             .bind(new.request_id.as_deref())
+            .bind(new.traceparent.as_deref())
             .fetch_one(self.executor())
             .await?;
 

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agentplane_core::ids::{AgentId, TaskId, TenantId};
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -121,6 +122,8 @@ async fn claim(
                 attempt: task.attempt,
                 agent,
                 messages,
+                run_at: task.run_at,
+                traceparent: task.traceparent,
             })
         })
         .collect())
@@ -270,6 +273,8 @@ struct StartedTask {
     id: Uuid,
     agent_id: Uuid,
     attempt: i32,
+    run_at: DateTime<Utc>,
+    traceparent: Option<String>,
 }
 
 async fn mark_running(
@@ -286,7 +291,7 @@ async fn mark_running(
              started_at = now(), updated_at = now() \
          FROM unnest($1::uuid[], $2::uuid[]) AS c(tenant_id, id) \
          WHERE t.tenant_id = c.tenant_id AND t.id = c.id AND t.status = 'pending' \
-         RETURNING t.tenant_id, t.id, t.agent_id, t.attempt",
+         RETURNING t.tenant_id, t.id, t.agent_id, t.attempt, t.run_at, t.traceparent",
     )
     .bind(tenants)
     .bind(task_ids)

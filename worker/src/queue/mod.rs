@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use agentplane_core::ids::{AgentId, TaskId, TenantId};
 use agentplane_core::notify::Notification;
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -33,6 +34,11 @@ pub struct ClaimedTask {
     pub agent: AgentSettings,
     /// The task's transcript, in position order.
     pub messages: Vec<TranscriptMessage>,
+    /// When the task became due: its wait in the queue ends at this claim.
+    pub run_at: DateTime<Utc>,
+    /// W3C `traceparent` of the call that created the task (`None` when it was not traced);
+    /// the attempt's span continues that trace.
+    pub traceparent: Option<String>,
 }
 
 /// The settings of an agent that matter to running one of its tasks.

@@ -23,6 +23,8 @@ fn task(messages: &[(&str, &str)], generation: serde_json::Value) -> ClaimedTask
                 content: (*content).to_owned(),
             })
             .collect(),
+        run_at: chrono::Utc::now(),
+        traceparent: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn config(
         poll_interval_max: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(5),
         echo_token_delay: token_delay,
+        metrics_addr: None,
     }
 }
 

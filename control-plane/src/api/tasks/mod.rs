@@ -19,6 +19,7 @@ use crate::domain::task::{
 use crate::error::ApiError;
 use crate::spawn::spawn_named;
 use crate::store::StoreError;
+use agentplane_telemetry::propagation;
 
 /// Handlers of TaskService.
 #[derive(Clone, Debug)]
@@ -40,7 +41,10 @@ impl TaskService for TaskApi {
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
         let actor = principal(&request)?.actor();
-        let new: NewTask = request.into_inner().try_into()?;
+        let mut new: NewTask = request.into_inner().try_into()?;
+        let span = tracing::Span::current();
+        span.record("workspace_id", tracing::field::display(new.tenant));
+        new.traceparent = propagation::traceparent_of(&span);
         let store = &self.state.store;
         let mut tx = store.tenant(new.tenant).await?;
         let task = match tx.create_task(&new, actor).await {
@@ -61,6 +65,7 @@ impl TaskService for TaskApi {
             }
             Err(error) => return Err(error.into()),
         };
+        span.record("task_id", tracing::field::display(task.id));
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(convert::task(&task)),
         }))

@@ -144,6 +144,7 @@ impl TryFrom<pb::CreateTaskRequest> for NewTask {
             run_at,
             labels,
             request_id,
+            traceparent: None,
         }))
     }
 }
