@@ -104,6 +104,9 @@ pub struct ProcessArgs {
     /// CreateTask calls in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub in_flight: u64,
+    /// Tasks per call: 1 sends CreateTask, more sends BatchCreateTasks with that many.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub batch: u64,
     /// For a pre-created backlog: after creating every task, pause until Enter is pressed
     /// (no value) or for SECONDS, so the workers can be started meanwhile. Start the system
     /// without workers for this (docs/benchmarks.md).
@@ -120,6 +123,9 @@ pub struct CreateArgs {
     /// CreateTask calls in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub in_flight: u64,
+    /// Tasks per call: 1 sends CreateTask, more sends BatchCreateTasks with that many.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub batch: u64,
 }
 
 /// Flags of `trickle`.

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use tokio::time::Instant;
 
+use agentplane_proto::v1 as pb;
+
 use crate::api::{Api, Target};
 use crate::cli::{Common, CreateArgs};
 use crate::outcome::Outcome;
@@ -52,26 +54,70 @@ impl CreatePhase {
     }
 }
 
-/// Creates `count` tasks for `target` with at most `in_flight` calls outstanding. The first
-/// failed call ends the phase with its error (the calls still in flight are dropped).
+/// Creates `count` tasks for `target` with at most `in_flight` calls outstanding, `batch`
+/// tasks per call (1: CreateTask; more: BatchCreateTasks). The first failed call ends the
+/// phase with its error (the calls still in flight are dropped).
 pub async fn create_tasks(
     api: &Api,
     target: &Target,
     count: u64,
     in_flight: usize,
+    batch: u64,
 ) -> anyhow::Result<CreatePhase> {
     let started_at = SystemTime::now();
     let clock = Instant::now();
-    let created = stream::iter(0..count)
-        .map(|index| create_one(api, target, index))
+    let batch = batch.max(1);
+    let chunks: Vec<Vec<Created>> = stream::iter((0..count).step_by(usize::try_from(batch)?))
+        .map(|first| async move {
+            if batch == 1 {
+                create_one(api, target, first)
+                    .await
+                    .map(|created| vec![created])
+            } else {
+                create_batch(api, target, first..(first + batch).min(count)).await
+            }
+        })
         .buffer_unordered(in_flight.max(1))
         .try_collect()
         .await?;
     Ok(CreatePhase {
         started_at,
         elapsed: clock.elapsed(),
-        created,
+        created: chunks.into_iter().flatten().collect(),
     })
+}
+
+/// Sends one BatchCreateTasks of the run's tasks `indexes`; each task gets the call's
+/// latency.
+pub async fn create_batch(
+    api: &Api,
+    target: &Target,
+    indexes: std::ops::Range<u64>,
+) -> anyhow::Result<Vec<Created>> {
+    let requests = indexes
+        .clone()
+        .map(|index| target.task_request(index))
+        .collect();
+    let sent = Instant::now();
+    let tasks = api
+        .tasks()
+        .batch_create_tasks(pb::BatchCreateTasksRequest {
+            workspace_id: target.workspace_id.clone(),
+            requests,
+        })
+        .await
+        .with_context(|| format!("BatchCreateTasks of tasks {indexes:?}"))?
+        .into_inner()
+        .tasks;
+    let (acked_at, latency) = (SystemTime::now(), sent.elapsed());
+    Ok(tasks
+        .into_iter()
+        .map(|task| Created {
+            task_id: task.id,
+            acked_at,
+            latency,
+        })
+        .collect())
 }
 
 /// Sends the CreateTask of the run's `index`-th task and times it.
@@ -111,7 +157,8 @@ pub async fn run(
         args.tasks, args.in_flight
     );
     let in_flight = usize::try_from(args.in_flight).context("--in-flight is too large")?;
-    let phase = create_tasks(api, &target, args.tasks, in_flight).await?;
+    report.setting("batch", "tasks per call", args.batch);
+    let phase = create_tasks(api, &target, args.tasks, in_flight, args.batch).await?;
     report.result("tasks_created", "tasks created", phase.created.len(), "");
     report.result(
         "create_seconds",

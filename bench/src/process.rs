@@ -53,7 +53,7 @@ pub async fn run(
     );
     let in_flight = usize::try_from(args.in_flight).context("--in-flight is too large")?;
     let cpu_before = CpuSample::read();
-    let phase = create_tasks(api, &target, args.tasks, in_flight).await?;
+    let phase = create_tasks(api, &target, args.tasks, in_flight, args.batch).await?;
     eprintln!(
         "created {} tasks in {:.2} s",
         phase.created.len(),

@@ -141,6 +141,9 @@ pub struct ServeArgs {
     /// http on localhost); RS256, ES256 and EdDSA keys are taken, cached by kid.
     #[arg(long, env = "AGENTPLANE_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
+    /// Address of the Prometheus endpoint (`GET /metrics`); unset serves none.
+    #[arg(long, env = "AGENTPLANE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -167,6 +170,8 @@ pub struct Config {
     pub max_streams: usize,
     /// How users' JWTs are verified; `None` when user sign-in is off.
     pub jwt: Option<JwtConfig>,
+    /// Prometheus endpoint address, if any.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Config {
@@ -188,6 +193,7 @@ impl fmt::Debug for Config {
                 "jwt_issuer",
                 &self.jwt.as_ref().map(|jwt| jwt.issuer.as_str()),
             )
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -313,6 +319,7 @@ impl ServeArgs {
             heartbeat_interval: lease_duration / 3,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             max_streams: usize::try_from(self.max_streams).unwrap_or(usize::MAX),
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -443,6 +450,7 @@ mod tests {
             jwt_hs256_secret: None,
             jwt_public_key_file: None,
             jwt_jwks_url: None,
+            metrics_addr: None,
         }
     }
 

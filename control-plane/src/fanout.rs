@@ -189,6 +189,12 @@ impl Fanout {
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.sender.subscribe()
     }
+
+    /// For metrics: notices the slowest subscriber has yet to read (at most the ring's
+    /// capacity, past which it lags and re-reads), and how many subscribers there are.
+    pub fn lag(&self) -> (usize, usize) {
+        (self.sender.len(), self.sender.receiver_count())
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod fanout;
+pub mod metrics;
 pub use agentplane_core::ids;
 pub mod spawn;
 pub mod startup;

@@ -8,8 +8,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match cli.command {
+    let telemetry = telemetry::init(cli.log_format);
+    let result = match cli.command {
         Command::Migrate(args) => migrate(&args.migrate_database_url).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bootstrap(args) => bootstrap::run(args).await,
@@ -26,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
             });
             app.run_until_stopped().await
         }
-    }
+    };
+    // Last step of shutdown: export the spans still buffered.
+    telemetry.shutdown();
+    result
 }
 
 async fn wait_for_signal() {

@@ -35,8 +35,11 @@ use crate::auth::revocations::Revocations;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, database_summary};
 use crate::fanout::Fanout;
+use crate::metrics::METRICS;
 use crate::spawn::spawn_named;
 use crate::store::{self, PoolConfig, Store};
+use agentplane_telemetry::grpc::GrpcTelemetryLayer;
+use agentplane_telemetry::metrics::MetricsServer;
 use message_limit::MessageLimitLayer;
 
 /// Largest request message accepted, in bytes.
@@ -46,6 +49,10 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often health re-probes the database.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// A health service that is SERVING while the process serves at all, whatever the database
+/// says: the liveness probe's target, so a database outage makes replicas unready rather than
+/// restarting them.
+pub const LIVENESS_SERVICE: &str = "liveness";
 /// Services whose health is reported (besides the server as a whole, "").
 const SERVICES: &[&str] = &[
     "agentplane.v1.WorkspaceService",
@@ -86,6 +93,7 @@ pub async fn migrate(url: &SecretString) -> anyhow::Result<()> {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics: Option<MetricsServer>,
     pool: PgPool,
     state: Arc<AppState>,
     health: HealthReporter,
@@ -116,6 +124,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(
+                MetricsServer::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+            ),
+            None => None,
+        };
         let health = HealthReporter::new();
         let state = Arc::new(AppState {
             store: Store::new(pool.clone()),
@@ -129,6 +145,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            metrics,
             pool,
             state,
             health,
@@ -143,6 +160,11 @@ impl Application {
         self.local_addr
     }
 
+    /// The bound Prometheus endpoint address, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
     /// Cancelling this token shuts the server down gracefully.
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
@@ -153,6 +175,7 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            metrics,
             pool,
             state,
             health,
@@ -160,6 +183,9 @@ impl Application {
             shutdown_grace,
             config,
         } = self;
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         spawn_named(
             "health_probe",
             probe_health(state.store.clone(), health.clone(), stop.clone()),
@@ -184,6 +210,19 @@ impl Application {
         if let Some(jwt) = &config.jwt {
             authenticator = authenticator.with_jwt(JwtVerifier::new(jwt)?);
         }
+        if let Some(metrics) = metrics {
+            tracing::info!(addr = %metrics.local_addr(), "serving metrics");
+            let before = METRICS.before_scrape(
+                state.store.clone(),
+                state.fanout.clone(),
+                pool.clone(),
+                config.pool.max_connections,
+            );
+            spawn_named(
+                "metrics",
+                metrics.serve(METRICS.registry.clone(), before, stop.clone()),
+            );
+        }
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(agentplane_proto::FILE_DESCRIPTOR_SET)
@@ -201,6 +240,8 @@ impl Application {
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Outermost: the call's span and metrics cover authentication and limits too.
+            .layer(GrpcTelemetryLayer::new(Arc::clone(&METRICS.grpc)))
             .layer(AuthLayer::new(authenticator))
             .layer(MessageLimitLayer::new(MAX_MESSAGE_BYTES))
             .add_service(tonic_health::pb::health_server::HealthServer::new(

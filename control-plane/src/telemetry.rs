@@ -1,23 +1,15 @@
-//! Logging setup: an `EnvFilter` (RUST_LOG, default `info`) and text or JSON output.
+//! Logging and tracing setup: see [`agentplane_telemetry`], shared with the worker.
 
-use tracing_subscriber::EnvFilter;
+pub use agentplane_telemetry::LogFormat;
+use agentplane_telemetry::{Telemetry, TelemetryOptions, TracesConfig};
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+/// Installs logs (an `EnvFilter` from `RUST_LOG`, default `info`; text or JSON) and, when the
+/// `OTEL_*` variables ask for it, OpenTelemetry export. Flush with [`Telemetry::shutdown`].
+pub fn init(format: LogFormat) -> Telemetry {
+    agentplane_telemetry::init(TelemetryOptions {
+        service_name: "agentplane-control-plane",
+        log_format: format,
+        log_filter: None,
+        traces: TracesConfig::FromEnv,
+    })
 }

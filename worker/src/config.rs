@@ -1,5 +1,6 @@
 //! Worker settings and their validation.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Pause between two tokens of the built-in echo provider.
     pub echo_token_delay: Duration,
+    /// Address of the Prometheus endpoint (`GET /metrics`); `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A setting that cannot work.
@@ -107,6 +110,7 @@ impl WorkerConfig {
             poll_interval_max: DEFAULT_POLL_INTERVAL_MAX,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             echo_token_delay: DEFAULT_ECHO_TOKEN_DELAY,
+            metrics_addr: None,
         }
     }
 

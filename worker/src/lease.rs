@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use agentplane_core::ids::{TaskId, TenantId};
 use agentplane_proto::v1::LeaseRef;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 /// One attempt of one task: the identity a lease is held under. The attempt number fences
@@ -65,6 +66,11 @@ pub(crate) struct Attempt {
     pub(crate) claimed_at: Instant,
     cancel: CancellationToken,
     stop_reason: OnceLock<StopReason>,
+    /// The worker's capacity slot this attempt occupies. It is given back when the last
+    /// holder lets go of the attempt: the link keeps it until the control plane has
+    /// acknowledged the ending, so a worker whose results are not yet recorded does not
+    /// claim more work than its capacity.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Attempt {
@@ -76,7 +82,14 @@ impl Attempt {
             claimed_at,
             cancel: shutdown.child_token(),
             stop_reason: OnceLock::new(),
+            slot: None,
         }
+    }
+
+    /// The attempt occupying `slot` until it is dropped.
+    pub(crate) fn holding(mut self, slot: OwnedSemaphorePermit) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// Stops the attempt; the first reason given is the one that sticks.

@@ -15,6 +15,7 @@ mod config;
 mod identity;
 mod lease;
 mod link;
+mod metrics;
 pub mod provider;
 pub mod queue;
 mod runner;

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agentplane_worker::{Worker, WorkerConfig};
-use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+
+use agentplane_telemetry::{LogFormat, TelemetryOptions, TracesConfig};
+use clap::Parser;
 use secrecy::SecretString;
-use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 /// Claims agentplane tasks from Postgres, runs them against model providers, and streams
@@ -65,17 +67,13 @@ struct Args {
     )]
     echo_token_delay_ms: u64,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`); unset serves none.
+    #[arg(long, env = "AGENTPLANE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
     /// Log line format.
     #[arg(long, env = "AGENTPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 impl Args {
@@ -89,16 +87,8 @@ impl Args {
             poll_interval_max: Duration::from_millis(self.poll_interval_max_ms),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             echo_token_delay: Duration::from_millis(self.echo_token_delay_ms),
+            metrics_addr: self.metrics_addr,
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -122,7 +112,12 @@ async fn stop_signal() -> std::io::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.log_format);
+    let telemetry = agentplane_telemetry::init(TelemetryOptions {
+        service_name: "agentplane-worker",
+        log_format: args.log_format,
+        log_filter: None,
+        traces: TracesConfig::FromEnv,
+    });
     let config = args.into_config();
     if let Err(error) = config.validate() {
         tracing::error!(%error, "invalid configuration");
@@ -132,6 +127,7 @@ async fn main() -> ExitCode {
         Ok(handle) => handle,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "worker failed to start");
+            telemetry.shutdown();
             return ExitCode::FAILURE;
         }
     };
@@ -140,7 +136,11 @@ async fn main() -> ExitCode {
     }
     tracing::info!("stop signal received; shutting down (send another to exit at once)");
     tokio::select! {
-        () = handle.shutdown() => ExitCode::SUCCESS,
+        () = handle.shutdown() => {
+            // Last step of shutdown: export the spans still buffered.
+            telemetry.shutdown();
+            ExitCode::SUCCESS
+        }
         _ = stop_signal() => {
             tracing::warn!("second stop signal; exiting at once");
             // Leaving main would wait for the runtime to wind down; the point is not to.

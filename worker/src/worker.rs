@@ -1,5 +1,6 @@
 //! Starting a worker and stopping it in order.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,11 @@ use uuid::Uuid;
 use crate::claimer::{self, Claimer};
 use crate::config::WorkerConfig;
 use crate::link::{self, LinkHandle, Outbound, SessionSettings};
+use crate::metrics::METRICS;
 use crate::provider::Providers;
 use crate::runner::RunContext;
 use crate::spawn::spawn_named;
+use agentplane_telemetry::metrics::MetricsServer;
 
 /// How often each worker looks for expired leases.
 const REAP_INTERVAL: Duration = Duration::from_secs(5);
@@ -73,6 +76,26 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(
             usize::try_from(config.capacity).unwrap_or(usize::MAX),
         ));
+        let metrics_addr = match config.metrics_addr {
+            Some(addr) => {
+                let server = MetricsServer::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+                let bound = server.local_addr();
+                let pool_max = pool.options().get_max_connections();
+                tracing::info!(addr = %bound, "serving metrics");
+                spawn_named(
+                    "metrics",
+                    server.serve(
+                        METRICS.registry.clone(),
+                        METRICS.before_scrape(pool.clone(), pool_max),
+                        root.child_token(),
+                    ),
+                );
+                Some(bound)
+            }
+            None => None,
+        };
         let claim_stop = root.child_token();
         let attempts_shutdown = root.child_token();
         let wake = Arc::new(Notify::new());
@@ -110,6 +133,7 @@ impl Worker {
         );
         Ok(WorkerHandle {
             worker_id: config.worker_id,
+            metrics_addr,
             capacity: config.capacity,
             shutdown_grace: config.shutdown_grace,
             pool,
@@ -140,6 +164,7 @@ async fn connect_pool(config: &WorkerConfig) -> anyhow::Result<PgPool> {
 #[derive(Debug)]
 pub struct WorkerHandle {
     worker_id: Uuid,
+    metrics_addr: Option<SocketAddr>,
     capacity: u32,
     shutdown_grace: Duration,
     pool: PgPool,
@@ -157,6 +182,11 @@ impl WorkerHandle {
     /// The worker's id, as written into the tasks it claims.
     pub fn worker_id(&self) -> Uuid {
         self.worker_id
+    }
+
+    /// The bound Prometheus endpoint address, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops in order: no more claims; running attempts get `shutdown_grace` to finish, then
@@ -197,10 +227,19 @@ impl WorkerHandle {
         }
         self.link_stop.cancel();
         let _ = self.link_task.await;
-        self.pool.close().await;
+        // Connections still busy are dropped rather than waited for without end.
+        if tokio::time::timeout(POOL_CLOSE_WAIT, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(wait = ?POOL_CLOSE_WAIT, "database pool did not close in time");
+        }
         tracing::info!(worker_id = %self.worker_id, "worker stopped");
     }
 }
+
+/// How long shutdown waits for the database pool's connections to be returned.
+const POOL_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Waits up to `wait` for `loops` to end (their stop token already fired), then aborts the
 /// ones still running. An aborted claim rolls back; tasks it had already claimed are

@@ -98,6 +98,10 @@ pub const METHODS: &[(&str, Access)] = &[
         "/agentplane.v1.TaskService/CreateTask",
         Workspace(WriteTasks),
     ),
+    (
+        "/agentplane.v1.TaskService/BatchCreateTasks",
+        Workspace(WriteTasks),
+    ),
     ("/agentplane.v1.TaskService/GetTask", Workspace(Read)),
     ("/agentplane.v1.TaskService/ListTasks", Workspace(Read)),
     (

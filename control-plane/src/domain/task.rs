@@ -15,6 +15,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Lowest and highest priority.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+/// Most tasks one BatchCreateTasks call creates.
+pub const MAX_BATCH_TASKS: usize = 1000;
 /// Furthest a task may be scheduled ahead.
 pub const MAX_SCHEDULE_AHEAD: chrono::Duration = chrono::Duration::days(30);
 
@@ -55,6 +57,18 @@ pub struct NewTask {
     pub labels: BTreeMap<String, String>,
     /// Idempotency key.
     pub request_id: Option<String>,
+    /// W3C `traceparent` of the creating call's span, stored so the worker that claims the
+    /// task continues its trace; `None` when tracing is off.
+    pub traceparent: Option<String>,
+}
+
+/// A validated BatchCreateTasks request: tasks of one workspace, created all or none.
+#[derive(Clone, Debug)]
+pub struct NewTaskBatch {
+    /// Workspace every task is queued in.
+    pub tenant: TenantId,
+    /// The tasks, in request order, each with `tenant` as its workspace.
+    pub tasks: Vec<NewTask>,
 }
 
 /// A validated ListTasks request: a page of a workspace's tasks, newest first.

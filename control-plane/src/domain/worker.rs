@@ -106,3 +106,17 @@ pub enum Report {
     /// An attempt given back unfinished.
     Release(Lease),
 }
+
+impl Report {
+    /// The attempt the report is about; `None` for a heartbeat, which names many.
+    pub fn lease(&self) -> Option<Lease> {
+        match self {
+            Report::Heartbeat(_) => None,
+            Report::Output { lease, .. }
+            | Report::Event { lease, .. }
+            | Report::Result { lease, .. }
+            | Report::MalformedResult { lease, .. }
+            | Report::Release(lease) => Some(*lease),
+        }
+    }
+}

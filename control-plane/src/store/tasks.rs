@@ -68,6 +68,7 @@ macro_rules! columns {
     error_code, error_message, request_id, created_at, updated_at, started_at, ended_at"
     };
 }
+pub(super) use columns;
 
 /// A transcript message.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -127,8 +128,8 @@ impl TenantTx {
         let task = self
             .query_as::<TaskRow>(concat!(
                 "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, \
-                 max_attempts, request_id) \
-                 VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8) \
+                 max_attempts, request_id, traceparent) \
+                 VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8, $9) \
                  RETURNING ",
                 columns!()
             ))
@@ -139,6 +140,7 @@ impl TenantTx {
             .bind(Json(&new.labels))
             .bind(agent.max_attempts)
             .bind(new.request_id.as_deref())
+            .bind(new.traceparent.as_deref())
             .fetch_one(self.executor())
             .await?;
 
@@ -276,12 +278,14 @@ impl TenantTx {
         actor: &str,
         request_id: Option<&str>,
     ) -> StoreResult<u64> {
+        // Rows are locked in id order, as everywhere several tasks are locked at once, so
+        // this cannot deadlock with a worker's batch of reports.
         let ids: Vec<TaskId> = self
             .query_scalar(
                 "SELECT id FROM tasks WHERE tenant_id = $1 \
                  AND ($2::uuid IS NULL OR agent_id = $2) \
                  AND (status = 'pending' OR ($3 AND status = 'running')) \
-                 FOR UPDATE",
+                 ORDER BY id FOR UPDATE",
             )
             .bind(agent)
             .bind(include_running)
@@ -308,7 +312,7 @@ impl TenantTx {
                         ended_at = now(), updated_at = now(), \
                         error_code = 'canceled', error_message = $3 \
                  FROM (SELECT id, status AS old_status FROM tasks \
-                       WHERE tenant_id = $1 AND id = ANY($2) FOR UPDATE) old \
+                       WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE) old \
                  WHERE t.tenant_id = $1 AND t.id = old.id AND t.status IN ('pending', 'running') \
                  RETURNING t.id, old.old_status, t.attempt, t.worker_id",
             )

@@ -93,21 +93,6 @@ impl TenantTx {
 
     /// Queues notifications, delivered when the transaction commits, in one statement.
     pub(super) async fn notify(&mut self, notifications: &[Notification]) -> StoreResult<()> {
-        if notifications.is_empty() {
-            return Ok(());
-        }
-        let (channels, payloads): (Vec<&str>, Vec<String>) = notifications
-            .iter()
-            .map(|n| (n.channel(), n.payload()))
-            .unzip();
-        sqlx::query(
-            "SELECT pg_notify(n.channel, n.payload) \
-             FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
-        )
-        .bind(channels)
-        .bind(payloads)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        Ok(agentplane_core::notify::send_all(&mut self.tx, notifications).await?)
     }
 }

@@ -131,6 +131,17 @@ fn attack(path: &str, ws: &str, b: &Target) -> Option<Attack> {
             input: vec![user("intrude")],
             ..Default::default()
         }),
+        "/agentplane.v1.TaskService/BatchCreateTasks" => one(pb::BatchCreateTasksRequest {
+            workspace_id: ws.clone(),
+            // The items are repeated, so the id-field check does not reach them: B's agent
+            // (and B's workspace, which must match the batch's) is named here by hand.
+            requests: vec![pb::CreateTaskRequest {
+                workspace_id: ws.clone(),
+                agent_id: b.agent.clone(),
+                input: vec![user("intrude")],
+                ..Default::default()
+            }],
+        }),
         "/agentplane.v1.TaskService/GetTask" => one(pb::GetTaskRequest {
             workspace_id: ws,
             id: b.task.clone(),

@@ -76,13 +76,29 @@ impl Session {
 }
 
 impl Session {
-    /// Waits until every message sent so far has been handled: the session handles messages
-    /// in order, so the answer to a heartbeat sent now comes after all of them.
-    pub(crate) async fn settle(&mut self) -> pb::HeartbeatAck {
-        self.send(In::Heartbeat(pb::WorkerHeartbeat { leases: vec![] }))
-            .await;
+    /// Waits until every report sent so far has been recorded. Reports are recorded in the
+    /// order they arrive (heartbeats go their own way), so the answer to a result about an
+    /// attempt nobody holds, sent now, comes after all of them.
+    pub(crate) async fn settle(&mut self, workspace_id: &str) -> pb::ResultAck {
+        let nobody = pb::LeaseRef {
+            workspace_id: workspace_id.to_owned(),
+            task_id: uuid::Uuid::now_v7().to_string(),
+            attempt: 1,
+        };
+        self.send(In::Result(pb::WorkerResult {
+            lease: Some(nobody.clone()),
+            outcome: Some(pb::worker_result::Outcome::Failure(pb::WorkerFailure {
+                code: "settle".into(),
+                message: String::new(),
+                retryable: false,
+            })),
+        }))
+        .await;
         loop {
-            if let Some(Out::HeartbeatAck(ack)) = self.recv.message().await.unwrap().unwrap().kind {
+            if let Some(Out::ResultAck(ack)) = self.recv.message().await.unwrap().unwrap().kind
+                && ack.lease.as_ref() == Some(&nobody)
+            {
+                assert!(!ack.accepted, "nobody holds {nobody:?}");
                 return ack;
             }
         }

@@ -78,7 +78,7 @@ async fn an_output_index_at_the_top_of_the_range_is_refused_and_watchers_keep_wo
     session
         .send(delta(&ws, &task, i64::MAX, "boom".into()))
         .await;
-    session.settle().await;
+    session.settle(&ws).await;
 
     let mut c = app.with_key(&ws, pb::WorkspaceRole::Member).await;
     let snapshot = snapshot(&mut c, &ws, &task).await;
@@ -86,7 +86,7 @@ async fn an_output_index_at_the_top_of_the_range_is_refused_and_watchers_keep_wo
     assert_eq!(snapshot.next_delta_index, 1);
     // The session survived the bad message: it still records output.
     session.send(delta(&ws, &task, 1, "!".into())).await;
-    session.settle().await;
+    session.settle(&ws).await;
     assert_eq!(snapshot_output(&mut c, &ws, &task).await, "ok!");
     app.stop().await;
 }
@@ -107,7 +107,7 @@ async fn stored_output_of_an_attempt_is_capped_where_it_is_written() {
             .send(delta(&ws, &task, i64::try_from(index).unwrap(), text))
             .await;
     }
-    session.settle().await;
+    session.settle(&ws).await;
 
     let mut c = app.with_key(&ws, pb::WorkspaceRole::Member).await;
     let snapshot = snapshot(&mut c, &ws, &task).await;
@@ -192,11 +192,83 @@ async fn deltas_out_of_order_are_refused_so_the_cap_cannot_be_skirted() {
     }
     session.send(delta(&ws, &task, 0, "b".into())).await;
     session.send(delta(&ws, &task, 1, "c".into())).await;
-    session.settle().await;
+    session.settle(&ws).await;
 
     let mut c = app.with_key(&ws, pb::WorkspaceRole::Member).await;
     let snapshot = snapshot(&mut c, &ws, &task).await;
     assert_eq!(snapshot.output, "bc");
     assert_eq!(snapshot.next_delta_index, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_renew_leases_while_results_wait_behind_a_lock() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("lanes").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let blocked = c.task(&ws, &agent.id, "one").await;
+    let other = c.task(&ws, &agent.id, "two").await;
+    let credential = app.worker_credential().await;
+    let worker = credential.0;
+    let claimed = claim_tasks(&db.worker_pool().await, worker, 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let mut session = Session::open(&app, &credential).await;
+    let lease = |task: &str| pb::LeaseRef {
+        workspace_id: ws.clone(),
+        task_id: task.to_owned(),
+        attempt: 1,
+    };
+
+    // Someone else holds the first task's row: recording its result has to wait.
+    let owner = db.owner_pool().await;
+    let mut blocker = owner.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM tasks WHERE id = $1::uuid FOR UPDATE")
+        .bind(&blocked.id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    session
+        .send(In::Result(pb::WorkerResult {
+            lease: Some(lease(&blocked.id)),
+            outcome: Some(pb::worker_result::Outcome::Failure(pb::WorkerFailure {
+                code: "boom".into(),
+                message: String::new(),
+                retryable: true,
+            })),
+        }))
+        .await;
+    session
+        .send(In::Heartbeat(pb::WorkerHeartbeat {
+            leases: vec![lease(&other.id)],
+        }))
+        .await;
+    let ack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let message = session.recv.message().await.unwrap().unwrap();
+            match message.kind {
+                Some(pb::session_response::Kind::HeartbeatAck(ack)) => break ack,
+                Some(pb::session_response::Kind::ResultAck(ack)) => {
+                    panic!("the result was recorded through the lock: {ack:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the heartbeat is answered while the result waits");
+    assert_eq!(ack.renewed, vec![lease(&other.id)]);
+
+    blocker.rollback().await.unwrap();
+    let result = loop {
+        let message = session.recv.message().await.unwrap().unwrap();
+        if let Some(pb::session_response::Kind::ResultAck(ack)) = message.kind {
+            break ack;
+        }
+    };
+    assert!(result.accepted, "{result:?}");
     app.stop().await;
 }

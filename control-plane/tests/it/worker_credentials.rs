@@ -93,7 +93,8 @@ async fn a_revoked_worker_is_cut_off_and_cannot_reconnect() {
     let app = TestApp::spawn(&db).await;
     let credential = app.worker_credential().await;
     let mut session = Session::open(&app, &credential).await;
-    session.settle().await;
+    let ws = app.admin().await.create_workspace("revoked").await;
+    session.settle(&ws).await;
 
     let mut admin = app.admin().await;
     let revoked = admin

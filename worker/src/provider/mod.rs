@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use agentplane_core::columns::Provider;
 pub use agentplane_core::generation::{DEFAULT_MAX_OUTPUT_TOKENS, Generation};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -138,35 +139,38 @@ pub trait ModelProvider: Send + Sync {
     ) -> ModelFuture<'_>;
 }
 
-/// The providers this worker can run, by the name stored in `agents.provider`.
+/// The providers this worker can run, by the agent's provider.
 #[derive(Clone, Default)]
 pub struct Providers {
-    by_name: HashMap<String, Arc<dyn ModelProvider>>,
+    by_name: HashMap<Provider, Arc<dyn ModelProvider>>,
 }
 
 impl Providers {
     /// The providers built into this binary: `echo`.
     pub fn builtin(echo_token_delay: Duration) -> Self {
         let mut providers = Self::default();
-        providers.register("echo", Arc::new(echo::EchoProvider::new(echo_token_delay)));
+        providers.register(
+            Provider::Echo,
+            Arc::new(echo::EchoProvider::new(echo_token_delay)),
+        );
         providers
     }
 
-    /// Adds (or replaces) a provider under `name`.
-    pub fn register(&mut self, name: &str, provider: Arc<dyn ModelProvider>) {
-        self.by_name.insert(name.to_owned(), provider);
+    /// Adds (or replaces) the implementation of `name`.
+    pub fn register(&mut self, name: Provider, provider: Arc<dyn ModelProvider>) {
+        self.by_name.insert(name, provider);
     }
 
-    /// The provider registered under `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn ModelProvider>> {
-        self.by_name.get(name).cloned()
+    /// The implementation of `name`, if this worker has one.
+    pub fn get(&self, name: Provider) -> Option<Arc<dyn ModelProvider>> {
+        self.by_name.get(&name).cloned()
     }
 }
 
 impl std::fmt::Debug for Providers {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<_> = self.by_name.keys().collect();
-        names.sort();
+        let mut names: Vec<&str> = self.by_name.keys().map(|p| p.as_str()).collect();
+        names.sort_unstable();
         formatter.debug_set().entries(names).finish()
     }
 }
@@ -202,7 +206,7 @@ mod tests {
     #[test]
     fn builtin_providers_include_echo() {
         let providers = Providers::builtin(Duration::ZERO);
-        assert!(providers.get("echo").is_some());
-        assert!(providers.get("anthropic").is_none());
+        assert!(providers.get(Provider::Echo).is_some());
+        assert!(Providers::default().get(Provider::Echo).is_none());
     }
 }

@@ -1,9 +1,9 @@
 //! The claim transaction.
 //!
 //! 1. Lock up to `4 × max` pending, due tasks in claim order (`FOR UPDATE SKIP LOCKED`, served
-//!    by the partial index `tasks_claim`), passing over tasks whose agent is already at its
-//!    `max_concurrency` (a hint, unlocked; step 2 decides), so a backlog behind busy agents
-//!    cannot hide every other task from the window.
+//!    by the partial index `tasks_claim`). No per-row test of the agent's room: counting an
+//!    agent's running tasks for every candidate row made the claim's cost grow with the
+//!    backlog; step 4 passes over full agents instead.
 //! 2. Take a transaction-scoped advisory lock per agent among them, in sorted order, so two
 //!    claimers of one agent serialise; then read each agent and count its running tasks
 //!    (READ COMMITTED: that statement sees claims committed while we waited for the lock).
@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agentplane_core::ids::{AgentId, TaskId, TenantId};
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -121,6 +122,8 @@ async fn claim(
                 attempt: task.attempt,
                 agent,
                 messages,
+                run_at: task.run_at,
+                traceparent: task.traceparent,
             })
         })
         .collect())
@@ -140,12 +143,6 @@ async fn select_candidates(
     let rows: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
         "SELECT tenant_id, id, agent_id FROM tasks \
          WHERE status = 'pending' AND run_at <= now() \
-           AND (SELECT count(*) FROM tasks r \
-                WHERE r.tenant_id = tasks.tenant_id AND r.agent_id = tasks.agent_id \
-                  AND r.status = 'running') \
-               < (SELECT a.max_concurrency FROM agents a \
-                  WHERE a.tenant_id = tasks.tenant_id AND a.id = tasks.agent_id \
-                    AND a.deleted_at IS NULL) \
            AND NOT EXISTS (SELECT 1 FROM unnest($2::uuid[], $3::uuid[]) AS x(tenant_id, agent_id) \
                            WHERE x.tenant_id = tasks.tenant_id AND x.agent_id = tasks.agent_id) \
            AND NOT EXISTS (SELECT 1 FROM unnest($4::uuid[], $5::uuid[]) AS y(tenant_id, id) \
@@ -276,6 +273,8 @@ struct StartedTask {
     id: Uuid,
     agent_id: Uuid,
     attempt: i32,
+    run_at: DateTime<Utc>,
+    traceparent: Option<String>,
 }
 
 async fn mark_running(
@@ -292,7 +291,7 @@ async fn mark_running(
              started_at = now(), updated_at = now() \
          FROM unnest($1::uuid[], $2::uuid[]) AS c(tenant_id, id) \
          WHERE t.tenant_id = c.tenant_id AND t.id = c.id AND t.status = 'pending' \
-         RETURNING t.tenant_id, t.id, t.agent_id, t.attempt",
+         RETURNING t.tenant_id, t.id, t.agent_id, t.attempt, t.run_at, t.traceparent",
     )
     .bind(tenants)
     .bind(task_ids)

@@ -5,22 +5,25 @@ mod output;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agentplane_proto::v1::{ModelCall, Usage, WorkerFailure, WorkerSuccess, worker_result};
 use prost_types::value::Kind;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::lease::{Attempt, StopReason};
 use crate::link::{Ending, LinkHandle, Outbound};
+use crate::metrics::METRICS;
 use crate::provider::{
     ChatMessage, ChatRole, ModelRequest, ModelResponse, ProviderError, Providers,
     provider_request_id,
 };
 use crate::queue::ClaimedTask;
-use agentplane_core::columns::Role;
+use agentplane_core::columns::{Provider, Role};
 use agentplane_core::generation::Generation;
 use agentplane_core::limits::{MAX_FAILURE_MESSAGE_BYTES, MAX_OUTPUT_BYTES};
 use agentplane_core::text::{truncate_owned, without_nul};
@@ -75,20 +78,21 @@ impl Drop for EndingGuard {
     }
 }
 
-/// Runs a claimed attempt to its end, reports the ending to the link, then frees the
-/// capacity slot held by `permit`. If it panics or is dropped first, the attempt is
-/// reported abandoned (see [`EndingGuard`]).
+/// Runs a claimed attempt to its end and reports the ending to the link. If it panics or
+/// is dropped first, the attempt is reported abandoned (see [`EndingGuard`]). The capacity
+/// slot the attempt holds is freed once the link lets go of it too: when the control plane
+/// has recorded the ending, not when it was handed over.
 pub(crate) async fn run_attempt(
     context: Arc<RunContext>,
     task: ClaimedTask,
     attempt: Arc<Attempt>,
-    permit: OwnedSemaphorePermit,
 ) {
     let mut guard = EndingGuard {
         link: context.link.clone(),
         attempt: Some(Arc::clone(&attempt)),
     };
     let started = Instant::now();
+    METRICS.attempts_in_flight.inc();
     let outcome = execute(&context, &task, &attempt).await;
     let ending = match (outcome, attempt.stop_reason()) {
         (_, Some(StopReason::Revoked | StopReason::LeaseExpired)) => Ending::Abandon,
@@ -112,19 +116,32 @@ pub(crate) async fn run_attempt(
         Ending::Release => tracing::info!(elapsed_ms, "attempt stopped for shutdown; releasing"),
         Ending::Abandon => tracing::info!(elapsed_ms, "attempt abandoned"),
     }
+    let outcome = outcome_label(&ending);
+    METRICS.attempts_in_flight.dec();
+    METRICS.attempts.with_label_values(&[outcome]).inc();
+    METRICS
+        .attempt_duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
     let reported = context
         .link
         .send(Outbound::Finish { attempt, ending })
+        .instrument(tracing::info_span!("report result", outcome))
         .await;
     guard.disarm();
     if reported.is_err() {
         tracing::warn!("link stopped before the attempt's ending could be reported");
     }
-    drop(permit);
 }
 
 async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt>) -> Outcome {
-    let Some(provider) = context.providers.get(&task.agent.provider) else {
+    // The stored name is parsed here, not in the claim, so that one agent of a provider this
+    // build does not know fails its own tasks instead of every claim.
+    let provider = match Provider::parse(&task.agent.provider) {
+        Ok(name) => context.providers.get(name),
+        Err(_) => None,
+    };
+    let Some(provider) = provider else {
         return failure(
             "unsupported_provider",
             format!("this worker has no provider {:?}", task.agent.provider),
@@ -152,8 +169,15 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
     let (sink, pieces) = mpsc::channel(PIECE_BUFFER);
     let call_cancel = attempt.cancellation().child_token();
     let _stop_call_on_exit = call_cancel.clone().drop_guard();
-    let call = provider.generate(request, sink, call_cancel.clone());
-    let forward = forward_output(pieces, &context.link, attempt, &call_cancel);
+    let first_piece = OnceLock::new();
+    let call = observe_call(
+        provider.generate(request, sink, call_cancel.clone()),
+        &task.agent.provider,
+        &task.agent.model,
+        &request_id,
+        &first_piece,
+    );
+    let forward = forward_output(pieces, &context.link, attempt, &call_cancel, &first_piece);
     let work = async {
         let (result, forwarded) = tokio::join!(call, forward);
         forwarded.map(|()| result)
@@ -187,6 +211,61 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
         }
         Ok(Ok(Err(error))) => failure("provider_error", error.to_string(), error.is_retryable()),
     }
+}
+
+/// The metric label of how an attempt ended.
+fn outcome_label(ending: &Ending) -> &'static str {
+    match ending {
+        Ending::Result(worker_result::Outcome::Success(_)) => "succeeded",
+        Ending::Result(worker_result::Outcome::Failure(failure)) if failure.retryable => {
+            "retryable_failure"
+        }
+        Ending::Result(worker_result::Outcome::Failure(_)) => "failed",
+        Ending::Release => "released",
+        Ending::Abandon => "abandoned",
+    }
+}
+
+/// Runs a model call inside its own span (a child of the attempt's) and records its
+/// duration and time to first token (`first_piece` is set by the output forwarder). The
+/// span is where the provider's HTTP request will carry the trace on to the vendor.
+async fn observe_call<F>(
+    call: F,
+    provider: &str,
+    model: &str,
+    provider_request_id: &str,
+    first_piece: &OnceLock<Instant>,
+) -> Result<ModelResponse, ProviderError>
+where
+    F: Future<Output = Result<ModelResponse, ProviderError>>,
+{
+    let span = tracing::info_span!(
+        "provider call",
+        otel.name = %format_args!("{provider} {model}"),
+        otel.kind = "client",
+        gen_ai.system = %provider,
+        gen_ai.request.model = %model,
+        provider_request_id = %provider_request_id,
+    );
+    let model = METRICS.models.get(model);
+    let started = Instant::now();
+    let result = call.instrument(span).await;
+    let labels = [
+        provider,
+        model.as_str(),
+        if result.is_ok() { "ok" } else { "error" },
+    ];
+    METRICS
+        .provider_call_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(first) = first_piece.get() {
+        METRICS
+            .provider_first_token
+            .with_label_values(&[provider, model.as_str()])
+            .observe(first.saturating_duration_since(started).as_secs_f64());
+    }
+    result
 }
 
 /// Turns the claimed transcript and agent settings into the model request.

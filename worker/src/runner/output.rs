@@ -1,7 +1,7 @@
 //! Forwarding an attempt's streamed output to the link: coalesced into numbered messages,
 //! made storable (no NUL), and capped at the size of a whole answer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -33,6 +33,7 @@ pub(super) async fn forward_output(
     link: &LinkHandle,
     attempt: &Arc<Attempt>,
     stop_call: &CancellationToken,
+    first_piece: &OnceLock<Instant>,
 ) -> Result<(), OutputTooLarge> {
     let mut coalescer = Coalescer::new(COALESCE_WINDOW, MAX_DELTA_BYTES);
     let mut next_index = 0i64;
@@ -41,6 +42,9 @@ pub(super) async fn forward_output(
         let (ready, done) = tokio::select! {
             piece = pieces.recv() => match piece {
                 Some(piece) => {
+                    if first_piece.get().is_none() {
+                        let _ = first_piece.set(Instant::now());
+                    }
                     let piece = without_nul(&piece);
                     streamed = streamed.saturating_add(piece.len());
                     if streamed > MAX_OUTPUT_BYTES {

@@ -27,6 +27,7 @@ fn config(
         poll_interval_max: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(5),
         echo_token_delay: token_delay,
+        metrics_addr: None,
     }
 }
 
@@ -246,4 +247,57 @@ async fn start_fails_when_the_control_plane_rejects_the_token() {
     let message = format!("{error:#}");
     assert!(message.contains("bad worker token"), "{message}");
     assert!(!message.contains(wrong), "{message}");
+}
+
+#[tokio::test]
+async fn a_worker_whose_results_are_not_acknowledged_claims_no_more_than_its_capacity() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let tenant = workspace(&owner).await;
+    let agent_id = agent(&owner, tenant, 10).await;
+    for n in 0..5 {
+        task(&owner, tenant, agent_id, 0, &format!("task {n}")).await;
+    }
+    let mut cp = FakeControlPlane::start(Duration::from_millis(100), Duration::from_secs(30)).await;
+    let worker = Worker::start(config(&db, &cp, 2, Duration::from_millis(1)))
+        .await
+        .unwrap();
+    let running = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tasks WHERE status = 'running'")
+            .fetch_one(&owner)
+            .await
+            .unwrap()
+    };
+
+    // Two results arrive and are not acknowledged (the control plane is backed up).
+    let mut results = Vec::new();
+    while results.len() < 2 {
+        if let (_, Kind::Result(result)) = cp.next().await {
+            results.push(result);
+        }
+    }
+    // Give the claim loop (polling every 100 ms at most) every chance to claim more.
+    cp.drain_for(Duration::from_millis(800)).await;
+    assert_eq!(
+        running().await,
+        2,
+        "no slot frees before its result is recorded"
+    );
+
+    // Recording one frees one slot: exactly one more task is claimed.
+    cp.ack(results[0].lease.clone().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running().await < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = cp.drain_for(Duration::from_millis(500)).await;
+    assert_eq!(running().await, 3);
+    // Acknowledge the rest so shutdown does not wait for them.
+    for kind in later.into_iter().map(|(_, kind)| kind) {
+        if let Kind::Result(result) = kind {
+            cp.ack(result.lease.unwrap());
+        }
+    }
+    cp.ack(results[1].lease.clone().unwrap());
+    worker.shutdown().await;
 }

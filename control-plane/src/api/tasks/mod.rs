@@ -13,10 +13,13 @@ use super::watch_task::TaskWatcher;
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::caller;
 use crate::domain::page;
-use crate::domain::task::{CancelTask, MessageQuery, NewTask, TaskQuery, TaskRef, TaskStatus};
+use crate::domain::task::{
+    CancelTask, MessageQuery, NewTask, NewTaskBatch, TaskQuery, TaskRef, TaskStatus,
+};
 use crate::error::ApiError;
 use crate::spawn::spawn_named;
 use crate::store::StoreError;
+use agentplane_telemetry::propagation;
 
 /// Handlers of TaskService.
 #[derive(Clone, Debug)]
@@ -38,8 +41,11 @@ impl TaskService for TaskApi {
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
         let caller = caller(&request)?;
-        let new: NewTask = request.into_inner().try_into()?;
+        let mut new: NewTask = request.into_inner().try_into()?;
         let actor = caller.authorize(&self.state.store, new.tenant).await?;
+        let span = tracing::Span::current();
+        span.record("workspace_id", tracing::field::display(new.tenant));
+        new.traceparent = propagation::traceparent_of(&span);
         let store = &self.state.store;
         let mut tx = store.tenant(new.tenant).await?;
         let task = match tx.create_task(&new, &actor).await {
@@ -60,8 +66,39 @@ impl TaskService for TaskApi {
             }
             Err(error) => return Err(error.into()),
         };
+        span.record("task_id", tracing::field::display(task.id));
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(convert::task(&task)),
+        }))
+    }
+
+    async fn batch_create_tasks(
+        &self,
+        request: Request<pb::BatchCreateTasksRequest>,
+    ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
+        let caller = caller(&request)?;
+        let batch: NewTaskBatch = request.into_inner().try_into()?;
+        let actor = caller.authorize(&self.state.store, batch.tenant).await?;
+        let store = &self.state.store;
+        let mut tx = store.tenant(batch.tenant).await?;
+        let rows = match tx.create_tasks(&batch.tasks, &actor).await {
+            Ok(rows) => {
+                tx.commit().await?;
+                rows
+            }
+            // A concurrent call with one of the request ids committed first: go again, and
+            // that item answers with the task it created.
+            Err(StoreError::AlreadyExists(_)) => {
+                drop(tx);
+                let mut tx = store.tenant(batch.tenant).await?;
+                let rows = tx.create_tasks(&batch.tasks, &actor).await?;
+                tx.commit().await?;
+                rows
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(pb::BatchCreateTasksResponse {
+            tasks: rows.iter().map(convert::task).collect(),
         }))
     }
 

@@ -1,6 +1,7 @@
 //! Parsing of TaskService requests: each protobuf request becomes a validated domain value
 //! here, once, with every field violation collected.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 
 use agentplane_proto::v1 as pb;
@@ -10,7 +11,8 @@ use crate::api::convert;
 use crate::api::paging::page_after;
 use crate::domain::page;
 use crate::domain::task::{
-    self as rules, CancelTask, InputMessage, MessageQuery, NewTask, Role, TaskQuery, TaskRef,
+    self as rules, CancelTask, InputMessage, MessageQuery, NewTask, NewTaskBatch, Role, TaskQuery,
+    TaskRef,
 };
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
@@ -142,7 +144,63 @@ impl TryFrom<pb::CreateTaskRequest> for NewTask {
             run_at,
             labels,
             request_id,
+            traceparent: None,
         }))
+    }
+}
+
+impl TryFrom<pb::BatchCreateTasksRequest> for NewTaskBatch {
+    type Error = ApiError;
+
+    fn try_from(request: pb::BatchCreateTasksRequest) -> Result<Self, ApiError> {
+        let mut v = Violations::new();
+        let tenant: Option<TenantId> = v.id("workspace_id", &request.workspace_id);
+        if request.requests.is_empty() || request.requests.len() > rules::MAX_BATCH_TASKS {
+            v.add(
+                "requests",
+                format!("must hold 1 to {} tasks", rules::MAX_BATCH_TASKS),
+            );
+        }
+        let mut tasks = Vec::with_capacity(request.requests.len().min(rules::MAX_BATCH_TASKS));
+        let mut request_ids: HashMap<String, usize> = HashMap::new();
+        for (i, mut item) in request
+            .requests
+            .into_iter()
+            .enumerate()
+            .take(rules::MAX_BATCH_TASKS)
+        {
+            if item.workspace_id.is_empty() {
+                item.workspace_id.clone_from(&request.workspace_id);
+            } else if item.workspace_id != request.workspace_id {
+                v.add(
+                    &format!("requests[{i}].workspace_id"),
+                    "must be empty or equal to workspace_id",
+                );
+                continue;
+            }
+            if !item.request_id.is_empty()
+                && let Some(first) = request_ids.insert(item.request_id.clone(), i)
+            {
+                v.add(
+                    &format!("requests[{i}].request_id"),
+                    format!("repeats requests[{first}].request_id"),
+                );
+            }
+            match NewTask::try_from(item) {
+                Ok(task) => tasks.push(task),
+                Err(ApiError::InvalidArgument(violations)) => {
+                    for violation in violations {
+                        v.add(
+                            &format!("requests[{i}].{}", violation.field),
+                            violation.description,
+                        );
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let tenant = v.finish_with(tenant)?;
+        Ok(NewTaskBatch { tenant, tasks })
     }
 }
 

@@ -1,11 +1,20 @@
-//! One worker's open session: reads its reports in order, records each through the store,
-//! and relays cancellations from the fan-out.
+//! One worker's open session, in three lanes so that leases never wait behind data:
+//!
+//! - the reader takes each message off the stream, parses it, and hands heartbeats to the
+//!   heartbeat lane and everything else to the data lane; it also relays cancellations;
+//! - the heartbeat lane renews leases as soon as a heartbeat arrives, however deep the
+//!   data backlog;
+//! - the data lane records reports in batches: whatever queued up while the previous batch
+//!   was written goes into one transaction per workspace, with the results of the batch
+//!   written by a fixed number of set-based statements (`store/results.rs`). Acks are sent
+//!   after the commit.
 
 use std::collections::{BTreeMap, HashSet};
 
 use agentplane_proto::v1 as pb;
 use pb::session_response::Kind as Out;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::parse::lease_ref;
@@ -14,13 +23,21 @@ use crate::domain::worker::{Lease, Report, ResultOutcome};
 use crate::error::ApiError;
 use crate::fanout::Notice;
 use crate::ids::{TaskId, TenantId, WorkerId};
+use crate::spawn::spawn_named;
 use crate::store::{LeaseCheck, NewEvent, StoreError};
 
 pub(super) type Sender = mpsc::Sender<Result<pb::SessionResponse, Status>>;
 
-/// Why a message could not be handled.
+/// Reports the data lane takes in one batch at most.
+const MAX_BATCH: usize = 512;
+/// Reports queued for the data lane before the reader waits (and the worker with it).
+const DATA_QUEUE: usize = 4096;
+/// Heartbeats queued for the heartbeat lane; a worker sends one every third of a lease.
+const HEARTBEAT_QUEUE: usize = 4;
+
+/// Why a report could not be recorded.
 enum Failure {
-    /// The message, or what recording it ran into.
+    /// What recording it ran into.
     Api(ApiError),
     /// The worker's side of the stream went away.
     Gone,
@@ -39,6 +56,7 @@ impl From<StoreError> for Failure {
 }
 
 /// One worker's open session.
+#[derive(Clone)]
 pub(super) struct Session {
     pub(super) state: State,
     pub(super) worker: WorkerId,
@@ -47,31 +65,46 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// Runs the session until the worker leaves, a lane fails, or the server shuts down.
     pub(super) async fn run(
         self,
         mut inbound: Streaming<pb::SessionRequest>,
         mut notices: broadcast::Receiver<Notice>,
     ) {
-        let shutdown = self.state.shutdown.clone();
+        let ended = self.state.shutdown.child_token();
+        let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
+        let (data, data_queue) = mpsc::channel(DATA_QUEUE);
+        spawn_named(
+            "worker_heartbeats",
+            self.clone()
+                .lane(ended.clone(), heartbeat_lane(self.clone(), heartbeat_queue)),
+        );
+        spawn_named(
+            "worker_reports",
+            self.clone()
+                .lane(ended.clone(), data_lane(self.clone(), data_queue)),
+        );
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = ended.cancelled() => break,
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => match self.handle(message).await {
-                        Ok(()) => {}
+                    Ok(Some(message)) => match Report::try_from(message) {
+                        Ok(Report::Heartbeat(leases)) => {
+                            if heartbeats.send(leases).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(report) => {
+                            if data.send(report).await.is_err() {
+                                break;
+                            }
+                        }
                         // One malformed message is dropped; ending the session would only
                         // make the worker reconnect and send it again.
-                        Err(Failure::Api(error @ ApiError::InvalidArgument(_))) => {
+                        Err(error) => {
                             let status = Status::from(error);
                             tracing::warn!(worker_id = %self.worker, %status, "dropping an invalid message from a worker");
                         }
-                        Err(Failure::Api(error)) => {
-                            let status = Status::from(error);
-                            tracing::warn!(worker_id = %self.worker, %status, "ending worker session");
-                            let _ = self.sender.send(Err(status)).await;
-                            break;
-                        }
-                        Err(Failure::Gone) => break,
                     },
                     Ok(None) => break,
                     Err(status) => {
@@ -95,7 +128,23 @@ impl Session {
                 },
             }
         }
+        // The lanes finish what they hold, then stop as their queues close.
+        drop((heartbeats, data));
         tracing::info!(worker_id = %self.worker, "worker disconnected");
+    }
+
+    /// Runs one lane; a failure ends the whole session (the worker reconnects and resends
+    /// every ending not yet acknowledged).
+    async fn lane(self, ended: CancellationToken, lane: impl Future<Output = Result<(), Failure>>) {
+        match lane.await {
+            Ok(()) | Err(Failure::Gone) => {}
+            Err(Failure::Api(error)) => {
+                let status = Status::from(error);
+                tracing::warn!(worker_id = %self.worker, %status, "ending worker session");
+                let _ = self.sender.send(Err(status)).await;
+            }
+        }
+        ended.cancel();
     }
 
     async fn send(&self, kind: Out) -> Result<(), Failure> {
@@ -103,51 +152,6 @@ impl Session {
             .send(Ok(pb::SessionResponse { kind: Some(kind) }))
             .await
             .map_err(|_| Failure::Gone)
-    }
-
-    /// Parses and records one message.
-    async fn handle(&self, message: pb::SessionRequest) -> Result<(), Failure> {
-        match Report::try_from(message)? {
-            Report::Heartbeat(leases) => self.heartbeat(leases).await,
-            Report::Output { lease, index, text } => {
-                let mut tx = self.state.store.tenant_unchecked(lease.tenant).await?;
-                // Output for an attempt this worker no longer holds is dropped; the heartbeat
-                // or a cancel tells the worker to stop.
-                tx.append_output(self.worker, lease, index, &text).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-            Report::Event {
-                lease,
-                action,
-                data,
-            } => {
-                let mut tx = self.state.store.tenant_unchecked(lease.tenant).await?;
-                if tx.holds_attempt(self.worker, lease).await? {
-                    let event = NewEvent {
-                        actor: &self.actor,
-                        action: &action,
-                        resource_type: "task",
-                        resource_id: lease.task.0,
-                        request_id: None,
-                        data,
-                    };
-                    tx.append_event(event).await?;
-                    tx.commit().await?;
-                }
-                Ok(())
-            }
-            Report::Result { lease, outcome } => self.result(lease, &outcome).await,
-            Report::MalformedResult { lease, reason } => {
-                self.ack(lease, LeaseCheck::Rejected(reason)).await
-            }
-            Report::Release(lease) => {
-                let mut tx = self.state.store.tenant_unchecked(lease.tenant).await?;
-                let check = tx.release_attempt(self.worker, lease, &self.actor).await?;
-                tx.commit().await?;
-                self.ack(lease, check).await
-            }
-        }
     }
 
     async fn heartbeat(&self, leases: Vec<Lease>) -> Result<(), Failure> {
@@ -182,13 +186,72 @@ impl Session {
         self.send(Out::HeartbeatAck(ack)).await
     }
 
-    async fn result(&self, lease: Lease, outcome: &ResultOutcome) -> Result<(), Failure> {
-        let mut tx = self.state.store.tenant_unchecked(lease.tenant).await?;
-        let check = tx
-            .record_result(self.worker, lease, outcome, &self.actor)
-            .await?;
-        tx.commit().await?;
-        self.ack(lease, check).await
+    /// Records one batch of reports: one transaction per workspace, reports in the order
+    /// they arrived, results together at the end; then the acks.
+    async fn record_batch(&self, batch: Vec<Report>) -> Result<(), Failure> {
+        let mut by_tenant: BTreeMap<TenantId, Vec<Report>> = BTreeMap::new();
+        for report in batch {
+            if let Some(lease) = report.lease() {
+                by_tenant.entry(lease.tenant).or_default().push(report);
+            }
+        }
+        let mut acks = Vec::new();
+        for (tenant, reports) in by_tenant {
+            let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let mut tasks: Vec<TaskId> = reports
+                .iter()
+                .filter_map(Report::lease)
+                .map(|l| l.task)
+                .collect();
+            tasks.sort_unstable();
+            tasks.dedup();
+            tx.lock_tasks_in_order(&tasks).await?;
+            let mut results: Vec<(Lease, ResultOutcome)> = Vec::new();
+            for report in reports {
+                match report {
+                    Report::Output { lease, index, text } => {
+                        // Output for an attempt this worker no longer holds is dropped; the
+                        // heartbeat or a cancel tells the worker to stop.
+                        tx.append_output(self.worker, lease, index, &text).await?;
+                    }
+                    Report::Event {
+                        lease,
+                        action,
+                        data,
+                    } => {
+                        if tx.holds_attempt(self.worker, lease).await? {
+                            let event = NewEvent {
+                                actor: &self.actor,
+                                action: &action,
+                                resource_type: "task",
+                                resource_id: lease.task.0,
+                                request_id: None,
+                                data,
+                            };
+                            tx.append_event(event).await?;
+                        }
+                    }
+                    Report::Result { lease, outcome } => results.push((lease, outcome)),
+                    Report::MalformedResult { lease, reason } => {
+                        acks.push((lease, LeaseCheck::Rejected(reason)));
+                    }
+                    Report::Release(lease) => {
+                        let check = tx.release_attempt(self.worker, lease, &self.actor).await?;
+                        acks.push((lease, check));
+                    }
+                    Report::Heartbeat(_) => {}
+                }
+            }
+            let checks = tx
+                .record_results(self.worker, &results, &self.actor)
+                .await?;
+            tx.commit().await?;
+            acks.extend(results.into_iter().map(|(lease, _)| lease).zip(checks));
+        }
+        for (lease, check) in acks {
+            self.ack(lease, check).await?;
+        }
+        Ok(())
     }
 
     async fn ack(&self, lease: Lease, check: LeaseCheck) -> Result<(), Failure> {
@@ -206,4 +269,24 @@ impl Session {
         };
         self.send(Out::ResultAck(ack)).await
     }
+}
+
+/// Renews leases as heartbeats arrive.
+async fn heartbeat_lane(
+    session: Session,
+    mut queue: mpsc::Receiver<Vec<Lease>>,
+) -> Result<(), Failure> {
+    while let Some(leases) = queue.recv().await {
+        session.heartbeat(leases).await?;
+    }
+    Ok(())
+}
+
+/// Records reports in batches of whatever queued up meanwhile.
+async fn data_lane(session: Session, mut queue: mpsc::Receiver<Report>) -> Result<(), Failure> {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        session.record_batch(std::mem::take(&mut batch)).await?;
+    }
+    Ok(())
 }

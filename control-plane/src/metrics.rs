@@ -1,0 +1,236 @@
+//! The control plane's Prometheus metrics (served by `startup` on `--metrics-addr`):
+//!
+//! - gRPC calls, latency and live streams: `agentplane_grpc_server_*`
+//!   ([`agentplane_telemetry::grpc`]);
+//! - the queue, by priority band (`high`, `normal`, `low`; never by workspace):
+//!   `agentplane_queue_ready_tasks`, `agentplane_queue_scheduled_tasks`,
+//!   `agentplane_queue_running_tasks`, `agentplane_queue_oldest_ready_age_seconds`, read from
+//!   the database at each scrape (every replica reports the same totals: aggregate with
+//!   `max`);
+//! - the fan-out: `agentplane_fanout_backlog_notices` (how far the slowest live stream is
+//!   behind the ring, in notices) and `agentplane_fanout_subscribers`;
+//! - the database pool: `agentplane_db_pool_connections{state="idle|in_use"}`,
+//!   `agentplane_db_pool_max_connections` (saturation is in-use over max).
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use agentplane_telemetry::grpc::GrpcMetrics;
+use agentplane_telemetry::metrics::{BeforeScrape, register};
+use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prost::Message as _;
+use sqlx::PgPool;
+
+use crate::fanout::Fanout;
+use crate::store::{PRIORITY_BANDS, QueueBand, Store};
+
+/// Longest a scrape waits for the queue totals.
+pub const QUEUE_STATS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The control plane's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Everything below, for the scrape endpoint.
+    pub registry: Registry,
+    /// gRPC server metrics (the tower layer records them).
+    pub grpc: Arc<GrpcMetrics>,
+    queue_ready: IntGaugeVec,
+    queue_scheduled: IntGaugeVec,
+    queue_running: IntGaugeVec,
+    queue_oldest_age: GaugeVec,
+    pool_connections: IntGaugeVec,
+    pool_max: IntGauge,
+    fanout_backlog: IntGauge,
+    fanout_subscribers: IntGauge,
+}
+
+/// The process's metrics (one registry, however many servers a test starts).
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let grpc = Arc::new(GrpcMetrics::new(&registry, known_methods()));
+        let band = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &["priority"]).expect("valid metric"),
+            )
+        };
+        let queue_ready = band(
+            "agentplane_queue_ready_tasks",
+            "Pending tasks that are due, by priority band",
+        );
+        let queue_scheduled = band(
+            "agentplane_queue_scheduled_tasks",
+            "Pending tasks scheduled for later, by priority band",
+        );
+        let queue_running = band(
+            "agentplane_queue_running_tasks",
+            "Running tasks, by priority band",
+        );
+        let queue_oldest_age = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "agentplane_queue_oldest_ready_age_seconds",
+                    "How long the oldest due pending task has waited, by priority band",
+                ),
+                &["priority"],
+            )
+            .expect("valid metric"),
+        );
+        let pool_connections = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "agentplane_db_pool_connections",
+                    "Database connections of the pool, by state (idle, in_use)",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+        );
+        let pool_max = register(
+            &registry,
+            IntGauge::new(
+                "agentplane_db_pool_max_connections",
+                "The pool's connection limit",
+            )
+            .expect("valid metric"),
+        );
+        let fanout_backlog = register(
+            &registry,
+            IntGauge::new(
+                "agentplane_fanout_backlog_notices",
+                "Notices the slowest live stream has yet to read from the fan-out ring \
+                 (16,384 at most; past that the stream re-reads from the database)",
+            )
+            .expect("valid metric"),
+        );
+        let fanout_subscribers = register(
+            &registry,
+            IntGauge::new(
+                "agentplane_fanout_subscribers",
+                "Live streams and worker sessions receiving fan-out notices",
+            )
+            .expect("valid metric"),
+        );
+        Self {
+            registry,
+            grpc,
+            fanout_backlog,
+            fanout_subscribers,
+            queue_ready,
+            queue_scheduled,
+            queue_running,
+            queue_oldest_age,
+            pool_connections,
+            pool_max,
+        }
+    }
+
+    /// Brings the gauges up to date before each scrape: the pool's statistics, and the
+    /// queue totals (one query, given at most [`QUEUE_STATS_TIMEOUT`]; on failure the last
+    /// values stay).
+    pub fn before_scrape(
+        &'static self,
+        store: Store,
+        fanout: Fanout,
+        pool: PgPool,
+        max_connections: u32,
+    ) -> BeforeScrape {
+        Arc::new(move || {
+            let (backlog, subscribers) = fanout.lag();
+            self.fanout_backlog
+                .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+            self.fanout_subscribers
+                .set(i64::try_from(subscribers).unwrap_or(i64::MAX));
+            let size = i64::from(pool.size());
+            let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+            self.pool_connections.with_label_values(&["idle"]).set(idle);
+            self.pool_connections
+                .with_label_values(&["in_use"])
+                .set(size.saturating_sub(idle));
+            self.pool_max.set(i64::from(max_connections));
+            let store = store.clone();
+            Box::pin(async move {
+                match tokio::time::timeout(QUEUE_STATS_TIMEOUT, store.queue_stats()).await {
+                    Ok(Ok(bands)) => self.set_queue(&bands),
+                    Ok(Err(error)) => tracing::warn!(%error, "reading queue statistics failed"),
+                    Err(_) => tracing::warn!("reading queue statistics timed out"),
+                }
+            })
+        })
+    }
+
+    fn set_queue(&self, bands: &[QueueBand]) {
+        for name in PRIORITY_BANDS {
+            let band = bands.iter().find(|band| band.priority_band == name);
+            let labels = [name];
+            self.queue_ready
+                .with_label_values(&labels)
+                .set(band.map_or(0, |b| b.ready));
+            self.queue_scheduled
+                .with_label_values(&labels)
+                .set(band.map_or(0, |b| b.scheduled));
+            self.queue_running
+                .with_label_values(&labels)
+                .set(band.map_or(0, |b| b.running));
+            self.queue_oldest_age
+                .with_label_values(&labels)
+                .set(band.map_or(0.0, |b| b.oldest_ready_age_seconds));
+        }
+    }
+}
+
+/// Every method path the server answers, from the descriptor sets it serves, so the gRPC
+/// metrics label any other path `unknown`.
+fn known_methods() -> HashSet<String> {
+    let mut methods = HashSet::new();
+    for set in [
+        agentplane_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    methods.insert(format!(
+                        "/{package}.{service_name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    for reflection in ["v1", "v1alpha"] {
+        methods.insert(format!(
+            "/grpc.reflection.{reflection}.ServerReflection/ServerReflectionInfo"
+        ));
+    }
+    methods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_methods_cover_the_api_health_and_reflection() {
+        let methods = known_methods();
+        for path in [
+            "/agentplane.v1.TaskService/CreateTask",
+            "/agentplane.v1.WorkerService/Session",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(methods.contains(path), "{path}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Creating many tasks of one workspace in one transaction with a fixed number of
+//! statements, whatever the batch size (BatchCreateTasks).
+
+use std::collections::HashMap;
+
+use agentplane_core::notify::Notification;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::tasks::columns;
+use super::{StoreError, StoreResult, TaskRow, TenantTx};
+use crate::domain::task::{NewTask, Role};
+use crate::ids::{AgentId, TaskId};
+
+/// What creating a task needs from its agent.
+#[derive(sqlx::FromRow)]
+struct AgentForTask {
+    id: AgentId,
+    system_prompt: String,
+    max_attempts: i32,
+}
+
+impl TenantTx {
+    /// Queues every task of `tasks` (all of this workspace), or returns for an item with a
+    /// request id the task an earlier call created with it. Returns one row per item, in
+    /// order. All or none: a missing or deleted agent is NOT_FOUND and creates nothing.
+    pub async fn create_tasks(
+        &mut self,
+        tasks: &[NewTask],
+        actor: &str,
+    ) -> StoreResult<Vec<TaskRow>> {
+        let request_ids: Vec<&str> = tasks
+            .iter()
+            .filter_map(|task| task.request_id.as_deref())
+            .collect();
+        let mut existing: HashMap<String, TaskRow> = HashMap::new();
+        if !request_ids.is_empty() {
+            let rows = self
+                .query_as::<TaskRow>(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM tasks WHERE tenant_id = $1 AND request_id = ANY($2)"
+                ))
+                .bind(&request_ids)
+                .fetch_all(self.executor())
+                .await?;
+            for row in rows {
+                if let Some(request_id) = row.request_id.clone() {
+                    existing.insert(request_id, row);
+                }
+            }
+        }
+        let new: Vec<(TaskId, &NewTask)> = tasks
+            .iter()
+            .filter(|task| {
+                task.request_id
+                    .as_ref()
+                    .is_none_or(|id| !existing.contains_key(id))
+            })
+            .map(|task| (TaskId::generate(), task))
+            .collect();
+        let mut created = if new.is_empty() {
+            HashMap::new()
+        } else {
+            self.insert_tasks(&new, actor).await?
+        };
+        let mut new_ids = new.iter().map(|(id, _)| *id);
+        let mut rows = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let earlier = task.request_id.as_ref().and_then(|id| existing.get(id));
+            let row = match earlier {
+                Some(row) => row.clone(),
+                None => new_ids
+                    .next()
+                    .and_then(|id| created.remove(&id))
+                    .ok_or_else(|| {
+                        StoreError::Database(sqlx::Error::Protocol(
+                            "a batch-created task was not returned".to_owned(),
+                        ))
+                    })?,
+            };
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Inserts the tasks, their transcripts and their events; returns the rows by id.
+    async fn insert_tasks(
+        &mut self,
+        new: &[(TaskId, &NewTask)],
+        actor: &str,
+    ) -> StoreResult<HashMap<TaskId, TaskRow>> {
+        // FOR SHARE: a concurrent DeleteAgent or DeleteWorkspace waits for these tasks to
+        // commit and then cancels them, instead of leaving them pending forever.
+        self.share_lock_workspace().await?;
+        let mut agent_ids: Vec<AgentId> = new.iter().map(|(_, task)| task.agent_id).collect();
+        agent_ids.sort_unstable();
+        agent_ids.dedup();
+        let agents: HashMap<AgentId, AgentForTask> = self
+            .query_as::<AgentForTask>(
+                "SELECT id, system_prompt, max_attempts FROM agents \
+                 WHERE tenant_id = $1 AND id = ANY($2) AND deleted_at IS NULL \
+                 ORDER BY id FOR SHARE",
+            )
+            .bind(&agent_ids)
+            .fetch_all(self.executor())
+            .await?
+            .into_iter()
+            .map(|agent| (agent.id, agent))
+            .collect();
+        if agents.len() != agent_ids.len() {
+            return Err(StoreError::NotFound("agent"));
+        }
+
+        let ids: Vec<TaskId> = new.iter().map(|(id, _)| *id).collect();
+        let mut columns = TaskColumns::default();
+        for (id, task) in new {
+            // Every agent id was found above.
+            if let Some(agent) = agents.get(&task.agent_id) {
+                columns.add(*id, task, agent);
+            }
+        }
+        let rows = self
+            .query_as::<TaskRow>(concat!(
+                "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, \
+                 max_attempts, request_id) \
+                 SELECT $1, t.id, t.agent_id, t.priority, \
+                        greatest(coalesce(t.run_at, now()), now()), t.labels::jsonb, \
+                        t.max_attempts, t.request_id \
+                 FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], \
+                             $6::text[], $7::int[], $8::text[]) \
+                      AS t(id, agent_id, priority, run_at, labels, max_attempts, request_id) \
+                 RETURNING ",
+                columns!()
+            ))
+            .bind(&ids)
+            .bind(&columns.agent_ids)
+            .bind(&columns.priorities)
+            .bind(&columns.run_ats)
+            .bind(&columns.labels)
+            .bind(&columns.max_attempts)
+            .bind(&columns.request_ids)
+            .fetch_all(self.executor())
+            .await?;
+        self.query(
+            "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content) \
+             SELECT $1, m.id, m.task_id, m.position, m.role, m.content \
+             FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[]) \
+                  AS m(id, task_id, position, role, content)",
+        )
+        .bind(&columns.message_ids)
+        .bind(&columns.message_tasks)
+        .bind(&columns.positions)
+        .bind(&columns.roles)
+        .bind(&columns.contents)
+        .execute(self.executor())
+        .await?;
+        self.query(
+            "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
+             request_id, data) \
+             SELECT $1, e.id, $2, 'task.created', 'task', e.task_id, e.request_id, e.data::jsonb \
+             FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[]) \
+                  AS e(id, task_id, request_id, data)",
+        )
+        .bind(actor)
+        .bind(&columns.event_ids)
+        .bind(&ids)
+        .bind(&columns.request_ids)
+        .bind(&columns.event_data)
+        .execute(self.executor())
+        .await?;
+        let tenant = self.tenant();
+        self.notify(&[Notification::TaskReady, Notification::Events { tenant }])
+            .await?;
+        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+    }
+}
+
+/// Column arrays of the batch, bound with `unnest`.
+#[derive(Default)]
+struct TaskColumns<'a> {
+    agent_ids: Vec<AgentId>,
+    priorities: Vec<i32>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    labels: Vec<String>,
+    max_attempts: Vec<i32>,
+    request_ids: Vec<Option<&'a str>>,
+    message_ids: Vec<Uuid>,
+    message_tasks: Vec<TaskId>,
+    positions: Vec<i32>,
+    roles: Vec<Role>,
+    contents: Vec<&'a str>,
+    event_ids: Vec<Uuid>,
+    event_data: Vec<String>,
+}
+
+impl<'a> TaskColumns<'a> {
+    fn add(&mut self, id: TaskId, task: &'a NewTask, agent: &'a AgentForTask) {
+        self.agent_ids.push(task.agent_id);
+        self.priorities.push(task.priority);
+        self.run_ats.push(task.run_at);
+        self.labels
+            .push(serde_json::to_string(&task.labels).unwrap_or_else(|_| "{}".to_owned()));
+        self.max_attempts.push(agent.max_attempts);
+        self.request_ids.push(task.request_id.as_deref());
+        let system = (!agent.system_prompt.is_empty())
+            .then_some((Role::System, agent.system_prompt.as_str()));
+        let messages = system
+            .into_iter()
+            .chain(task.input.iter().map(|m| (m.role, m.content.as_str())));
+        for (position, (role, content)) in (0i32..).zip(messages) {
+            self.message_ids.push(Uuid::now_v7());
+            self.message_tasks.push(id);
+            self.positions.push(position);
+            self.roles.push(role);
+            self.contents.push(content);
+        }
+        self.event_ids.push(Uuid::now_v7());
+        self.event_data.push(
+            serde_json::json!({
+                "agent_id": task.agent_id,
+                "priority": task.priority,
+                "input_messages": task.input.len(),
+            })
+            .to_string(),
+        );
+    }
+}
