@@ -549,17 +549,25 @@ async fn workspace_a_credentials_can_neither_see_nor_touch_workspace_b() {
         .into_inner()
         .api_keys
         .remove(0);
-    let b_event = owner_b
-        .events
-        .list_events(pb::ListEventsRequest {
-            workspace_id: b_ws.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .remove(0);
+    // An event shows once every older transaction on the server has ended: wait for one.
+    let mut b_events = Vec::new();
+    for _ in 0..200 {
+        b_events = owner_b
+            .events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: b_ws.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if !b_events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b_event = b_events.remove(0);
     let b_member = owner_b
         .members
         .add_member(pb::AddMemberRequest {
