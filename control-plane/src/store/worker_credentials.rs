@@ -38,17 +38,19 @@ macro_rules! columns {
 }
 
 impl Store {
-    /// Stores a new worker credential. Changes to credentials are logged by the caller (the
-    /// event log is per workspace; credentials belong to the platform), and each row keeps
-    /// who created and who revoked it.
+    /// Stores a new worker credential and its `worker_credential.created` platform event
+    /// (credentials belong to the platform, not to a workspace), in one transaction. `action`
+    /// says how it was issued: `worker_credential.created` or `worker_credential.enrolled`.
     pub async fn create_worker_credential(
         &self,
         id: WorkerId,
         name: &str,
         secret_hash: &[u8],
         actor: &str,
+        action: &str,
     ) -> StoreResult<WorkerCredentialRow> {
-        sqlx::query_as::<_, WorkerCredentialRow>(concat!(
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, WorkerCredentialRow>(concat!(
             "INSERT INTO worker_credentials (id, name, secret_hash, created_by) \
              VALUES ($1, $2, $3, $4) RETURNING ",
             columns!()
@@ -57,9 +59,18 @@ impl Store {
         .bind(name)
         .bind(secret_hash)
         .bind(actor)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::from)
+        .fetch_one(&mut *tx)
+        .await?;
+        platform_event(
+            &mut tx,
+            actor,
+            action,
+            id,
+            serde_json::json!({ "name": name }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     /// Credentials before `before` (keyset), newest first.
@@ -87,16 +98,37 @@ impl Store {
         id: WorkerId,
         actor: &str,
     ) -> StoreResult<WorkerCredentialRow> {
-        sqlx::query_as::<_, WorkerCredentialRow>(concat!(
-            "UPDATE worker_credentials SET revoked_at = coalesce(revoked_at, now()), \
-             revoked_by = coalesce(revoked_by, $2) WHERE id = $1 RETURNING ",
-            columns!()
-        ))
+        let mut tx = self.pool.begin().await?;
+        // Only the first revocation changes the row, and only it is an event.
+        let revoked_now = sqlx::query_scalar::<_, WorkerId>(
+            "UPDATE worker_credentials SET revoked_at = now(), revoked_by = $2 \
+             WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        )
         .bind(id)
         .bind(actor)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if revoked_now.is_some() {
+            platform_event(
+                &mut tx,
+                actor,
+                "worker_credential.revoked",
+                id,
+                serde_json::json!({}),
+            )
+            .await?;
+        }
+        let row = sqlx::query_as::<_, WorkerCredentialRow>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM worker_credentials WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
         .await?
-        .ok_or(StoreError::NotFound("worker credential"))
+        .ok_or(StoreError::NotFound("worker credential"))?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     /// The credential of worker `id`, for authentication.
@@ -119,4 +151,26 @@ impl Store {
         .await
         .map_err(StoreError::from)
     }
+}
+
+/// Appends a platform event about worker credential `id` in `tx`.
+async fn platform_event(
+    tx: &mut sqlx::PgConnection,
+    actor: &str,
+    action: &str,
+    id: WorkerId,
+    data: serde_json::Value,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO platform_events (id, actor, action, resource_type, resource_id, data) \
+         VALUES ($1, $2, $3, 'worker_credential', $4, $5)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(actor)
+    .bind(action)
+    .bind(id)
+    .bind(sqlx::types::Json(data))
+    .execute(tx)
+    .await?;
+    Ok(())
 }

@@ -109,6 +109,35 @@ async fn a_revoked_worker_is_cut_off_and_cannot_reconnect() {
         .unwrap();
     assert_eq!(revoked.revoked_by, "platform-admin");
     assert!(revoked.revoke_time.is_some());
+    // A second revocation changes nothing and records nothing.
+    admin
+        .worker_credentials
+        .revoke_worker_credential(pb::RevokeWorkerCredentialRequest {
+            worker_id: credential.0.to_string(),
+        })
+        .await
+        .unwrap();
+    // Issuing and revoking are platform events with the acting identity.
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM platform_events WHERE resource_id = $1 ORDER BY seq",
+    )
+    .bind(credential.0)
+    .fetch_all(&db.owner_pool().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [
+            (
+                "worker_credential.created".to_owned(),
+                "platform-admin".to_owned()
+            ),
+            (
+                "worker_credential.revoked".to_owned(),
+                "platform-admin".to_owned()
+            ),
+        ]
+    );
 
     // The open session ends with UNAUTHENTICATED.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {

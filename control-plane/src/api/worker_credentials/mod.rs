@@ -33,11 +33,13 @@ impl WorkerCredentialApi {
         Self { state }
     }
 
-    /// Issues a credential named `name` on behalf of `actor`.
+    /// Issues a credential named `name` on behalf of `actor`; `action` names the platform
+    /// event (`worker_credential.created` or `worker_credential.enrolled`).
     async fn issue(
         &self,
         name: &str,
         actor: &str,
+        action: &str,
     ) -> Result<(WorkerCredentialRow, String), ApiError> {
         let mut v = Violations::new();
         v.text("name", name, 1, MAX_NAME);
@@ -47,7 +49,7 @@ impl WorkerCredentialApi {
         let row = self
             .state
             .store
-            .create_worker_credential(WorkerId(made.id), name, &made.hash, actor)
+            .create_worker_credential(WorkerId(made.id), name, &made.hash, actor, action)
             .await?;
         tracing::info!(worker_id = %row.id, %actor, name, "worker credential created");
         Ok((row, secret::reveal(&made.secret)))
@@ -65,7 +67,9 @@ impl WorkerCredentialService for WorkerCredentialApi {
         request: Request<pb::CreateWorkerCredentialRequest>,
     ) -> Result<Response<pb::CreateWorkerCredentialResponse>, Status> {
         let actor = caller(&request)?.principal.actor();
-        let (row, secret) = self.issue(&request.get_ref().name, &actor).await?;
+        let (row, secret) = self
+            .issue(&request.get_ref().name, &actor, "worker_credential.created")
+            .await?;
         Ok(Response::new(pb::CreateWorkerCredentialResponse {
             credential: Some(credential(&row)),
             secret,
@@ -121,7 +125,13 @@ impl WorkerCredentialService for WorkerCredentialApi {
         request: Request<pb::EnrollWorkerRequest>,
     ) -> Result<Response<pb::EnrollWorkerResponse>, Status> {
         let actor = caller(&request)?.principal.actor();
-        let (row, secret) = self.issue(&request.get_ref().name, &actor).await?;
+        let (row, secret) = self
+            .issue(
+                &request.get_ref().name,
+                &actor,
+                "worker_credential.enrolled",
+            )
+            .await?;
         Ok(Response::new(pb::EnrollWorkerResponse {
             credential: Some(credential(&row)),
             secret,
