@@ -137,6 +137,66 @@ async fn the_worker_role_cannot_forge_events_touch_finished_tasks_or_read_result
         );
     }
 
+    // A lapsed lease can only be expired the way the reaper does it: the fixed code and
+    // message, failed only once the attempts are used up, requeued within the retry delay.
+    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(pending)
+        .execute(&owner)
+        .await
+        .unwrap();
+    for change in [
+        "status = 'failed', worker_id = NULL, lease_expires_at = NULL, ended_at = now(), \
+         error_code = 'lease_expired', \
+         error_message = 'the worker holding the task stopped renewing its lease'",
+        "status = 'pending', worker_id = NULL, lease_expires_at = NULL, \
+         error_code = 'lease_expired', error_message = 'your account was suspended'",
+        "status = 'pending', worker_id = NULL, lease_expires_at = NULL, \
+         run_at = now() + interval '1 year', error_code = 'lease_expired', \
+         error_message = 'the worker holding the task stopped renewing its lease'",
+    ] {
+        let error = set_status(&pool, pending, change).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("42501"),
+            "{change}: {error}"
+        );
+    }
+    // A claim cannot take a lease for a century.
+    let other = task(&owner, tenant, agent_id, 0, "o").await;
+    let error = set_status(
+        &pool,
+        other,
+        "status = 'running', attempt = attempt + 1, worker_id = gen_random_uuid(), \
+         lease_expires_at = now() + interval '100 years'",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error}");
+
+    // Results, prompts and labels are not readable, nor transcripts of tasks not running.
+    for column in [
+        "SELECT output FROM tasks",
+        "SELECT error_message FROM tasks",
+        "SELECT labels FROM tasks",
+        "SELECT system_prompt FROM agents",
+    ] {
+        let error = sqlx::query(sqlx::AssertSqlSafe(column.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("42501"),
+            "{column}: {error}"
+        );
+    }
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM task_messages WHERE task_id = $1")
+        .bind(other)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0, "a pending task's prompt is not visible");
+
     // What it may not read at all.
     for table in [
         "events",
@@ -156,12 +216,7 @@ async fn the_worker_role_cannot_forge_events_touch_finished_tasks_or_read_result
         );
     }
 
-    // And what it needs still works: the lease runs out and the reaper requeues the task.
-    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(pending)
-        .execute(&owner)
-        .await
-        .unwrap();
+    // And what it needs still works: the lease has run out and the reaper requeues the task.
     assert_eq!(reap_expired_leases(&pool, 10).await.unwrap(), 1);
     let events: Vec<String> =
         sqlx::query_scalar("SELECT action FROM events WHERE resource_id = $1 ORDER BY seq")
