@@ -21,12 +21,16 @@ use crate::link::Outbound;
 use crate::metrics::METRICS;
 use agentplane_core::notify::channel;
 
-use crate::queue::{self, ClaimedTask};
+use crate::queue::{self, ClaimRequest, ClaimedTask, WorkerLabels};
 use crate::runner::{self, RunContext};
 use crate::spawn::spawn_named;
+use agentplane_core::ids::TenantId;
 
 /// First pause of the idle poll backoff.
 const POLL_INTERVAL_MIN: Duration = Duration::from_millis(50);
+/// Rounds of workspaces a claim loop goes through at once when each took nothing but left
+/// workspaces unvisited, before it waits like an idle loop.
+const MAX_EMPTY_ROUNDS: u32 = 8;
 const LISTEN_RETRY_MIN: Duration = Duration::from_millis(500);
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -37,6 +41,8 @@ pub(crate) struct Claimer {
     /// One permit per task that may run at once.
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) capacity: u32,
+    /// The labels this worker advertises.
+    pub(crate) labels: WorkerLabels,
     pub(crate) poll_interval_max: Duration,
     pub(crate) wake: Arc<Notify>,
     /// Parent of every attempt's token: canceling it stops attempts for shutdown.
@@ -50,6 +56,11 @@ impl Claimer {
     pub(crate) async fn run(self) {
         let mut link = self.context.link.clone();
         let mut idle = Backoff::new(POLL_INTERVAL_MIN, self.poll_interval_max);
+        // Where the next claim's round of workspaces starts: after the one the last ended
+        // with, so that workspaces take turns across claims too.
+        let mut resume_after: Option<TenantId> = None;
+        // Rounds in a row that took nothing but left workspaces unvisited.
+        let mut empty_rounds = 0;
         loop {
             let lease_duration = tokio::select! {
                 up = link.wait_until_up() => match up {
@@ -65,18 +76,36 @@ impl Claimer {
             let Some(permits) = permits else { return };
             let wanted = u32::try_from(permits.len()).unwrap_or(u32::MAX);
             let claimed_at = Instant::now();
-            let claimed =
-                queue::claim_tasks(&self.pool, self.worker_id, wanted, lease_duration).await;
+            let request = ClaimRequest {
+                worker_id: self.worker_id,
+                max: wanted,
+                lease: lease_duration,
+                labels: self.labels.clone(),
+                resume_after,
+            };
+            let claimed = queue::claim(&self.pool, &request).await;
             record_claim(&claimed, claimed_at);
             match claimed {
-                Ok(tasks) if !tasks.is_empty() => {
-                    tracing::debug!(claimed = tasks.len(), wanted, "claimed tasks");
-                    self.start_attempts(tasks, permits, claimed_at).await;
+                Ok(claim) if !claim.tasks.is_empty() => {
+                    tracing::debug!(claimed = claim.tasks.len(), wanted, "claimed tasks");
+                    resume_after = claim.resume_after;
+                    empty_rounds = 0;
+                    self.start_attempts(claim.tasks, permits, claimed_at).await;
                     idle.reset();
                     // Capacity may still be free: try again at once.
                     continue;
                 }
-                Ok(_) => {}
+                Ok(claim) => {
+                    resume_after = claim.resume_after;
+                    if claim.more_workspaces && empty_rounds < MAX_EMPTY_ROUNDS {
+                        // The round ended before the workspaces did: go on with the rest,
+                        // a bounded number of times (their tasks may all be scheduled for
+                        // later, or of agents at their limit).
+                        empty_rounds += 1;
+                        continue;
+                    }
+                    empty_rounds = 0;
+                }
                 Err(error) => tracing::warn!(%error, "claiming tasks failed"),
             }
             drop(permits);
@@ -148,12 +177,12 @@ impl Claimer {
 }
 
 /// Records a claim's latency and batch size.
-fn record_claim(claimed: &Result<Vec<ClaimedTask>, sqlx::Error>, started: Instant) {
+fn record_claim(claimed: &Result<queue::Claim, sqlx::Error>, started: Instant) {
     METRICS
         .claim_duration
         .observe(started.elapsed().as_secs_f64());
     match claimed {
-        Ok(tasks) => METRICS.claim_batch_size.observe(tasks.len() as f64),
+        Ok(claim) => METRICS.claim_batch_size.observe(claim.tasks.len() as f64),
         Err(_) => METRICS.claim_errors.inc(),
     }
 }

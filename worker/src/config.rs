@@ -9,6 +9,8 @@ use sqlx::postgres::PgConnectOptions;
 use tonic::metadata::MetadataValue;
 use uuid::Uuid;
 
+use crate::queue::WorkerLabels;
+
 /// Default number of tasks a worker runs at once.
 pub const DEFAULT_CAPACITY: u32 = 8;
 /// Largest accepted capacity (the control plane refuses more in `WorkerHello`).
@@ -58,6 +60,8 @@ pub struct WorkerConfig {
     pub echo_token_delay: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`); `None` serves none.
     pub metrics_addr: Option<SocketAddr>,
+    /// Labels the worker advertises; it claims only tasks whose agent requires a subset.
+    pub labels: WorkerLabels,
 }
 
 /// A setting that cannot work.
@@ -111,6 +115,7 @@ impl WorkerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             echo_token_delay: DEFAULT_ECHO_TOKEN_DELAY,
             metrics_addr: None,
+            labels: WorkerLabels::default(),
         }
     }
 

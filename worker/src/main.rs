@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agentplane_worker::queue::WorkerLabels;
 use agentplane_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
 
@@ -71,6 +72,12 @@ struct Args {
     #[arg(long, env = "AGENTPLANE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
 
+    /// Labels this worker advertises, `key=value,key=value` (region, provider access,
+    /// hardware): it claims only the tasks of agents whose required labels it has, all with
+    /// equal values. Unset: no labels, so only agents that require none.
+    #[arg(long, env = "AGENTPLANE_WORKER_LABELS", default_value = "", value_parser = WorkerLabels::parse)]
+    labels: WorkerLabels,
+
     /// Log line format.
     #[arg(long, env = "AGENTPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -88,6 +95,7 @@ impl Args {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             echo_token_delay: Duration::from_millis(self.echo_token_delay_ms),
             metrics_addr: self.metrics_addr,
+            labels: self.labels,
         }
     }
 }

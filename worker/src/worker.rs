@@ -104,6 +104,7 @@ impl Worker {
             worker_id: config.worker_id,
             slots: Arc::clone(&slots),
             capacity: config.capacity,
+            labels: config.labels.clone(),
             poll_interval_max: config.poll_interval_max,
             wake: Arc::clone(&wake),
             attempts_shutdown: attempts_shutdown.clone(),
@@ -127,6 +128,7 @@ impl Worker {
         tracing::info!(
             worker_id = %config.worker_id,
             capacity = config.capacity,
+            labels = %config.labels,
             control_plane = %config.control_plane_url,
             database = %config.database_summary(),
             "worker started"

@@ -1,17 +1,25 @@
 //! The claim transaction.
 //!
-//! 1. Lock up to `4 × max` pending, due tasks in claim order (`FOR UPDATE SKIP LOCKED`, served
-//!    by the partial index `tasks_claim`). No per-row test of the agent's room: counting an
-//!    agent's running tasks for every candidate row made the claim's cost grow with the
-//!    backlog; step 4 passes over full agents instead.
-//! 2. Take a transaction-scoped advisory lock per agent among them, in sorted order, so two
-//!    claimers of one agent serialise; then read each agent and count its running tasks
-//!    (READ COMMITTED: that statement sees claims committed while we waited for the lock).
-//! 3. Choose, in claim order, the tasks whose agent is live and has room.
-//! 4. If the window was full but the plan is not, look again past the agents that are out of
-//!    room, so one busy agent cannot starve every other workspace (advisory locks are only
-//!    tried on these later passes, as they are taken out of sorted order).
-//! 5. Mark the chosen tasks running, append a `task.started` event each, load transcripts,
+//! 1. List the workspaces with pending tasks, starting after the workspace the worker's
+//!    previous claim ended with and wrapping around (a skip scan over the partial index
+//!    `tasks_queue`, one probe per workspace), with each one's cap on running tasks.
+//! 2. Lock up to `4 × max` candidates, split evenly among those workspaces, each workspace's
+//!    in its claim order `(priority DESC, created_at, id)`: due (`run_at <= now()`), labels
+//!    matched by the worker, `FOR UPDATE SKIP LOCKED`. No per-row test of the agent's room:
+//!    counting an agent's running tasks for every candidate made the claim's cost grow with
+//!    the backlog; step 5 passes over full agents instead.
+//! 3. Deal them round robin: every workspace's first candidate, then every second one, so a
+//!    workspace with 100,000 pending tasks gets one turn per round like one with three.
+//! 4. Take a transaction-scoped advisory lock per agent and per capped workspace among them,
+//!    in sorted order, so two claimers of one agent (or capped workspace) serialise; then
+//!    read each agent, count its running tasks and each capped workspace's (READ COMMITTED:
+//!    those statements see claims committed while we waited for the locks).
+//! 5. Choose, in dealt order, the tasks whose agent is live and has room and whose workspace
+//!    is under its cap.
+//! 6. If the window was full but the plan is not, look again past the agents and workspaces
+//!    that are out of room, so one busy agent cannot starve the others (advisory locks are
+//!    only tried on these later passes, as they are taken out of sorted order).
+//! 7. Mark the chosen tasks running, append a `task.started` event each, load transcripts,
 //!    notify, commit. Unchosen candidates are released by the commit.
 //!
 //! Lock waits are bounded to 5 s and statements to 30 s; a claim that times out claims
@@ -25,74 +33,153 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::choose::{AgentKey, AgentState, Candidate, ClaimPlan};
+use super::choose::{AgentKey, AgentState, Candidate, ClaimPlan, RankedCandidate, round_robin};
 use super::{
-    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, bound_waits, is_wait_timeout,
-    unzip_pairs,
+    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, WorkerLabels, bound_waits,
+    is_wait_timeout, unzip_pairs,
 };
 
 /// Candidates looked at per task wanted.
 const WINDOW_PER_TASK: usize = 4;
 /// Candidate passes per claim; later passes skip the agents that are out of room.
 const MAX_PASSES: usize = 3;
+/// Workspaces visited per task wanted, and at most per claim: enough to fill the claim when
+/// some of them have nothing due or nothing this worker may run.
+const WORKSPACES_PER_TASK: usize = 2;
+const MAX_WORKSPACES: usize = 256;
 
-/// Claims up to `max` tasks for `worker_id` with a lease of `lease`, in one transaction.
-/// Returns the tasks claimed (possibly none), each with its agent settings and transcript.
-/// A claim that waited too long for a lock or a statement claims nothing.
+/// What one claim asks for.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The claiming worker, recorded on each task it takes.
+    pub worker_id: Uuid,
+    /// At most this many tasks.
+    pub max: u32,
+    /// The lease each task gets.
+    pub lease: Duration,
+    /// The worker's labels: only tasks whose agent requires a subset of them are taken.
+    pub labels: WorkerLabels,
+    /// The workspace the previous claim ended with ([`Claim::resume_after`]): this claim's
+    /// round starts with the next one. `None` starts at the beginning.
+    pub resume_after: Option<TenantId>,
+}
+
+/// What one claim took.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    /// The tasks claimed, each with its agent settings and transcript.
+    pub tasks: Vec<ClaimedTask>,
+    /// Where the next claim's round should start.
+    pub resume_after: Option<TenantId>,
+    /// Whether workspaces were left unvisited because the round was full: a claim that took
+    /// nothing should then be retried at once from [`Claim::resume_after`].
+    pub more_workspaces: bool,
+}
+
+/// Claims up to `max` tasks for `worker_id` with a lease of `lease`, in one transaction,
+/// for a worker without labels, starting the round at the first workspace.
 pub async fn claim_tasks(
     pool: &PgPool,
     worker_id: Uuid,
     max: u32,
     lease: Duration,
 ) -> Result<Vec<ClaimedTask>, sqlx::Error> {
-    match claim(pool, worker_id, max, lease).await {
+    let request = ClaimRequest {
+        worker_id,
+        max,
+        lease,
+        labels: WorkerLabels::default(),
+        resume_after: None,
+    };
+    Ok(claim(pool, &request).await?.tasks)
+}
+
+/// Claims what `request` asks for, in one transaction. A claim that waited too long for a
+/// lock or a statement claims nothing.
+pub async fn claim(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx::Error> {
+    match claim_once(pool, request).await {
         Err(error) if is_wait_timeout(&error) => {
             tracing::warn!(%error, "claim gave up waiting for a lock or statement; claimed nothing");
-            Ok(Vec::new())
+            Ok(Claim {
+                resume_after: request.resume_after,
+                ..Claim::default()
+            })
         }
         claimed => claimed,
     }
 }
 
 /// The claim transaction; an error rolls it back.
-async fn claim(
-    pool: &PgPool,
-    worker_id: Uuid,
-    max: u32,
-    lease: Duration,
-) -> Result<Vec<ClaimedTask>, sqlx::Error> {
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
+async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx::Error> {
+    let max = usize::try_from(request.max).unwrap_or(usize::MAX);
     if max == 0 {
-        return Ok(Vec::new());
+        return Ok(Claim {
+            resume_after: request.resume_after,
+            ..Claim::default()
+        });
     }
-    let window = i64::try_from(max.saturating_mul(WINDOW_PER_TASK)).unwrap_or(i64::MAX);
+    let window = max.saturating_mul(WINDOW_PER_TASK);
+    let round_size = max.saturating_mul(WORKSPACES_PER_TASK).min(MAX_WORKSPACES);
     let mut tx = pool.begin().await?;
     bound_waits(&mut tx).await?;
-    let mut plan = ClaimPlan::new(max);
+    let round = list_workspaces(&mut tx, request.resume_after, round_size).await?;
+    let more_workspaces = round.len() >= round_size;
+    if round.is_empty() {
+        tx.commit().await?;
+        return Ok(Claim::default());
+    }
+    let mut plan = ClaimPlan::new(
+        max,
+        round
+            .iter()
+            .filter_map(|w| w.max_running_tasks.map(|cap| (w.tenant_id, i64::from(cap)))),
+    );
     for pass in 0..MAX_PASSES {
-        let candidates = select_candidates(&mut tx, window, &plan).await?;
-        let window_was_full = i64::try_from(candidates.len()).is_ok_and(|len| len >= window);
-        let unseen = plan.unseen_agents(&candidates);
+        let workspaces: Vec<Uuid> = round
+            .iter()
+            .map(|w| w.tenant_id)
+            .filter(|tenant| plan.workspace_open(*tenant))
+            .collect();
+        let Some(per_workspace) = window.div_ceil(workspaces.len().max(1)).try_into().ok() else {
+            break;
+        };
+        let ranked =
+            select_candidates(&mut tx, &workspaces, per_workspace, &request.labels, &plan).await?;
+        // A workspace that filled its share may have more behind it.
+        let window_was_full = ranked
+            .iter()
+            .any(|c| i64::try_from(c.rank + 1).is_ok_and(|taken| taken >= per_workspace));
+        let candidates = round_robin(ranked);
+        let unseen = plan.unseen_locks(&candidates);
         let locked = if pass == 0 {
             lock_agents(&mut tx, &unseen).await?;
             unseen.clone()
         } else {
             try_lock_agents(&mut tx, &unseen).await?
         };
-        let states = read_agents(&mut tx, &locked).await?;
-        plan.admit_agents(&unseen, states);
+        let (workspace_locks, agent_locks): (Vec<AgentKey>, Vec<AgentKey>) =
+            locked.iter().partition(|key| key.1.is_nil());
+        let states = read_agents(&mut tx, &agent_locks).await?;
+        let running = count_workspace_running(&mut tx, &workspace_locks).await?;
+        plan.admit(&unseen, states, &running);
         plan.take(&candidates);
-        if plan.is_full() || !window_was_full {
+        if plan.is_full() || !window_was_full || workspaces.is_empty() {
             break;
         }
     }
+    let last_visited = round.last().map(|w| TenantId(w.tenant_id));
     if plan.chosen().is_empty() {
         tx.commit().await?;
-        return Ok(Vec::new());
+        return Ok(Claim {
+            tasks: Vec::new(),
+            resume_after: if more_workspaces { last_visited } else { None },
+            more_workspaces,
+        });
     }
+    let resume_after = plan.chosen().last().map(|c| TenantId(c.tenant_id));
 
-    let started = mark_running(&mut tx, plan.chosen(), worker_id, lease).await?;
-    record_started(&mut tx, &started, worker_id).await?;
+    let started = mark_running(&mut tx, plan.chosen(), request.worker_id, request.lease).await?;
+    record_started(&mut tx, &started, request.worker_id).await?;
     let mut transcripts = load_transcripts(&mut tx, &started).await?;
     Notifications::for_changed_tasks(
         started
@@ -103,7 +190,7 @@ async fn claim(
     .await?;
     tx.commit().await?;
 
-    Ok(started
+    let tasks = started
         .into_iter()
         .filter_map(|task| {
             let Some(agent) = plan.settings((task.tenant_id, task.agent_id)).cloned() else {
@@ -126,46 +213,151 @@ async fn claim(
                 traceparent: task.traceparent,
             })
         })
-        .collect())
+        .collect();
+    Ok(Claim {
+        tasks,
+        resume_after,
+        more_workspaces,
+    })
 }
 
+/// A workspace with pending tasks, as the round visits it.
+#[derive(Debug, sqlx::FromRow)]
+struct RoundWorkspace {
+    tenant_id: Uuid,
+    max_running_tasks: Option<i32>,
+}
+
+/// Up to `limit` workspaces with pending tasks, in tenant id order starting after
+/// `resume_after` and wrapping around to the first. A skip scan: one probe of `tasks_queue`
+/// per workspace, however many tasks each has pending.
+async fn list_workspaces(
+    connection: &mut PgConnection,
+    resume_after: Option<TenantId>,
+    limit: usize,
+) -> Result<Vec<RoundWorkspace>, sqlx::Error> {
+    let start = resume_after.map_or(Uuid::nil(), |tenant| tenant.0);
+    let mut round = workspaces_between(&mut *connection, start, Uuid::max(), limit).await?;
+    if round.len() < limit && !start.is_nil() {
+        let rest = limit - round.len();
+        round.extend(workspaces_between(connection, Uuid::nil(), start, rest).await?);
+    }
+    Ok(round)
+}
+
+/// Workspaces with pending tasks whose id is in `(after, until]`, at most `limit`.
+async fn workspaces_between(
+    connection: &mut PgConnection,
+    after: Uuid,
+    until: Uuid,
+    limit: usize,
+) -> Result<Vec<RoundWorkspace>, sqlx::Error> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "WITH RECURSIVE round(tenant_id, n) AS (              SELECT (SELECT t.tenant_id FROM tasks AS t                      WHERE t.status = 'pending' AND t.tenant_id > $1 AND t.tenant_id <= $2                      ORDER BY t.tenant_id LIMIT 1), 1            UNION ALL              SELECT (SELECT t.tenant_id FROM tasks AS t                      WHERE t.status = 'pending' AND t.tenant_id > r.tenant_id                        AND t.tenant_id <= $2                      ORDER BY t.tenant_id LIMIT 1), r.n + 1              FROM round AS r WHERE r.tenant_id IS NOT NULL AND r.n < $3)          SELECT r.tenant_id, w.max_running_tasks          FROM round AS r JOIN workspaces AS w ON w.id = r.tenant_id          ORDER BY r.n",
+    )
+    .bind(after)
+    .bind(until)
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+    .fetch_all(connection)
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct CandidateRow {
+    round_position: i64,
+    tenant_id: Uuid,
+    id: Uuid,
+    agent_id: Uuid,
+    priority: i32,
+    created_at: DateTime<Utc>,
+}
+
+/// Locks up to `per_workspace` candidates of each workspace in `workspaces`, skipping the
+/// plan's exhausted agents and chosen tasks and the tasks whose required labels the worker
+/// lacks; ranked within their workspace in claim order.
 async fn select_candidates(
     connection: &mut PgConnection,
-    window: i64,
+    workspaces: &[Uuid],
+    per_workspace: i64,
+    labels: &WorkerLabels,
     plan: &ClaimPlan,
-) -> Result<Vec<Candidate>, sqlx::Error> {
+) -> Result<Vec<RankedCandidate>, sqlx::Error> {
+    if workspaces.is_empty() {
+        return Ok(Vec::new());
+    }
     let (skip_agent_tenants, skip_agents) = unzip_pairs(plan.exhausted_agents());
     let (skip_task_tenants, skip_tasks) = unzip_pairs(
         plan.chosen()
             .iter()
             .map(|candidate| (candidate.tenant_id, candidate.task_id)),
     );
-    let rows: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
-        "SELECT tenant_id, id, agent_id FROM tasks \
-         WHERE status = 'pending' AND run_at <= now() \
-           AND NOT EXISTS (SELECT 1 FROM unnest($2::uuid[], $3::uuid[]) AS x(tenant_id, agent_id) \
-                           WHERE x.tenant_id = tasks.tenant_id AND x.agent_id = tasks.agent_id) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($4::uuid[], $5::uuid[]) AS y(tenant_id, id) \
-                           WHERE y.tenant_id = tasks.tenant_id AND y.id = tasks.id) \
-         ORDER BY priority DESC, run_at \
-         LIMIT $1 \
-         FOR UPDATE OF tasks SKIP LOCKED",
+    let mut rows: Vec<CandidateRow> = sqlx::query_as(
+        "SELECT w.n AS round_position, c.tenant_id, c.id, c.agent_id, c.priority, c.created_at          FROM unnest($1::uuid[]) WITH ORDINALITY AS w(tenant_id, n)          CROSS JOIN LATERAL (              SELECT t.tenant_id, t.id, t.agent_id, t.priority, t.created_at FROM tasks AS t              WHERE t.tenant_id = w.tenant_id AND t.status = 'pending' AND t.run_at <= now()                AND t.required_labels <@ $3::jsonb                AND NOT EXISTS (SELECT 1 FROM unnest($4::uuid[], $5::uuid[]) AS x(tenant_id, agent_id)                                WHERE x.tenant_id = t.tenant_id AND x.agent_id = t.agent_id)                AND NOT EXISTS (SELECT 1 FROM unnest($6::uuid[], $7::uuid[]) AS y(tenant_id, id)                                WHERE y.tenant_id = t.tenant_id AND y.id = t.id)              ORDER BY t.priority DESC, t.created_at, t.id              LIMIT $2              FOR UPDATE OF t SKIP LOCKED) AS c",
     )
-    .bind(window)
+    .bind(workspaces)
+    .bind(per_workspace)
+    .bind(labels.as_json())
     .bind(skip_agent_tenants)
     .bind(skip_agents)
     .bind(skip_task_tenants)
     .bind(skip_tasks)
     .fetch_all(connection)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(tenant_id, task_id, agent_id)| Candidate {
-            tenant_id,
-            task_id,
-            agent_id,
-        })
-        .collect())
+    // Claim order within each workspace, whatever order the rows arrived in.
+    rows.sort_by(|a, b| {
+        (
+            a.round_position,
+            std::cmp::Reverse(a.priority),
+            a.created_at,
+            a.id,
+        )
+            .cmp(&(
+                b.round_position,
+                std::cmp::Reverse(b.priority),
+                b.created_at,
+                b.id,
+            ))
+    });
+    let mut ranked = Vec::with_capacity(rows.len());
+    let mut previous: Option<(i64, usize)> = None;
+    for row in rows {
+        let rank = match previous {
+            Some((position, rank)) if position == row.round_position => rank + 1,
+            _ => 0,
+        };
+        previous = Some((row.round_position, rank));
+        ranked.push(RankedCandidate {
+            round_position: row.round_position,
+            rank,
+            candidate: Candidate {
+                tenant_id: row.tenant_id,
+                task_id: row.id,
+                agent_id: row.agent_id,
+            },
+        });
+    }
+    Ok(ranked)
+}
+
+/// Counts the running tasks of each capped workspace in `locks` (workspace locks, taken).
+async fn count_workspace_running(
+    connection: &mut PgConnection,
+    locks: &[AgentKey],
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    if locks.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let tenants: Vec<Uuid> = locks.iter().map(|key| key.0).collect();
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT w.tenant_id,                 (SELECT count(*) FROM tasks AS t                  WHERE t.tenant_id = w.tenant_id AND t.status = 'running')          FROM unnest($1::uuid[]) AS w(tenant_id)",
+    )
+    .bind(tenants)
+    .fetch_all(connection)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Waits for the advisory lock of each agent, in the (sorted) order given.

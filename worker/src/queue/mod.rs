@@ -8,6 +8,8 @@ mod choose;
 mod claim;
 mod reap;
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use agentplane_core::ids::{AgentId, TaskId, TenantId};
@@ -16,8 +18,100 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-pub use claim::claim_tasks;
+pub use claim::{Claim, ClaimRequest, claim, claim_tasks};
 pub use reap::reap_expired_leases;
+
+/// Labels a worker advertises (region, provider access, hardware): it claims only the tasks
+/// of agents whose required labels are all among them, with equal values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerLabels(BTreeMap<String, String>);
+
+/// At most this many labels, as for an agent's labels.
+const MAX_WORKER_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 63;
+const MAX_LABEL_VALUE: usize = 256;
+
+/// Why a worker's labels were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelsError(String);
+
+impl fmt::Display for LabelsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LabelsError {}
+
+impl WorkerLabels {
+    /// Parses `key=value,key=value` (empty: no labels). Keys are 1 to 63 characters of
+    /// `[a-z0-9_.-]` and values at most 256 characters without `,` or NUL, the rules an
+    /// agent's required labels are checked against.
+    pub fn parse(text: &str) -> Result<Self, LabelsError> {
+        let mut labels = BTreeMap::new();
+        for pair in text
+            .split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+        {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(LabelsError(format!("label {pair:?} is not key=value")));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let key_ok = !key.is_empty()
+                && key.len() <= MAX_LABEL_KEY
+                && key.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+                });
+            if !key_ok {
+                return Err(LabelsError(format!(
+                    "label key {key:?} must be 1 to {MAX_LABEL_KEY} characters of [a-z0-9_.-]"
+                )));
+            }
+            if value.chars().count() > MAX_LABEL_VALUE || value.contains('\0') {
+                return Err(LabelsError(format!(
+                    "label {key:?} must have a value of at most {MAX_LABEL_VALUE} characters"
+                )));
+            }
+            if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+                return Err(LabelsError(format!("label {key:?} is given twice")));
+            }
+        }
+        if labels.len() > MAX_WORKER_LABELS {
+            return Err(LabelsError(format!(
+                "at most {MAX_WORKER_LABELS} labels are allowed"
+            )));
+        }
+        Ok(Self(labels))
+    }
+
+    /// The labels as the JSON object `tasks.required_labels` is compared with (`<@`).
+    pub fn as_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        )
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for WorkerLabels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
+        Ok(())
+    }
+}
 
 /// A task this worker now holds the lease of, with everything needed to run it.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,5 +244,19 @@ mod tests {
         };
         assert_eq!(count(channel::TASK_STATE), 3);
         assert_eq!(count(channel::EVENTS), 2);
+    }
+
+    #[test]
+    fn worker_labels_parse_and_round_trip() {
+        let labels = WorkerLabels::parse(" region=eu-west-1, gpu=a100 ,,").unwrap();
+        assert_eq!(labels.to_string(), "gpu=a100,region=eu-west-1");
+        assert_eq!(
+            labels.as_json(),
+            serde_json::json!({"gpu": "a100", "region": "eu-west-1"})
+        );
+        assert!(WorkerLabels::parse("").unwrap().is_empty());
+        for bad in ["gpu", "GPU=x", "=x", "a=1,a=2"] {
+            assert!(WorkerLabels::parse(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

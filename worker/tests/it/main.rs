@@ -18,4 +18,5 @@ mod database_role;
 mod fake_control_plane;
 mod queue;
 mod queue_concurrency;
+mod queue_fairness;
 mod stream;

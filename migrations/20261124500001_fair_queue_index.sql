@@ -1,0 +1,12 @@
+-- no-transaction
+-- The claim's index: pending tasks per workspace in claim order. The claim walks it once per
+-- workspace with work (a skip scan over tenant_id), then takes each workspace's first tasks
+-- in (priority DESC, created_at, id) order. run_at is included so the queue statistics
+-- (agentplane_queue_stats) still count due and scheduled tasks from the index alone.
+--
+-- Built CONCURRENTLY (so creating tasks is not blocked while it builds on a large table),
+-- which must run outside a transaction and alone: one statement per file. If a build is
+-- interrupted it leaves an INVALID index that IF NOT EXISTS would keep: docs/operations.md
+-- says to drop it and restart.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_queue ON tasks (tenant_id, priority DESC, created_at, id)
+    INCLUDE (run_at) WHERE status = 'pending'
