@@ -74,7 +74,7 @@ pub async fn create(
 ) -> anyhow::Result<Bootstrapped> {
     let actor = "bootstrap";
     let workspace = store
-        .create_workspace(workspace_name, &Default::default(), None, actor)
+        .create_workspace(workspace_name, &Default::default(), None, None, actor)
         .await
         .context("creating the workspace")?;
     let secret = secret::generate(secret::API_KEY).context("reading the random source")?;

@@ -40,6 +40,7 @@ pub(super) fn workspace(row: &WorkspaceRow) -> pb::Workspace {
         id: row.id.to_string(),
         display_name: row.display_name.clone(),
         labels: labels(&row.labels),
+        max_running_tasks: row.max_running_tasks.unwrap_or(0),
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
     }
@@ -71,6 +72,7 @@ pub(super) fn agent(row: &AgentRow) -> pb::Agent {
             stop_sequences: generation.stop_sequences.clone(),
         }),
         labels: labels(&row.labels),
+        required_worker_labels: labels(&row.required_labels),
         max_concurrency: row.max_concurrency,
         task_timeout: Some(prost_types::Duration {
             seconds: row.task_timeout_ms / 1000,

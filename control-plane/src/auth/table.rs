@@ -109,6 +109,10 @@ pub const METHODS: &[(&str, Access)] = &[
         Workspace(WriteTasks),
     ),
     (
+        "/agentplane.v1.TaskService/RetryTask",
+        Workspace(WriteTasks),
+    ),
+    (
         "/agentplane.v1.TaskService/ListTaskMessages",
         Workspace(Read),
     ),

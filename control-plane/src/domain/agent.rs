@@ -50,6 +50,8 @@ pub struct AgentSpec {
     pub generation: Generation,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Labels a worker must advertise, all with equal values, to run the agent's tasks.
+    pub required_labels: BTreeMap<String, String>,
     /// Most tasks running at once.
     pub max_concurrency: i32,
     /// Timeout of one attempt.
@@ -81,6 +83,7 @@ impl AgentSpec {
                 AgentChange::SystemPrompt(prompt) => self.system_prompt = prompt,
                 AgentChange::Generation(generation) => self.generation = generation,
                 AgentChange::Labels(labels) => self.labels = labels,
+                AgentChange::RequiredLabels(labels) => self.required_labels = labels,
                 AgentChange::MaxConcurrency(max) => self.max_concurrency = max,
                 AgentChange::TaskTimeoutMs(timeout) => self.task_timeout_ms = timeout,
                 AgentChange::MaxAttempts(max) => self.max_attempts = max,
@@ -108,6 +111,8 @@ pub enum AgentChange {
     Generation(Generation),
     /// New labels, replacing all of the old ones.
     Labels(BTreeMap<String, String>),
+    /// New required worker labels, replacing all of the old ones.
+    RequiredLabels(BTreeMap<String, String>),
     /// New concurrency limit.
     MaxConcurrency(i32),
     /// New attempt timeout.
@@ -128,7 +133,7 @@ impl AgentChange {
             AgentChange::MaxConcurrency(max) => check_max_concurrency(v, *max),
             AgentChange::TaskTimeoutMs(timeout) => check_task_timeout(v, *timeout),
             AgentChange::MaxAttempts(max) => check_max_attempts(v, *max),
-            AgentChange::Provider(_) | AgentChange::Labels(_) => {}
+            AgentChange::Provider(_) | AgentChange::Labels(_) | AgentChange::RequiredLabels(_) => {}
         }
     }
 }
@@ -281,6 +286,7 @@ mod tests {
             system_prompt: String::new(),
             generation: Generation::default(),
             labels: BTreeMap::new(),
+            required_labels: BTreeMap::new(),
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             task_timeout_ms: DEFAULT_TASK_TIMEOUT_MS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,

@@ -95,6 +95,15 @@ pub struct CancelTask {
     pub request_id: Option<String>,
 }
 
+/// A validated RetryTask request.
+#[derive(Clone, Debug)]
+pub struct RetryTask {
+    /// Task to put back in the queue.
+    pub task: TaskRef,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+}
+
 /// A validated ListTaskMessages request: a page of a task's transcript, in order.
 #[derive(Clone, Debug)]
 pub struct MessageQuery {

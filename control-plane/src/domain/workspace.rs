@@ -6,6 +6,8 @@ use crate::ids::TenantId;
 
 /// Longest display name.
 pub const MAX_DISPLAY_NAME: usize = 200;
+/// Largest cap on a workspace's running tasks.
+pub const MAX_RUNNING_TASKS_CAP: i32 = 1_000_000;
 
 /// A validated CreateWorkspace request.
 #[derive(Clone, Debug)]
@@ -14,6 +16,8 @@ pub struct NewWorkspace {
     pub display_name: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Cap on running tasks; `None`: no cap.
+    pub max_running_tasks: Option<i32>,
     /// Idempotency key.
     pub request_id: Option<String>,
 }
@@ -45,6 +49,8 @@ pub struct WorkspaceUpdate {
     pub display_name: Option<String>,
     /// New labels, if the mask names them.
     pub labels: Option<BTreeMap<String, String>>,
+    /// New cap on running tasks (`Some(None)`: no cap), if the mask names it.
+    pub max_running_tasks: Option<Option<i32>>,
     /// Idempotency key.
     pub request_id: Option<String>,
 }

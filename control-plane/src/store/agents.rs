@@ -28,6 +28,8 @@ pub struct AgentRow {
     pub generation: Json<Generation>,
     /// Labels.
     pub labels: Json<BTreeMap<String, String>>,
+    /// Labels a worker must advertise to run the agent's tasks.
+    pub required_labels: Json<BTreeMap<String, String>>,
     /// Concurrency limit.
     pub max_concurrency: i32,
     /// Attempt timeout.
@@ -50,6 +52,7 @@ impl AgentRow {
             system_prompt: self.system_prompt.clone(),
             generation: self.generation.0.clone(),
             labels: self.labels.0.clone(),
+            required_labels: self.required_labels.0.clone(),
             max_concurrency: self.max_concurrency,
             task_timeout_ms: self.task_timeout_ms,
             max_attempts: self.max_attempts,
@@ -68,11 +71,11 @@ struct ByRequestId {
 macro_rules! columns {
     () => {
         "tenant_id, id, name, provider, model, system_prompt, generation, labels, \
-                       max_concurrency, task_timeout_ms, max_attempts, created_at, updated_at"
+                       required_labels, max_concurrency, task_timeout_ms, max_attempts, created_at, updated_at"
     };
 }
 
-/// Binds an agent spec as parameters $3 to $11, in the order of the spec's fields.
+/// Binds an agent spec as parameters $3 to $12, in the order of the spec's fields.
 fn bind_spec<'q>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, AgentRow, sqlx::postgres::PgArguments>,
     spec: &'q AgentSpec,
@@ -87,6 +90,7 @@ fn bind_spec<'q>(
         .bind(spec.max_concurrency)
         .bind(spec.task_timeout_ms)
         .bind(spec.max_attempts)
+        .bind(Json(&spec.required_labels))
 }
 
 impl TenantTx {
@@ -105,8 +109,9 @@ impl TenantTx {
         let id = AgentId::generate();
         let insert = self.query_as::<AgentRow>(concat!(
             "INSERT INTO agents (tenant_id, id, name, provider, model, system_prompt, generation, \
-             labels, max_concurrency, task_timeout_ms, max_attempts, request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
+             labels, max_concurrency, task_timeout_ms, max_attempts, required_labels, \
+             request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ",
             columns!()
         ))
         .bind(id);
@@ -214,7 +219,7 @@ impl TenantTx {
             .query_as::<AgentRow>(concat!(
                 "UPDATE agents SET name = $3, provider = $4, model = $5, system_prompt = $6, \
              generation = $7, labels = $8, max_concurrency = $9, task_timeout_ms = $10, \
-             max_attempts = $11, updated_at = now() \
+             max_attempts = $11, required_labels = $12, updated_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
                 columns!()
             ))
@@ -223,6 +228,17 @@ impl TenantTx {
             .fetch_optional(self.executor())
             .await?
             .ok_or(StoreError::NotFound("agent"))?;
+        // Pending tasks carry the requirement the claim filters on; running ones keep the
+        // worker they have.
+        self.query(
+            "UPDATE tasks SET required_labels = $3, updated_at = now() \
+             WHERE tenant_id = $1 AND agent_id = $2 AND status = 'pending' \
+               AND required_labels <> $3",
+        )
+        .bind(id)
+        .bind(Json(&spec.required_labels))
+        .execute(self.executor())
+        .await?;
         self.append_event(NewEvent {
             actor,
             action: "agent.updated",

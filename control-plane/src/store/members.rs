@@ -89,7 +89,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let rows = sqlx::query_as::<_, WorkspaceRow>(
-            "SELECT w.id, w.display_name, w.labels, w.created_at, w.updated_at \
+            "SELECT w.id, w.display_name, w.labels, w.max_running_tasks, w.created_at, w.updated_at \
              FROM memberships m JOIN workspaces w ON w.id = m.tenant_id \
              WHERE m.user_id = $1 AND w.deleted_at IS NULL AND ($2::uuid IS NULL OR w.id > $2) \
              ORDER BY w.id LIMIT $3",

@@ -9,6 +9,7 @@ mod events;
 mod members;
 mod queue_stats;
 mod results;
+mod retry;
 mod task_batch;
 mod tasks;
 mod tenant;

@@ -18,6 +18,8 @@ struct AgentForTask {
     id: AgentId,
     system_prompt: String,
     max_attempts: i32,
+    /// The agent's required worker labels, as JSON text: copied onto each task for the claim.
+    required_labels: String,
 }
 
 impl TenantTx {
@@ -98,7 +100,8 @@ impl TenantTx {
         agent_ids.dedup();
         let agents: HashMap<AgentId, AgentForTask> = self
             .query_as::<AgentForTask>(
-                "SELECT id, system_prompt, max_attempts FROM agents \
+                "SELECT id, system_prompt, max_attempts, required_labels::text AS required_labels \
+                 FROM agents \
                  WHERE tenant_id = $1 AND id = ANY($2) AND deleted_at IS NULL \
                  ORDER BY id FOR SHARE",
             )
@@ -123,13 +126,14 @@ impl TenantTx {
         let rows = self
             .query_as::<TaskRow>(concat!(
                 "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, \
-                 max_attempts, request_id) \
+                 max_attempts, request_id, required_labels) \
                  SELECT $1, t.id, t.agent_id, t.priority, \
                         greatest(coalesce(t.run_at, now()), now()), t.labels::jsonb, \
-                        t.max_attempts, t.request_id \
+                        t.max_attempts, t.request_id, t.required_labels::jsonb \
                  FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], \
-                             $6::text[], $7::int[], $8::text[]) \
-                      AS t(id, agent_id, priority, run_at, labels, max_attempts, request_id) \
+                             $6::text[], $7::int[], $8::text[], $9::text[]) \
+                      AS t(id, agent_id, priority, run_at, labels, max_attempts, request_id, \
+                           required_labels) \
                  RETURNING ",
                 columns!()
             ))
@@ -140,6 +144,7 @@ impl TenantTx {
             .bind(&columns.labels)
             .bind(&columns.max_attempts)
             .bind(&columns.request_ids)
+            .bind(&columns.required_labels)
             .fetch_all(self.executor())
             .await?;
         self.query(
@@ -185,6 +190,7 @@ struct TaskColumns<'a> {
     labels: Vec<String>,
     max_attempts: Vec<i32>,
     request_ids: Vec<Option<&'a str>>,
+    required_labels: Vec<&'a str>,
     message_ids: Vec<Uuid>,
     message_tasks: Vec<TaskId>,
     positions: Vec<i32>,
@@ -202,6 +208,7 @@ impl<'a> TaskColumns<'a> {
         self.labels
             .push(serde_json::to_string(&task.labels).unwrap_or_else(|_| "{}".to_owned()));
         self.max_attempts.push(agent.max_attempts);
+        self.required_labels.push(agent.required_labels.as_str());
         self.request_ids.push(task.request_id.as_deref());
         let system = (!agent.system_prompt.is_empty())
             .then_some((Role::System, agent.system_prompt.as_str()));

@@ -128,8 +128,9 @@ impl TenantTx {
         let task = self
             .query_as::<TaskRow>(concat!(
                 "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, \
-                 max_attempts, request_id, traceparent) \
-                 VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8, $9) \
+                 max_attempts, request_id, traceparent, required_labels) \
+                 VALUES ($1, $2, $3, $4, greatest(coalesce($5, now()), now()), $6, $7, $8, $9, \
+                         $10) \
                  RETURNING ",
                 columns!()
             ))
@@ -141,6 +142,7 @@ impl TenantTx {
             .bind(agent.max_attempts)
             .bind(new.request_id.as_deref())
             .bind(new.traceparent.as_deref())
+            .bind(&agent.required_labels)
             .fetch_one(self.executor())
             .await?;
 

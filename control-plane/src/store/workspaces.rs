@@ -17,6 +17,8 @@ pub struct WorkspaceRow {
     pub display_name: String,
     /// Labels.
     pub labels: Json<BTreeMap<String, String>>,
+    /// Cap on running tasks, if any.
+    pub max_running_tasks: Option<i32>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -33,7 +35,7 @@ struct ByRequestId {
 
 macro_rules! columns {
     () => {
-        "id, display_name, labels, created_at, updated_at"
+        "id, display_name, labels, max_running_tasks, created_at, updated_at"
     };
 }
 
@@ -43,6 +45,7 @@ impl Store {
         &self,
         display_name: &str,
         labels: &BTreeMap<String, String>,
+        max_running_tasks: Option<i32>,
         request_id: Option<&str>,
         actor: &str,
     ) -> StoreResult<WorkspaceRow> {
@@ -56,13 +59,14 @@ impl Store {
         // The new workspace's id is the transaction's tenant, bound as $1.
         let inserted = tx
             .query_as::<WorkspaceRow>(concat!(
-                "INSERT INTO workspaces (id, display_name, labels, request_id) \
-                 VALUES ($1, $2, $3, $4) RETURNING ",
+                "INSERT INTO workspaces (id, display_name, labels, request_id, max_running_tasks) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING ",
                 columns!()
             ))
             .bind(display_name)
             .bind(Json(labels))
             .bind(request_id)
+            .bind(max_running_tasks)
             .fetch_one(tx.executor())
             .await
             .map_err(StoreError::from);
@@ -172,14 +176,17 @@ impl TenantTx {
         &mut self,
         display_name: &str,
         labels: &BTreeMap<String, String>,
+        max_running_tasks: Option<i32>,
     ) -> StoreResult<WorkspaceRow> {
         self.query_as::<WorkspaceRow>(concat!(
-            "UPDATE workspaces SET display_name = $2, labels = $3, updated_at = now() \
+            "UPDATE workspaces SET display_name = $2, labels = $3, max_running_tasks = $4, \
+             updated_at = now() \
              WHERE id = $1 AND deleted_at IS NULL RETURNING ",
             columns!()
         ))
         .bind(display_name)
         .bind(Json(labels))
+        .bind(max_running_tasks)
         .fetch_optional(self.executor())
         .await?
         .ok_or(StoreError::NotFound("workspace"))

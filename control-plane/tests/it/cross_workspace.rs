@@ -156,6 +156,11 @@ fn attack(path: &str, ws: &str, b: &Target) -> Option<Attack> {
             id: b.task.clone(),
             request_id: String::new(),
         }),
+        "/agentplane.v1.TaskService/RetryTask" => one(pb::RetryTaskRequest {
+            workspace_id: ws,
+            id: b.task.clone(),
+            request_id: String::new(),
+        }),
         "/agentplane.v1.TaskService/ListTaskMessages" => one(pb::ListTaskMessagesRequest {
             workspace_id: ws,
             task_id: b.task.clone(),

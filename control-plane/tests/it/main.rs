@@ -30,6 +30,7 @@ mod log_hygiene;
 mod members;
 mod metrics;
 mod reflection;
+mod routing;
 mod tasks;
 mod tracing_e2e;
 mod validation;

@@ -23,6 +23,7 @@ const UPDATABLE: &[&str] = &[
     "system_prompt",
     "generation",
     "labels",
+    "required_worker_labels",
     "max_concurrency",
     "task_timeout",
     "max_attempts",
@@ -44,6 +45,10 @@ impl TryFrom<pb::CreateAgentRequest> for NewAgent {
             provider: provider(&mut v, agent.provider),
             generation: generation(agent.generation.as_ref()),
             labels: v.labels("agent.labels", &agent.labels),
+            required_labels: v.labels(
+                "agent.required_worker_labels",
+                &agent.required_worker_labels,
+            ),
             max_concurrency: or_default(agent.max_concurrency, rules::DEFAULT_MAX_CONCURRENCY),
             task_timeout_ms: agent
                 .task_timeout
@@ -149,6 +154,10 @@ fn change(v: &mut Violations, path: &str, agent: &pb::Agent) -> Option<AgentChan
         "system_prompt" => AgentChange::SystemPrompt(agent.system_prompt.clone()),
         "generation" => AgentChange::Generation(generation(agent.generation.as_ref())),
         "labels" => AgentChange::Labels(v.labels("agent.labels", &agent.labels)),
+        "required_worker_labels" => AgentChange::RequiredLabels(v.labels(
+            "agent.required_worker_labels",
+            &agent.required_worker_labels,
+        )),
         "max_concurrency" => AgentChange::MaxConcurrency(agent.max_concurrency),
         "task_timeout" => AgentChange::TaskTimeoutMs(match &agent.task_timeout {
             Some(d) => duration_ms(v, d),

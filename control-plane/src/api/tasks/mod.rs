@@ -14,7 +14,7 @@ use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::caller;
 use crate::domain::page;
 use crate::domain::task::{
-    CancelTask, MessageQuery, NewTask, NewTaskBatch, TaskQuery, TaskRef, TaskStatus,
+    CancelTask, MessageQuery, NewTask, NewTaskBatch, RetryTask, TaskQuery, TaskRef, TaskStatus,
 };
 use crate::error::ApiError;
 use crate::spawn::spawn_named;
@@ -151,6 +151,25 @@ impl TaskService for TaskApi {
             .await?;
         tx.commit().await?;
         Ok(Response::new(pb::CancelTaskResponse {
+            task: Some(convert::task(&task)),
+        }))
+    }
+
+    async fn retry_task(
+        &self,
+        request: Request<pb::RetryTaskRequest>,
+    ) -> Result<Response<pb::RetryTaskResponse>, Status> {
+        let caller = caller(&request)?;
+        let request: RetryTask = request.into_inner().try_into()?;
+        let actor = caller
+            .authorize(&self.state.store, request.task.tenant)
+            .await?;
+        let mut tx = self.state.store.tenant(request.task.tenant).await?;
+        let task = tx
+            .retry_task(request.task.task, request.request_id.as_deref(), &actor)
+            .await?;
+        tx.commit().await?;
+        Ok(Response::new(pb::RetryTaskResponse {
             task: Some(convert::task(&task)),
         }))
     }

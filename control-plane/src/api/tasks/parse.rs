@@ -11,8 +11,8 @@ use crate::api::convert;
 use crate::api::paging::page_after;
 use crate::domain::page;
 use crate::domain::task::{
-    self as rules, CancelTask, InputMessage, MessageQuery, NewTask, NewTaskBatch, Role, TaskQuery,
-    TaskRef,
+    self as rules, CancelTask, InputMessage, MessageQuery, NewTask, NewTaskBatch, RetryTask, Role,
+    TaskQuery, TaskRef,
 };
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
@@ -56,6 +56,17 @@ impl TryFrom<pb::CancelTaskRequest> for CancelTask {
         let task = task_ref(&mut v, &request.workspace_id, "id", &request.id);
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish_with(task.map(|task| CancelTask { task, request_id }))
+    }
+}
+
+impl TryFrom<pb::RetryTaskRequest> for RetryTask {
+    type Error = ApiError;
+
+    fn try_from(request: pb::RetryTaskRequest) -> Result<Self, ApiError> {
+        let mut v = Violations::new();
+        let task = task_ref(&mut v, &request.workspace_id, "id", &request.id);
+        let request_id = v.request_id("request_id", &request.request_id);
+        v.finish_with(task.map(|task| RetryTask { task, request_id }))
     }
 }
 

@@ -43,6 +43,7 @@ impl WorkspaceService for WorkspaceApi {
             .create_workspace(
                 &new.display_name,
                 &new.labels,
+                new.max_running_tasks,
                 new.request_id.as_deref(),
                 &actor,
             )
@@ -110,11 +111,21 @@ impl WorkspaceService for WorkspaceApi {
         let caller = caller(&request)?;
         let update: WorkspaceUpdate = request.into_inner().try_into()?;
         let actor = caller.authorize(&self.state.store, update.tenant).await?;
+        // The cap shares the platform's capacity among workspaces: the platform sets it, not
+        // the workspace's own admins.
+        if update.max_running_tasks.is_some() && caller.principal != Principal::PlatformAdmin {
+            return Err(ApiError::PermissionDenied.into());
+        }
         let mut tx = self.state.store.tenant(update.tenant).await?;
         let current = tx.lock_workspace().await?;
         let display_name = update.display_name.unwrap_or(current.display_name);
         let labels = update.labels.unwrap_or(current.labels.0);
-        let row = tx.save_workspace(&display_name, &labels).await?;
+        let max_running_tasks = update
+            .max_running_tasks
+            .unwrap_or(current.max_running_tasks);
+        let row = tx
+            .save_workspace(&display_name, &labels, max_running_tasks)
+            .await?;
         tx.append_event(NewEvent {
             actor: &actor,
             action: "workspace.updated",

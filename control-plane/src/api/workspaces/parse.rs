@@ -7,7 +7,8 @@ use crate::api::mask::update_paths;
 use crate::api::paging::page_after;
 use crate::domain::validate::Violations;
 use crate::domain::workspace::{
-    DeleteWorkspace, MAX_DISPLAY_NAME, NewWorkspace, WorkspaceQuery, WorkspaceRef, WorkspaceUpdate,
+    DeleteWorkspace, MAX_DISPLAY_NAME, MAX_RUNNING_TASKS_CAP, NewWorkspace, WorkspaceQuery,
+    WorkspaceRef, WorkspaceUpdate,
 };
 use crate::error::ApiError;
 use crate::ids::TenantId;
@@ -16,7 +17,7 @@ use crate::ids::TenantId;
 pub(super) const WORKSPACES_PAGE: &str = "workspaces";
 
 /// Fields UpdateWorkspace may change.
-const UPDATABLE: &[&str] = &["display_name", "labels"];
+const UPDATABLE: &[&str] = &["display_name", "labels", "max_running_tasks"];
 
 impl TryFrom<pb::CreateWorkspaceRequest> for NewWorkspace {
     type Error = ApiError;
@@ -31,11 +32,13 @@ impl TryFrom<pb::CreateWorkspaceRequest> for NewWorkspace {
             MAX_DISPLAY_NAME,
         );
         let labels = v.labels("workspace.labels", &workspace.labels);
+        let max_running_tasks = running_cap(&mut v, workspace.max_running_tasks);
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish()?;
         Ok(NewWorkspace {
             display_name: workspace.display_name,
             labels,
+            max_running_tasks,
             request_id,
         })
     }
@@ -88,11 +91,14 @@ impl TryFrom<pb::UpdateWorkspaceRequest> for WorkspaceUpdate {
         // Labels are checked even when the mask leaves them out.
         let labels = v.labels("workspace.labels", &workspace.labels);
         let labels = masks("labels").then_some(labels);
+        let max_running_tasks =
+            masks("max_running_tasks").then(|| running_cap(&mut v, workspace.max_running_tasks));
         v.finish_with(tenant.map(|tenant| WorkspaceUpdate {
             tenant,
             paths,
             display_name,
             labels,
+            max_running_tasks,
             request_id,
         }))
     }
@@ -106,6 +112,21 @@ impl TryFrom<pb::DeleteWorkspaceRequest> for DeleteWorkspace {
         let tenant: Option<TenantId> = v.id("id", &request.id);
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish_with(tenant.map(|tenant| DeleteWorkspace { tenant, request_id }))
+    }
+}
+
+/// A cap on running tasks: 0 is none.
+fn running_cap(v: &mut Violations, value: i32) -> Option<i32> {
+    match value {
+        0 => None,
+        1..=MAX_RUNNING_TASKS_CAP => Some(value),
+        _ => {
+            v.add(
+                "workspace.max_running_tasks",
+                format!("must be 0 (no cap) to {MAX_RUNNING_TASKS_CAP}"),
+            );
+            None
+        }
     }
 }
 
