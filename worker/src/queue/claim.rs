@@ -224,45 +224,60 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
 /// A workspace with pending tasks, as the round visits it.
 #[derive(Debug, sqlx::FromRow)]
 struct RoundWorkspace {
+    /// 0 for workspaces after the start, 1 for those the round wrapped around to.
+    lap: i32,
+    /// Position within its lap.
+    n: i32,
     tenant_id: Uuid,
     max_running_tasks: Option<i32>,
 }
 
 /// Up to `limit` workspaces with pending tasks, in tenant id order starting after
-/// `resume_after` and wrapping around to the first. A skip scan: one probe of `tasks_queue`
-/// per workspace, however many tasks each has pending.
+/// `resume_after` and wrapping around to the first: one statement, a skip scan with one
+/// probe of `tasks_queue` per workspace, however many tasks each has pending. The wrapped
+/// part is only walked as far as the limit still needs.
 async fn list_workspaces(
     connection: &mut PgConnection,
     resume_after: Option<TenantId>,
     limit: usize,
 ) -> Result<Vec<RoundWorkspace>, sqlx::Error> {
-    let start = resume_after.map_or(Uuid::nil(), |tenant| tenant.0);
-    let mut round = workspaces_between(&mut *connection, start, Uuid::max(), limit).await?;
-    if round.len() < limit && !start.is_nil() {
-        let rest = limit - round.len();
-        round.extend(workspaces_between(connection, Uuid::nil(), start, rest).await?);
-    }
-    Ok(round)
-}
-
-/// Workspaces with pending tasks whose id is in `(after, until]`, at most `limit`.
-async fn workspaces_between(
-    connection: &mut PgConnection,
-    after: Uuid,
-    until: Uuid,
-    limit: usize,
-) -> Result<Vec<RoundWorkspace>, sqlx::Error> {
     if limit == 0 {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
-        "WITH RECURSIVE round(tenant_id, n) AS (              SELECT (SELECT t.tenant_id FROM tasks AS t                      WHERE t.status = 'pending' AND t.tenant_id > $1 AND t.tenant_id <= $2                      ORDER BY t.tenant_id LIMIT 1), 1            UNION ALL              SELECT (SELECT t.tenant_id FROM tasks AS t                      WHERE t.status = 'pending' AND t.tenant_id > r.tenant_id                        AND t.tenant_id <= $2                      ORDER BY t.tenant_id LIMIT 1), r.n + 1              FROM round AS r WHERE r.tenant_id IS NOT NULL AND r.n < $3)          SELECT r.tenant_id, w.max_running_tasks          FROM round AS r JOIN workspaces AS w ON w.id = r.tenant_id          ORDER BY r.n",
+    let start = resume_after.map_or(Uuid::nil(), |tenant| tenant.0);
+    let mut round: Vec<RoundWorkspace> = sqlx::query_as(
+        "WITH RECURSIVE after_start(tenant_id, n) AS ( \
+             SELECT (SELECT t.tenant_id FROM tasks AS t \
+                     WHERE t.status = 'pending' AND t.tenant_id > $1 \
+                     ORDER BY t.tenant_id LIMIT 1), 1 \
+           UNION ALL \
+             SELECT (SELECT t.tenant_id FROM tasks AS t \
+                     WHERE t.status = 'pending' AND t.tenant_id > r.tenant_id \
+                     ORDER BY t.tenant_id LIMIT 1), r.n + 1 \
+             FROM after_start AS r WHERE r.tenant_id IS NOT NULL AND r.n < $2), \
+         up_to_start(tenant_id, n) AS ( \
+             SELECT (SELECT t.tenant_id FROM tasks AS t \
+                     WHERE t.status = 'pending' AND t.tenant_id <= $1 \
+                     ORDER BY t.tenant_id LIMIT 1), 1 \
+           UNION ALL \
+             SELECT (SELECT t.tenant_id FROM tasks AS t \
+                     WHERE t.status = 'pending' AND t.tenant_id > r.tenant_id \
+                       AND t.tenant_id <= $1 \
+                     ORDER BY t.tenant_id LIMIT 1), r.n + 1 \
+             FROM up_to_start AS r WHERE r.tenant_id IS NOT NULL AND r.n < $2) \
+         SELECT r.lap, r.n, r.tenant_id, w.max_running_tasks \
+         FROM ((SELECT 0 AS lap, n, tenant_id FROM after_start WHERE tenant_id IS NOT NULL) \
+               UNION ALL \
+               (SELECT 1 AS lap, n, tenant_id FROM up_to_start WHERE tenant_id IS NOT NULL) \
+               LIMIT $2) AS r \
+         JOIN workspaces AS w ON w.id = r.tenant_id",
     )
-    .bind(after)
-    .bind(until)
+    .bind(start)
     .bind(i32::try_from(limit).unwrap_or(i32::MAX))
     .fetch_all(connection)
-    .await
+    .await?;
+    round.sort_by_key(|w| (w.lap, w.n));
+    Ok(round)
 }
 
 #[derive(sqlx::FromRow)]
