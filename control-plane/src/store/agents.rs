@@ -71,7 +71,8 @@ struct ByRequestId {
 macro_rules! columns {
     () => {
         "tenant_id, id, name, provider, model, system_prompt, generation, labels, \
-                       required_labels, max_concurrency, task_timeout_ms, max_attempts, created_at, updated_at"
+         required_labels, max_concurrency, task_timeout_ms, max_attempts, created_at, \
+         updated_at"
     };
 }
 

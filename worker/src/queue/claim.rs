@@ -303,21 +303,29 @@ async fn select_candidates(
     if workspaces.is_empty() {
         return Ok(Vec::new());
     }
-    let (skip_agent_tenants, skip_agents) = unzip_pairs(plan.exhausted_agents());
-    let (skip_task_tenants, skip_tasks) = unzip_pairs(
-        plan.chosen()
-            .iter()
-            .map(|candidate| (candidate.tenant_id, candidate.task_id)),
-    );
+    // Agents and tasks are skipped by id alone: the subquery is already limited to one
+    // workspace, and ids are UUIDv7 made by the application, unique in practice across
+    // workspaces too. Plain `<> ALL` filters (rather than anti-joins with `unnest`) keep the
+    // planner on the ordered scan of `tasks_queue` that stops after the limit; with the
+    // anti-joins it sorted each workspace's whole backlog (60 ms at 20,000 pending).
+    let (_, skip_agents) = unzip_pairs(plan.exhausted_agents());
+    let skip_tasks: Vec<Uuid> = plan.chosen().iter().map(|c| c.task_id).collect();
     let mut rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT w.n AS round_position, c.tenant_id, c.id, c.agent_id, c.priority, c.created_at          FROM unnest($1::uuid[]) WITH ORDINALITY AS w(tenant_id, n)          CROSS JOIN LATERAL (              SELECT t.tenant_id, t.id, t.agent_id, t.priority, t.created_at FROM tasks AS t              WHERE t.tenant_id = w.tenant_id AND t.status = 'pending' AND t.run_at <= now()                AND t.required_labels <@ $3::jsonb                AND NOT EXISTS (SELECT 1 FROM unnest($4::uuid[], $5::uuid[]) AS x(tenant_id, agent_id)                                WHERE x.tenant_id = t.tenant_id AND x.agent_id = t.agent_id)                AND NOT EXISTS (SELECT 1 FROM unnest($6::uuid[], $7::uuid[]) AS y(tenant_id, id)                                WHERE y.tenant_id = t.tenant_id AND y.id = t.id)              ORDER BY t.priority DESC, t.created_at, t.id              LIMIT $2              FOR UPDATE OF t SKIP LOCKED) AS c",
+        "SELECT w.n AS round_position, c.tenant_id, c.id, c.agent_id, c.priority, c.created_at \
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS w(tenant_id, n) \
+         CROSS JOIN LATERAL ( \
+             SELECT t.tenant_id, t.id, t.agent_id, t.priority, t.created_at FROM tasks AS t \
+             WHERE t.tenant_id = w.tenant_id AND t.status = 'pending' AND t.run_at <= now() \
+               AND t.required_labels <@ $3::jsonb \
+               AND t.agent_id <> ALL ($4::uuid[]) AND t.id <> ALL ($5::uuid[]) \
+             ORDER BY t.priority DESC, t.created_at, t.id \
+             LIMIT $2 \
+             FOR UPDATE OF t SKIP LOCKED) AS c",
     )
     .bind(workspaces)
     .bind(per_workspace)
     .bind(labels.as_json())
-    .bind(skip_agent_tenants)
     .bind(skip_agents)
-    .bind(skip_task_tenants)
     .bind(skip_tasks)
     .fetch_all(connection)
     .await?;
@@ -367,7 +375,10 @@ async fn count_workspace_running(
     }
     let tenants: Vec<Uuid> = locks.iter().map(|key| key.0).collect();
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT w.tenant_id,                 (SELECT count(*) FROM tasks AS t                  WHERE t.tenant_id = w.tenant_id AND t.status = 'running')          FROM unnest($1::uuid[]) AS w(tenant_id)",
+        "SELECT w.tenant_id, \
+         (SELECT count(*) FROM tasks AS t \
+         WHERE t.tenant_id = w.tenant_id AND t.status = 'running') \
+         FROM unnest($1::uuid[]) AS w(tenant_id)",
     )
     .bind(tenants)
     .fetch_all(connection)
