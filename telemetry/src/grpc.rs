@@ -233,6 +233,13 @@ impl Call {
             .with_label_values(&[&self.method])
             .dec();
         self.span.record("rpc.grpc.status_code", i32::from(code));
+        // The access log: at DEBUG, since at full speed it is a line per call.
+        tracing::debug!(
+            parent: &self.span,
+            code = ?code,
+            elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "call finished"
+        );
     }
 }
 

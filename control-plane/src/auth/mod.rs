@@ -132,6 +132,9 @@ impl Caller {
     ///
     /// Another workspace answers NOT_FOUND, as if it did not exist, so ids reveal nothing.
     pub async fn authorize(&self, store: &Store, tenant: TenantId) -> Result<String, ApiError> {
+        // Every workspace method calls this first: from here on the call's log lines (and its
+        // span) name the workspace, refused calls included.
+        tracing::Span::current().record("workspace_id", tracing::field::display(tenant));
         let Access::Workspace(permission) = self.access else {
             // Only workspace methods call this; anything else is a wiring bug: refuse.
             return Err(ApiError::PermissionDenied);

@@ -74,7 +74,20 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
     request
         .metadata_mut()
         .insert("x-request-id", "req-log-hygiene-42".parse().unwrap());
-    c.workspaces.create_workspace(request).await.unwrap();
+    let ws = c
+        .workspaces
+        .create_workspace(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap()
+        .id;
+    let key = c.api_key(&ws, pb::WorkspaceRole::Admin).await;
+    let mut member = c.with_token(&key);
+    let agent = member.echo_agent(&ws, "logged").await;
+    let task = member.task(&ws, &agent.id, "log me").await;
+    member.get_task(&ws, &task.id).await;
     // A wrong token and a bad request are refused, and logged without the token.
     let mut wrong = pb::workspace_service_client::WorkspaceServiceClient::with_interceptor(
         channel.clone(),
@@ -113,4 +126,17 @@ async fn json_logs_carry_request_ids_and_never_secrets() {
         all.iter().any(|line| line.contains("req-log-hygiene-42")),
         "the request's lines carry its request id"
     );
+    // The access line of GetTask names its workspace and task, as do the lines logged
+    // inside the call.
+    let get_task = all
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|json| {
+            json["fields"]["message"] == "call finished"
+                && json["span"]["rpc.method"] == "agentplane.v1.TaskService/GetTask"
+        })
+        .expect("GetTask's access line is logged at debug");
+    assert_eq!(get_task["span"]["workspace_id"], ws.as_str());
+    assert_eq!(get_task["span"]["task_id"], task.id.as_str());
+    assert_eq!(get_task["fields"]["code"], "Ok");
 }

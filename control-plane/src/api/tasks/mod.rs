@@ -108,6 +108,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let caller = caller(&request)?;
         let request: TaskRef = request.into_inner().try_into()?;
+        record_task(request.task);
         caller.authorize(&self.state.store, request.tenant).await?;
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let task = tx.get_task(request.task).await?;
@@ -142,6 +143,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let caller = caller(&request)?;
         let request: CancelTask = request.into_inner().try_into()?;
+        record_task(request.task.task);
         let actor = caller
             .authorize(&self.state.store, request.task.tenant)
             .await?;
@@ -161,6 +163,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::RetryTaskResponse>, Status> {
         let caller = caller(&request)?;
         let request: RetryTask = request.into_inner().try_into()?;
+        record_task(request.task.task);
         let actor = caller
             .authorize(&self.state.store, request.task.tenant)
             .await?;
@@ -180,6 +183,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<pb::ListTaskMessagesResponse>, Status> {
         let caller = caller(&request)?;
         let query: MessageQuery = request.into_inner().try_into()?;
+        record_task(query.task.task);
         caller
             .authorize(&self.state.store, query.task.tenant)
             .await?;
@@ -206,6 +210,7 @@ impl TaskService for TaskApi {
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let caller = caller(&request)?;
         let TaskRef { tenant, task: id } = request.into_inner().try_into()?;
+        record_task(id);
         caller.authorize(&self.state.store, tenant).await?;
         let slot = self.state.streams.open()?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
@@ -239,4 +244,10 @@ impl TaskService for TaskApi {
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
+}
+
+/// Names the task in the call's span, so every log line of the call carries its id (the
+/// workspace is recorded by `Caller::authorize`).
+fn record_task(task: crate::ids::TaskId) {
+    tracing::Span::current().record("task_id", tracing::field::display(task));
 }
