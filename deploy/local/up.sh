@@ -88,9 +88,16 @@ else
   db_location="127.0.0.1:$pg_port/agentplane"
 fi
 
-echo "==> building (the first build takes a few minutes)"
-cargo build -q -p agentplane-control-plane -p agentplane-worker
-bin="$root/target/debug"
+# AGENTPLANE_PROFILE=release runs optimised builds (for benchmarks); debug by default.
+profile=${AGENTPLANE_PROFILE:-debug}
+case "$profile" in
+  debug) profile_flag=() ;;
+  release) profile_flag=(--release) ;;
+  *) echo "AGENTPLANE_PROFILE must be debug or release, got '$profile'" >&2; exit 1 ;;
+esac
+echo "==> building ($profile; the first build takes a few minutes)"
+cargo build -q "${profile_flag[@]}" -p agentplane-control-plane -p agentplane-worker
+bin="$root/target/$profile"
 
 echo "==> migrating"
 "$bin/agentplane-control-plane" migrate --migrate-database-url "$owner_url"
