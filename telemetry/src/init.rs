@@ -7,6 +7,8 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+
+use crate::attempt_ids::AttemptIdGenerator;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -160,6 +162,7 @@ fn tracer_provider(
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
+            .with_id_generator(AttemptIdGenerator::default())
             .with_resource(resource.build())
             .build(),
     ))

@@ -8,6 +8,7 @@
 //!   `traceparent`, and request, latency and in-flight metrics by method and code.
 //! - [`metrics`]: a Prometheus text endpoint on its own port, and bounded label values.
 
+pub mod attempt_ids;
 pub mod grpc;
 mod init;
 pub mod metrics;

@@ -9,10 +9,12 @@ use std::time::SystemTime;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry::trace::{Span as _, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanContext, TraceState, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::attempt_ids::{attempt_span_id, with_span_id};
 
 /// The `traceparent` header/metadata key.
 pub const TRACEPARENT: &str = "traceparent";
@@ -66,6 +68,32 @@ pub fn adopt(span: &tracing::Span, parent: Context) {
     if let Some(trace_id) = trace_id_of(span) {
         span.record("trace_id", trace_id.as_str());
     }
+}
+
+/// Makes `span` attempt `attempt` of `task`: a child of `parent` (the call that created the
+/// task) like [`adopt`], with the span id [`attempt_span_id`] gives it, and, for a retry, a
+/// link to the attempt before it, whose id is known the same way. So every attempt of a task
+/// is in the one trace, and a retry points at the attempt it follows.
+pub fn adopt_attempt(span: &tracing::Span, parent: Context, task: uuid::Uuid, attempt: i32) {
+    let parent_span = parent.span().span_context().clone();
+    if !parent_span.is_valid() {
+        adopt(span, parent);
+        return;
+    }
+    if attempt > 1 {
+        span.add_link(SpanContext::new(
+            parent_span.trace_id(),
+            attempt_span_id(task, attempt - 1),
+            parent_span.trace_flags(),
+            true,
+            TraceState::default(),
+        ));
+    }
+    with_span_id(attempt_span_id(task, attempt), || {
+        adopt(span, parent);
+        // Build the span now, while its id is set.
+        let _ = span.context();
+    });
 }
 
 /// Exports a span that has already ended, under `parent`: for intervals that began before

@@ -190,7 +190,8 @@ fn record_claim(claimed: &Result<queue::Claim, sqlx::Error>, started: Instant) {
 /// Continues the trace of the call that created `task` (across the claim, which happened in
 /// PostgreSQL): the attempt's span becomes a child of that call's span, and the task's wait
 /// in the queue, from due to claimed, is exported as a finished span beside it. Every attempt
-/// of a task, retries included, belongs to the one trace.
+/// of a task, retries included, belongs to the one trace, and a retry's span links to the
+/// attempt before it.
 fn continue_trace(span: &tracing::Span, task: &ClaimedTask) {
     let waited = (Utc::now() - task.run_at).to_std().unwrap_or_default();
     METRICS.queue_wait.observe(waited.as_secs_f64());
@@ -206,7 +207,7 @@ fn continue_trace(span: &tracing::Span, task: &ClaimedTask) {
             propagation::Attribute::new("agentplane.attempt", i64::from(task.attempt)),
         ],
     );
-    propagation::adopt(span, parent);
+    propagation::adopt_attempt(span, parent, task.task_id.0, task.attempt);
 }
 
 /// Listens on `agentplane_task_ready` and wakes the claim loop; reconnects with backoff.

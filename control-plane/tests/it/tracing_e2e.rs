@@ -186,3 +186,88 @@ async fn one_trace_follows_a_task_from_client_to_provider_call() {
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_retried_attempt_is_in_the_same_trace_and_links_to_the_attempt_before() {
+    let (collector, telemetry) = collector();
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("retraced").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let client_span = tracing::info_span!("client retries", trace_id = tracing::field::Empty);
+    let trace_id = propagation::trace_id_of(&client_span).expect("the client span is exported");
+    let mut request = tonic::Request::new(pb::CreateTaskRequest {
+        workspace_id: ws.clone(),
+        agent_id: agent.id.clone(),
+        input: vec![user("twice")],
+        ..Default::default()
+    });
+    propagation::inject_into_metadata(&client_span, request.metadata_mut());
+    let task = c
+        .tasks
+        .create_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    drop(client_span);
+
+    // Attempt 1 is claimed and its lease lapses; attempt 2 runs on a real worker.
+    let pool = sqlx::PgPool::connect(&db.worker_url()).await.unwrap();
+    let (lost, _) = app.worker_credential().await;
+    let claimed = agentplane_worker::queue::claim_tasks(&pool, lost, 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        agentplane_worker::queue::reap_expired_leases(&pool, 10)
+            .await
+            .unwrap(),
+        1
+    );
+    sqlx::query("UPDATE tasks SET run_at = now() WHERE id = $1::uuid")
+        .bind(&task.id)
+        .execute(&db.owner_pool().await)
+        .await
+        .unwrap();
+    let worker = app.worker(&db, 2, Duration::from_millis(1)).await;
+    let done = c.wait_terminal(&ws, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Succeeded as i32);
+    assert_eq!(done.attempt, 2);
+
+    let task_id: uuid::Uuid = task.id.parse().unwrap();
+    let second = agentplane_telemetry::attempt_ids::attempt_span_id(task_id, 2);
+    let first = agentplane_telemetry::attempt_ids::attempt_span_id(task_id, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let attempt = loop {
+        telemetry.force_flush();
+        let found = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|span| hex(&span.trace_id) == trace_id && span.name == "attempt")
+            .cloned();
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt span in the trace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hex(&attempt.span_id), second.to_string());
+    let links: Vec<(String, String)> = attempt
+        .links
+        .iter()
+        .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+        .collect();
+    assert_eq!(links, [(trace_id.clone(), first.to_string())]);
+
+    worker.shutdown().await;
+    app.stop().await;
+}
