@@ -94,6 +94,8 @@ impl TestApp {
             jwt_public_key_file: None,
             jwt_jwks_url: None,
             metrics_addr: None,
+            task_retention: "30d".parse().unwrap(),
+            task_retention_interval_seconds: 300,
         };
         let mut config = args.validate().unwrap();
         adjust(&mut config);
