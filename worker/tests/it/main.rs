@@ -14,6 +14,7 @@
 // The test modules reach the shared helpers as `crate::pg` and `crate::fixtures`.
 use agentplane_testkit::{fixtures, pg};
 
+mod chaos;
 mod database_role;
 mod fake_control_plane;
 mod queue;
