@@ -17,6 +17,8 @@ use agentplane_testkit::{fixtures, pg};
 mod chaos;
 mod database_role;
 mod fake_control_plane;
+mod overload;
 mod queue;
 mod queue_concurrency;
+mod stale_result;
 mod stream;
