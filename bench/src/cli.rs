@@ -82,6 +82,9 @@ pub enum Command {
     /// Idle wake-up latency: create tasks at a fixed rate and report the time from each
     /// CreateTask answer to a worker starting the task.
     Trickle(TrickleArgs),
+    /// Whether finished history slows processing: process N tasks, seed M finished tasks
+    /// with SQL (--database-url), process N again, and compare the two rates.
+    History(HistoryArgs),
 }
 
 impl Command {
@@ -91,6 +94,7 @@ impl Command {
             Self::Process(_) => "process",
             Self::Create(_) => "create",
             Self::Trickle(_) => "trickle",
+            Self::History(_) => "history",
         }
     }
 }
@@ -137,6 +141,31 @@ pub struct TrickleArgs {
     /// Tasks created per second, evenly spaced (greater than 0, at most 10000).
     #[arg(long, default_value_t = 50.0, value_parser = parse_rate)]
     pub rate: f64,
+}
+
+/// Flags of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Tasks per measured run (one before the seed, one after).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub tasks: u64,
+    /// Finished tasks to seed between the two runs.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub history: u64,
+    /// PostgreSQL URL to seed through: a login role in `agentplane_app` (the control
+    /// plane's), so row-level security applies. Never printed.
+    #[arg(long, env = "AGENTPLANE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Most seconds to wait after the seed for autovacuum to analyze `tasks`.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub settle_secs: u64,
+}
+
+impl HistoryArgs {
+    /// How long to wait for autovacuum after the seed.
+    pub fn settle(&self) -> Duration {
+        Duration::from_secs(self.settle_secs)
+    }
 }
 
 /// How long `process --wait-before-processing` pauses.
@@ -205,6 +234,26 @@ mod tests {
         };
         assert_eq!(args.tasks, 10);
         assert_eq!(args.wait_before_processing, Some(Wait::Enter));
+    }
+
+    #[test]
+    fn history_needs_a_database_url() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["agentplane-bench", "history"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let cli = parse(&[
+            "--database-url",
+            "postgres://ap@localhost/ap",
+            "--tasks",
+            "5",
+        ])
+        .expect("valid flags");
+        let Command::History(args) = cli.command else {
+            panic!("not history");
+        };
+        assert_eq!((args.tasks, args.history), (5, 1_000_000));
     }
 
     #[test]

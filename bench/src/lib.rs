@@ -3,13 +3,15 @@
 //!
 //! Each subcommand creates its own workspace and echo agent, runs, and prints a report
 //! (`report`): `process` (task throughput), `create` (CreateTask throughput and latency),
-//! `trickle` (idle wake-up latency). docs/benchmarks.md says how to run them and what each
+//! `trickle` (idle wake-up latency), `history` (processing with a million finished tasks
+//! against without). docs/benchmarks.md says how to run them and what each
 //! figure means.
 
 pub mod api;
 pub mod cli;
 pub mod cpu;
 pub mod create;
+pub mod history;
 pub mod machine;
 pub mod outcome;
 pub mod process;
@@ -33,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Process(args) => process::run(&api, common, args, &mut report).await?,
         Command::Create(args) => create::run(&api, common, args, &mut report).await?,
         Command::Trickle(args) => trickle::run(&api, common, args, &mut report).await?,
+        Command::History(args) => history::run(&api, common, args, &mut report).await?,
     }
     report.print(common.json)
 }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod fanout;
 pub mod metrics;
+pub mod retention;
 pub use agentplane_core::ids;
 pub mod spawn;
 pub mod startup;

@@ -10,7 +10,9 @@
 //! - the fan-out: `agentplane_fanout_backlog_notices` (how far the slowest live stream is
 //!   behind the ring, in notices) and `agentplane_fanout_subscribers`;
 //! - the database pool: `agentplane_db_pool_connections{state="idle|in_use"}`,
-//!   `agentplane_db_pool_max_connections` (saturation is in-use over max).
+//!   `agentplane_db_pool_max_connections` (saturation is in-use over max);
+//! - retention: `agentplane_retention_deleted_rows_total{table="tasks|task_messages|
+//!   task_output_chunks"}`, rows of finished history this process deleted.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use agentplane_telemetry::grpc::GrpcMetrics;
 use agentplane_telemetry::metrics::{BeforeScrape, register};
-use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use prost::Message as _;
 use sqlx::PgPool;
 
@@ -43,6 +45,8 @@ pub struct Metrics {
     pool_max: IntGauge,
     fanout_backlog: IntGauge,
     fanout_subscribers: IntGauge,
+    /// Rows the retention loop deleted, by table.
+    pub retention_deleted: IntCounterVec,
 }
 
 /// The process's metrics (one registry, however many servers a test starts).
@@ -117,7 +121,20 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let retention_deleted = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "agentplane_retention_deleted_rows_total",
+                    "Rows of finished tasks deleted by retention, by table \
+                     (tasks, task_messages, task_output_chunks)",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
+        );
         Self {
+            retention_deleted,
             registry,
             grpc,
             fanout_backlog,

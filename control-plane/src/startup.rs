@@ -197,6 +197,17 @@ impl Application {
                 .clone()
                 .run(state.store.clone(), stop.clone()),
         );
+        if let Some(retention) = config.task_retention {
+            spawn_named(
+                "task_retention",
+                crate::retention::run(
+                    state.store.clone(),
+                    retention,
+                    config.task_retention_interval,
+                    stop.clone(),
+                ),
+            );
+        }
         let last_used = LastUsed::default();
         spawn_named(
             "api_key_last_used",

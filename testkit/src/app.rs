@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentplane_control_plane::config::{Config, ServeArgs};
+/// The control plane's validated configuration, for tests that adjust it.
+pub use agentplane_control_plane::config::Config;
+use agentplane_control_plane::config::ServeArgs;
 use agentplane_control_plane::startup::Application;
 use agentplane_proto::v1 as pb;
 use agentplane_worker::{Worker, WorkerConfig, WorkerHandle};
@@ -74,28 +76,7 @@ impl TestApp {
 
     /// Starts a control plane on the test database with its configuration adjusted.
     pub async fn spawn_with(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let args = ServeArgs {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            database_url: db.app_url().into(),
-            migrate_database_url: None,
-            admin_token: Some(ADMIN_TOKEN.into()),
-            worker_token: Some(WORKER_TOKEN.into()),
-            dev_mode: false,
-            db_max_connections: 10,
-            db_acquire_timeout_seconds: 5,
-            db_statement_timeout_seconds: 30,
-            db_idle_in_transaction_timeout_seconds: 10,
-            lease_seconds: 30,
-            shutdown_grace_seconds: 2,
-            max_streams: 10_000,
-            jwt_issuer: Some(JWT_ISSUER.into()),
-            jwt_audience: Some(JWT_AUDIENCE.into()),
-            jwt_hs256_secret: Some(JWT_SECRET.into()),
-            jwt_public_key_file: None,
-            jwt_jwks_url: None,
-            metrics_addr: None,
-        };
-        let mut config = args.validate().unwrap();
+        let mut config = test_config(db);
         adjust(&mut config);
         let app = Application::build(config).await.unwrap();
         let addr = app.local_addr();
@@ -195,6 +176,91 @@ impl TestApp {
         tokio::time::timeout(Duration::from_secs(10), self.handle)
             .await
             .is_ok()
+    }
+}
+
+/// The configuration every test control plane starts from: port 0, the test database's
+/// application role, the test tokens and identity provider.
+pub fn test_config(db: &TestDb) -> Config {
+    let args = ServeArgs {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.app_url().into(),
+        migrate_database_url: None,
+        admin_token: Some(ADMIN_TOKEN.into()),
+        worker_token: Some(WORKER_TOKEN.into()),
+        dev_mode: false,
+        db_max_connections: 10,
+        db_acquire_timeout_seconds: 5,
+        db_statement_timeout_seconds: 30,
+        db_idle_in_transaction_timeout_seconds: 10,
+        lease_seconds: 30,
+        shutdown_grace_seconds: 2,
+        max_streams: 10_000,
+        jwt_issuer: Some(JWT_ISSUER.into()),
+        jwt_audience: Some(JWT_AUDIENCE.into()),
+        jwt_hs256_secret: Some(JWT_SECRET.into()),
+        jwt_public_key_file: None,
+        jwt_jwks_url: None,
+        metrics_addr: None,
+        task_retention: "30d".parse().unwrap(),
+        task_retention_interval_seconds: 300,
+    };
+    args.validate().unwrap()
+}
+
+/// A control plane on a runtime of its own, so that a test can kill it the way a crash
+/// would: [`KillableApp::kill`] drops every task of that runtime at once (no drain, no
+/// goodbye on any stream), which closes its sockets, so PostgreSQL rolls back whatever
+/// transaction it had open and its clients see their connections reset.
+#[derive(Debug)]
+pub struct KillableApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Always `Some` until dropped; dropping a runtime inside another one would panic, so
+    /// `Drop` shuts it down in the background instead.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableApp {
+    /// Starts a control plane with `config` on a new two-thread runtime.
+    pub async fn start(config: Config) -> KillableApp {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (bound, addr) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let app = Application::build(config).await.unwrap();
+            let _ = bound.send(app.local_addr());
+            let _ = app.run_until_stopped().await;
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), addr)
+            .await
+            .expect("the control plane started within 30 s")
+            .expect("the control plane started");
+        KillableApp {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Its URL, for clients and workers.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills it: every task of its runtime is dropped where it stands.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for KillableApp {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

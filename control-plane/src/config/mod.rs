@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::Credentials;
+use crate::retention::TaskRetention;
 use crate::store::PoolConfig;
 use crate::telemetry::LogFormat;
 
@@ -23,6 +24,8 @@ pub const DEV_WORKER_TOKEN: &str = "dev-worker-token";
 const MIN_TOKEN_LEN: usize = 16;
 /// Longest database session timeout accepted (a day).
 const MAX_DB_TIMEOUT_SECONDS: u64 = 24 * 60 * 60;
+/// Longest task retention accepted (a hundred years; `off` keeps tasks forever).
+const MAX_TASK_RETENTION_SECONDS: u64 = 36_500 * 24 * 60 * 60;
 
 /// agentplane control plane.
 #[derive(Debug, Parser)]
@@ -144,6 +147,19 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint (`GET /metrics`); unset serves none.
     #[arg(long, env = "AGENTPLANE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// How long finished tasks (succeeded, failed, canceled) are kept after they end, with
+    /// their transcripts: a number with s, m, h or d (`30d`), or `off` to keep them forever.
+    /// Events and usage records are kept regardless (see docs/operations.md, "Retention").
+    #[arg(long, env = "AGENTPLANE_TASK_RETENTION", default_value = "30d")]
+    pub task_retention: TaskRetention,
+    /// Seconds between retention passes (each replica runs its own; they skip each other's
+    /// rows).
+    #[arg(
+        long,
+        env = "AGENTPLANE_TASK_RETENTION_INTERVAL_SECONDS",
+        default_value_t = 300
+    )]
+    pub task_retention_interval_seconds: u64,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -172,6 +188,10 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// Prometheus endpoint address, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// How long finished tasks are kept; `None` keeps them forever.
+    pub task_retention: Option<Duration>,
+    /// Time between retention passes.
+    pub task_retention_interval: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -194,6 +214,8 @@ impl fmt::Debug for Config {
                 &self.jwt.as_ref().map(|jwt| jwt.issuer.as_str()),
             )
             .field("metrics_addr", &self.metrics_addr)
+            .field("task_retention", &TaskRetention(self.task_retention))
+            .field("task_retention_interval", &self.task_retention_interval)
             .finish()
     }
 }
@@ -289,6 +311,20 @@ impl ServeArgs {
             MAX_DB_TIMEOUT_SECONDS,
         )?;
         check_range("--max-streams", self.max_streams, 1, 1_000_000)?;
+        if let TaskRetention(Some(keep)) = self.task_retention {
+            check_range(
+                "--task-retention (seconds)",
+                keep.as_secs(),
+                60,
+                MAX_TASK_RETENTION_SECONDS,
+            )?;
+        }
+        check_range(
+            "--task-retention-interval-seconds",
+            self.task_retention_interval_seconds,
+            1,
+            MAX_DB_TIMEOUT_SECONDS,
+        )?;
         let jwt = jwt_config(
             self.jwt_issuer,
             self.jwt_audience,
@@ -320,6 +356,8 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             max_streams: usize::try_from(self.max_streams).unwrap_or(usize::MAX),
             metrics_addr: self.metrics_addr,
+            task_retention: self.task_retention.0,
+            task_retention_interval: Duration::from_secs(self.task_retention_interval_seconds),
         })
     }
 }

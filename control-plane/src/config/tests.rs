@@ -23,6 +23,8 @@ fn args() -> ServeArgs {
         jwt_public_key_file: None,
         jwt_jwks_url: None,
         metrics_addr: None,
+        task_retention: TaskRetention(Some(Duration::from_secs(30 * 86_400))),
+        task_retention_interval_seconds: 300,
     }
 }
 
@@ -195,4 +197,47 @@ fn refuses_short_or_equal_tokens() {
         ..args()
     };
     assert!(good.validate().is_ok());
+}
+
+#[test]
+fn task_retention_defaults_to_thirty_days_and_can_be_off_or_refused() {
+    let serve = |extra: &[&str]| {
+        let mut argv = vec![
+            "agentplane-control-plane",
+            "serve",
+            "--dev-mode",
+            "--database-url",
+            "postgres://localhost/x",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Serve(args)) => args.validate().map(|config| config.task_retention),
+            Ok(_) => unreachable!(),
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert_eq!(
+        serve(&[]).ok().flatten(),
+        Some(Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(serve(&["--task-retention", "off"]).ok(), Some(None));
+    assert_eq!(
+        serve(&["--task-retention", "7d"]).ok().flatten(),
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert!(matches!(
+        serve(&["--task-retention", "5s"]),
+        Err(ConfigError::OutOfRange { .. })
+    ));
+    assert!(
+        Cli::try_parse_from([
+            "agentplane-control-plane",
+            "serve",
+            "--database-url",
+            "postgres://localhost/x",
+            "--task-retention",
+            "a month",
+        ])
+        .is_err()
+    );
 }

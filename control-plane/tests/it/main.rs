@@ -11,7 +11,7 @@
 )]
 
 // The test modules reach the shared helpers as `crate::pg` and `crate::app`.
-use agentplane_testkit::{app, pg};
+use agentplane_testkit::{app, fixtures, pg};
 
 mod session;
 
@@ -30,6 +30,7 @@ mod log_hygiene;
 mod members;
 mod metrics;
 mod reflection;
+mod retention;
 mod routing;
 mod tasks;
 mod tracing_e2e;

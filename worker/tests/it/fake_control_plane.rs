@@ -47,6 +47,9 @@ struct Service {
     received: mpsc::UnboundedSender<(usize, SessionRequest)>,
     heartbeat_interval: Duration,
     lease_duration: Duration,
+    /// When set, renewed leases are also extended in the database (as the schema owner),
+    /// as the real control plane's heartbeat lane does.
+    renew_in: Option<sqlx::PgPool>,
 }
 
 #[tonic::async_trait]
@@ -95,6 +98,8 @@ impl WorkerService for Service {
         };
         let shared = Arc::clone(&self.shared);
         let received = self.received.clone();
+        let renew_in = self.renew_in.clone();
+        let lease_duration = self.lease_duration;
         tokio::spawn(async move {
             while let Some(Ok(message)) = requests.next().await {
                 if let Some(session_request::Kind::Heartbeat(beat)) = &message.kind {
@@ -104,6 +109,20 @@ impl WorkerService for Service {
                         .iter()
                         .cloned()
                         .partition(|lease| lost.contains(&lease.task_id));
+                    if let Some(pool) = &renew_in {
+                        for lease in &renewed {
+                            sqlx::query(
+                                "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3) \
+                                 WHERE id = $1::uuid AND attempt = $2 AND status = 'running'",
+                            )
+                            .bind(&lease.task_id)
+                            .bind(lease.attempt)
+                            .bind(lease_duration.as_secs_f64())
+                            .execute(pool)
+                            .await
+                            .expect("renewing a lease");
+                        }
+                    }
                     let _ = responses.send(Ok(SessionResponse {
                         kind: Some(session_response::Kind::HeartbeatAck(HeartbeatAck {
                             renewed,
@@ -122,6 +141,25 @@ impl WorkerService for Service {
 impl FakeControlPlane {
     /// Serves on 127.0.0.1:0 until the test's runtime ends.
     pub(crate) async fn start(heartbeat_interval: Duration, lease_duration: Duration) -> Self {
+        Self::serve(heartbeat_interval, lease_duration, None).await
+    }
+
+    /// Like [`FakeControlPlane::start`], and each renewed lease is also extended in the
+    /// database through `owner`, so the worker's own lease reaper sees what a real control
+    /// plane would leave: a lease lapses only if the worker stops heartbeating it.
+    pub(crate) async fn start_renewing(
+        heartbeat_interval: Duration,
+        lease_duration: Duration,
+        owner: sqlx::PgPool,
+    ) -> Self {
+        Self::serve(heartbeat_interval, lease_duration, Some(owner)).await
+    }
+
+    async fn serve(
+        heartbeat_interval: Duration,
+        lease_duration: Duration,
+        renew_in: Option<sqlx::PgPool>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -133,6 +171,7 @@ impl FakeControlPlane {
             received: received_tx,
             heartbeat_interval,
             lease_duration,
+            renew_in,
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -183,6 +222,16 @@ impl FakeControlPlane {
             lease: Some(lease),
             accepted: true,
             reason: String::new(),
+        }));
+    }
+
+    /// Refuses a result on the current stream, as the control plane does with a result for
+    /// an attempt that is no longer current.
+    pub(crate) fn decline(&self, lease: LeaseRef, reason: &str) {
+        self.respond(session_response::Kind::ResultAck(ResultAck {
+            lease: Some(lease),
+            accepted: false,
+            reason: reason.to_owned(),
         }));
     }
 

@@ -14,9 +14,12 @@
 // The test modules reach the shared helpers as `crate::pg` and `crate::fixtures`.
 use agentplane_testkit::{fixtures, pg};
 
+mod chaos;
 mod database_role;
 mod fake_control_plane;
+mod overload;
 mod queue;
 mod queue_concurrency;
 mod queue_fairness;
+mod stale_result;
 mod stream;
