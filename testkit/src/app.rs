@@ -177,6 +177,7 @@ impl TestApp {
             shutdown_grace: Duration::from_secs(5),
             echo_token_delay: token_delay,
             metrics_addr: None,
+            providers: Default::default(),
         };
         adjust(&mut config);
         Worker::start(config).await.unwrap()

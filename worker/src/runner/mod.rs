@@ -138,15 +138,27 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
     // The stored name is parsed here, not in the claim, so that one agent of a provider this
     // build does not know fails its own tasks instead of every claim.
     let provider = match Provider::parse(&task.agent.provider) {
-        Ok(name) => context.providers.get(name),
-        Err(_) => None,
-    };
-    let Some(provider) = provider else {
-        return failure(
-            "unsupported_provider",
-            format!("this worker has no provider {:?}", task.agent.provider),
-            false,
-        );
+        Ok(name) => match context.providers.get(name) {
+            Some(provider) => provider,
+            None => {
+                return failure(
+                    "provider_not_configured",
+                    format!(
+                        "this worker has no credentials for provider {:?} ({})",
+                        task.agent.provider,
+                        configuration_hint(name)
+                    ),
+                    false,
+                );
+            }
+        },
+        Err(_) => {
+            return failure(
+                "unsupported_provider",
+                format!("this worker has no provider {:?}", task.agent.provider),
+                false,
+            );
+        }
     };
     let request = match build_request(task) {
         Ok(request) => request,
@@ -209,7 +221,7 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
         Ok(Ok(Err(ProviderError::Canceled))) if attempt.cancellation().is_cancelled() => {
             Outcome::Stopped
         }
-        Ok(Ok(Err(error))) => failure("provider_error", error.to_string(), error.is_retryable()),
+        Ok(Ok(Err(error))) => failure(error.code(), error.to_string(), error.is_retryable()),
     }
 }
 
@@ -307,7 +319,19 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
         system: (!system.is_empty()).then_some(system),
         messages,
         generation,
+        deadline: Some(Instant::now() + task.agent.task_timeout),
     })
+}
+
+/// What an operator sets so that workers run `provider`.
+fn configuration_hint(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Echo => "echo is built in",
+        Provider::Anthropic => "set ANTHROPIC_API_KEY on the worker",
+        Provider::OpenAi => "set OPENAI_API_KEY on the worker",
+        Provider::Gemini => "set GEMINI_API_KEY on the worker",
+        Provider::OpenAiCompatible => "set AGENTPLANE_OPENAI_COMPATIBLE_BASE_URL on the worker",
+    }
 }
 
 /// The successful outcome of `response`, or a failure if it is too large to store.

@@ -94,6 +94,7 @@ fn nul_is_replaced_in_answers_and_failure_messages() {
         finish_reason: crate::provider::FinishReason::Stop,
         model: "m".to_owned(),
         usage: crate::provider::ModelUsage::default(),
+        vendor_request_id: None,
     };
     let Outcome::Reported(worker_result::Outcome::Success(success)) =
         success(response, 0, "id".to_owned())
@@ -158,6 +159,7 @@ mod attempts {
                         finish_reason: FinishReason::Stop,
                         model: request.model,
                         usage: ModelUsage::default(),
+                        vendor_request_id: None,
                     }),
                     Then::Panic => panic!("the scripted provider has a bug"),
                     Then::Hang => std::future::pending().await,

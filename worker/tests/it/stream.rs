@@ -28,6 +28,7 @@ fn config(
         shutdown_grace: Duration::from_secs(5),
         echo_token_delay: token_delay,
         metrics_addr: None,
+        providers: Default::default(),
     }
 }
 
