@@ -16,6 +16,7 @@ use agentplane_testkit::{fixtures, pg};
 
 mod database_role;
 mod fake_control_plane;
+mod providers;
 mod queue;
 mod queue_concurrency;
 mod stream;
