@@ -330,6 +330,10 @@ impl<W: WireFormat> HttpProvider<W> {
             {
                 return Err(error);
             }
+            crate::metrics::METRICS
+                .provider_retries
+                .with_label_values(&[self.provider.as_str(), error.code()])
+                .inc();
             tracing::warn!(
                 provider = %self.provider,
                 code = error.code(),

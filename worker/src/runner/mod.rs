@@ -261,7 +261,45 @@ where
     );
     let model = METRICS.models.get(model);
     let started = Instant::now();
-    let result = call.instrument(span).await;
+    let result = call.instrument(span.clone()).await;
+    if let Ok(response) = &result {
+        let usage = &response.usage;
+        let count = |kind: &str, tokens: i64| {
+            METRICS
+                .provider_tokens
+                .with_label_values(&[provider, model.as_str(), kind])
+                .inc_by(u64::try_from(tokens).unwrap_or(0));
+        };
+        count("input", usage.input_tokens);
+        count("output", usage.output_tokens);
+        count("cache_read", usage.cache_read_input_tokens);
+        count("cache_write", usage.cache_write_input_tokens);
+        count("reasoning", usage.reasoning_tokens);
+        METRICS
+            .provider_cost_micros
+            .with_label_values(&[provider, model.as_str()])
+            .inc_by(u64::try_from(usage.cost_micros).unwrap_or(0));
+        if usage.unpriced {
+            METRICS
+                .provider_unpriced_calls
+                .with_label_values(&[provider, model.as_str()])
+                .inc();
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                vendor_request_id = response.vendor_request_id.as_deref().unwrap_or(""),
+                answered_by = %response.model,
+                input_tokens = usage.input_tokens,
+                cache_read_input_tokens = usage.cache_read_input_tokens,
+                cache_write_input_tokens = usage.cache_write_input_tokens,
+                output_tokens = usage.output_tokens,
+                reasoning_tokens = usage.reasoning_tokens,
+                cost_micros = usage.cost_micros,
+                unpriced = usage.unpriced,
+                "model call finished"
+            );
+        });
+    }
     let labels = [
         provider,
         model.as_str(),

@@ -316,3 +316,64 @@ mod attempts {
         assert_eq!(success.output, "a\u{FFFD}b");
     }
 }
+
+#[tokio::test]
+async fn a_finished_call_counts_its_tokens_and_cost_per_provider_and_model() {
+    let provider = "metrics-test-provider";
+    let tokens = |kind: &str| {
+        METRICS
+            .provider_tokens
+            .with_label_values(&[provider, "metrics-test-model", kind])
+            .get()
+    };
+    let response = ModelResponse {
+        text: "hi".to_owned(),
+        finish_reason: crate::provider::FinishReason::Stop,
+        model: "metrics-test-model-2026".to_owned(),
+        usage: crate::provider::ModelUsage {
+            input_tokens: 100,
+            output_tokens: 12,
+            cache_read_input_tokens: 40,
+            cache_write_input_tokens: 10,
+            reasoning_tokens: 3,
+            cost_micros: 91,
+            unpriced: true,
+        },
+        vendor_request_id: Some("req_1".to_owned()),
+    };
+    let first_piece = OnceLock::new();
+    let result = observe_call(
+        async { Ok(response) },
+        provider,
+        "metrics-test-model",
+        "task-1-0",
+        &first_piece,
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(
+        [
+            tokens("input"),
+            tokens("output"),
+            tokens("cache_read"),
+            tokens("cache_write"),
+            tokens("reasoning")
+        ],
+        [100, 12, 40, 10, 3]
+    );
+    let labels = [provider, "metrics-test-model"];
+    assert_eq!(
+        METRICS
+            .provider_cost_micros
+            .with_label_values(&labels)
+            .get(),
+        91
+    );
+    assert_eq!(
+        METRICS
+            .provider_unpriced_calls
+            .with_label_values(&labels)
+            .get(),
+        1
+    );
+}
