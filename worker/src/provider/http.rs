@@ -706,7 +706,98 @@ pub(super) fn scrub(message: &str, key: Option<&SecretString>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use futures::FutureExt as _;
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Every vendor's decoder.
+    fn decoders() -> Vec<Box<dyn StreamDecoder>> {
+        vec![
+            super::super::anthropic::Anthropic.decoder(),
+            super::super::openai::OpenAi::official().decoder(),
+            super::super::gemini::Gemini.decoder(),
+        ]
+    }
+
+    /// Feeds `bytes`, cut into `chunk`-byte pieces, through the SSE parser and `decoder` as
+    /// the engine does; the text it produced and how it ended.
+    fn decode(
+        bytes: &[u8],
+        chunk: usize,
+        mut decoder: Box<dyn StreamDecoder>,
+    ) -> (String, Result<Finished, ProviderError>) {
+        let chunks: Vec<Result<Bytes, Infallible>> = bytes
+            .chunks(chunk.max(1))
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let mut events = std::pin::pin!(SseByteStream::new(futures::stream::iter(chunks)));
+        let mut text = String::new();
+        loop {
+            let next = events
+                .next()
+                .now_or_never()
+                .expect("an in-memory stream is ready");
+            let event = match next {
+                None => break,
+                Some(Err(error)) => return (text, Err(stream_error(&error))),
+                Some(Ok(event)) => event,
+            };
+            if event.data.is_none() {
+                continue;
+            }
+            match decoder.event(&event) {
+                Err(error) => return (text, Err(error)),
+                Ok(decoded) => {
+                    text.push_str(decoded.text.as_deref().unwrap_or_default());
+                    if decoded.done {
+                        break;
+                    }
+                }
+            }
+        }
+        (text, decoder.finish())
+    }
+
+    const OPENAI_STREAM: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé\"},\"finish_reason\":null}]}\r\n\r\n: ping\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo ✓\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+
+    proptest! {
+        /// Bytes from the network never panic a decoder, however they are cut.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            chunk in 1usize..64,
+        ) {
+            for decoder in decoders() {
+                let _ = decode(&bytes, chunk, decoder);
+            }
+        }
+
+        /// Event-shaped noise (valid SSE, arbitrary JSON-ish data) never panics either.
+        #[test]
+        fn arbitrary_events_never_panic(
+            datas in proptest::collection::vec("[ -~]{0,80}", 0..12),
+            chunk in 1usize..64,
+        ) {
+            let text: String = datas.iter().map(|d| format!("event: x\ndata: {d}\n\n")).collect();
+            for decoder in decoders() {
+                let _ = decode(text.as_bytes(), chunk, decoder);
+            }
+        }
+
+        /// However a stream is cut (inside lines, inside UTF-8 characters), it decodes alike.
+        #[test]
+        fn splitting_a_stream_anywhere_changes_nothing(chunk in 1usize..200) {
+            let (text, finished) =
+                decode(OPENAI_STREAM.as_bytes(), chunk, super::super::openai::OpenAi::official().decoder());
+            prop_assert_eq!(text, "Héllo ✓");
+            let finished = finished.expect("a complete stream");
+            prop_assert_eq!(finished.usage.input_tokens, 3);
+            prop_assert_eq!(finished.finish_reason, FinishReason::Stop);
+        }
+    }
 
     #[test]
     fn statuses_map_to_the_documented_kinds() {
