@@ -111,3 +111,55 @@ async fn a_task_of_a_provider_without_credentials_fails_at_once() {
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn cancel_task_closes_the_connection_to_the_vendor() {
+    let vendor = Vendor::OpenAiCompatible;
+    // The vendor streams the start of an answer, then goes quiet until the worker hangs up.
+    let mut steps = whole(&vendor.answer(&["Once", " upon", " a time"])[..2]);
+    steps.push(super::fake::Step::Hang);
+    let fake = FakeVendor::start(vec![Reply::Stream {
+        headers: vec![],
+        steps,
+    }])
+    .await;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let worker = app
+        .worker_with(&db, 2, Duration::ZERO, |config| {
+            config.providers = vendor.settings(&fake.url(), "local-key-123");
+            // Only the cancellation can end the call within wait_closed's 10 s.
+            config.providers.http.stall_timeout = Duration::from_secs(600);
+        })
+        .await;
+    let mut clients = app.admin().await;
+    let workspace_id = clients.workspace("acme").await;
+    let agent = create_agent(&mut clients, &workspace_id, pb::Provider::OpenaiCompatible).await;
+    let task = clients
+        .task(&workspace_id, &agent.id, "Tell me a story.")
+        .await;
+
+    // Wait until the worker is in the middle of the vendor's stream.
+    for _ in 0..600 {
+        if fake.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.request_count(), 1, "the worker called the vendor");
+    clients
+        .tasks
+        .cancel_task(pb::CancelTaskRequest {
+            workspace_id: workspace_id.clone(),
+            id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fake.wait_closed().await;
+    let done = clients.wait_terminal(&workspace_id, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Canceled as i32, "{done:?}");
+    assert_eq!(fake.request_count(), 1, "a canceled call is not retried");
+    worker.shutdown().await;
+    app.stop().await;
+}
