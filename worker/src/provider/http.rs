@@ -308,7 +308,8 @@ impl<W: WireFormat> HttpProvider<W> {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
-            let error = failure.error;
+            // Scrubbed before anything logs it.
+            let error = scrub_error(failure.error, self.endpoint.api_key.as_ref());
             if !error.is_retryable() || matches!(error, ProviderError::Canceled) {
                 return Err(error);
             }

@@ -274,6 +274,52 @@ pub(super) async fn a_refused_key_fails_at_once_without_leaking_it(vendor: Vendo
     assert!(!printed.contains(KEY), "{printed}");
 }
 
+/// A log sink for one test's thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(super) async fn the_key_never_reaches_the_logs(vendor: Vendor) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let echoed = format!("your key {KEY} is rate limited");
+    let h = harness(
+        vendor,
+        vec![
+            status(vendor, 429, vec![("retry-after", "0".to_owned())], &echoed),
+            status(vendor, 503, vec![], &echoed),
+            status(vendor, 401, vec![], &echoed),
+        ],
+    )
+    .await;
+    let (_, result) = h.call(question()).await;
+    assert_no_secret(&result.expect_err("refused in the end"));
+    assert_eq!(h.fake.request_count(), 3);
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("retrying"), "the retries were logged: {logs}");
+    assert!(!logs.contains(KEY), "the key leaked into the logs: {logs}");
+    assert!(
+        !logs.contains("0123456789abcdef"),
+        "part of the key leaked: {logs}"
+    );
+}
+
 pub(super) async fn a_bad_request_fails_at_once(vendor: Vendor) {
     let h = harness(
         vendor,
@@ -418,6 +464,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_refused_key_fails_at_once_without_leaking_it() {
                 super::a_refused_key_fails_at_once_without_leaking_it($kind).await;
+            }
+
+            #[tokio::test]
+            async fn the_key_never_reaches_the_logs() {
+                super::the_key_never_reaches_the_logs($kind).await;
             }
 
             #[tokio::test]
