@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
-use sse_stream::{Sse, SseByteStream};
+use sse_stream::SseByteStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,79 +22,28 @@ use super::prices::{PriceTable, cost_micros};
 use super::retry::retry_after;
 use super::settings::{Endpoint, HttpSettings, ProviderSettings, SettingsError};
 use super::{
-    FinishReason, ModelFuture, ModelProvider, ModelRequest, ModelResponse, ModelUsage, OutputSink,
-    Provider, ProviderError, Rejection, Unavailability,
+    ModelFuture, ModelProvider, ModelRequest, ModelResponse, OutputSink, Provider, ProviderError,
+    Rejection, Unavailability,
 };
 use agentplane_core::limits::MAX_OUTPUT_BYTES;
+
+mod scrub;
+mod wire;
+
+use scrub::scrub_error;
+
+pub(super) use wire::{
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json, plain_header,
+    raw_body_message, secret_header,
+};
 
 /// Largest response stream read (SSE framing costs far more bytes than the answer's text,
 /// whose own limit is `MAX_OUTPUT_BYTES`).
 pub(super) const MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
 /// Largest error body read.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-/// Longest vendor message kept in an error.
-const MAX_MESSAGE_CHARS: usize = 1000;
 /// Longest vendor request id kept.
 const MAX_REQUEST_ID_CHARS: usize = 200;
-
-/// One vendor request, before the engine adds content type, accept and idempotency headers.
-#[derive(Debug)]
-pub(super) struct WireRequest {
-    /// Appended to the endpoint's base URL (starts with `/`).
-    pub(super) path: String,
-    /// Authentication and vendor headers (secrets marked sensitive).
-    pub(super) headers: HeaderMap,
-    /// The JSON body.
-    pub(super) body: serde_json::Value,
-}
-
-/// What one event of the stream meant.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Decoded {
-    /// Answer text the event added.
-    pub(super) text: Option<String>,
-    /// The event was the stream's terminal event: stop reading.
-    pub(super) done: bool,
-}
-
-/// What a complete stream said beyond its text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Finished {
-    /// Why generation stopped.
-    pub(super) finish_reason: FinishReason,
-    /// The model that answered, as the vendor names it.
-    pub(super) model: Option<String>,
-    /// Token counts (the engine adds the cost).
-    pub(super) usage: ModelUsage,
-    /// The stream carried usage; without it the call is recorded unpriced.
-    pub(super) usage_reported: bool,
-    /// The vendor's id of the response, from the body.
-    pub(super) response_id: Option<String>,
-}
-
-/// Reads one response stream, event by event.
-pub(super) trait StreamDecoder: Send {
-    /// Decodes one event; an `Err` ends the call (an error event, an undecodable event).
-    fn event(&mut self, event: &Sse) -> Result<Decoded, ProviderError>;
-    /// Called once the stream ended (after its terminal event, or at end of body): the
-    /// result, or why the stream is incomplete.
-    fn finish(self: Box<Self>) -> Result<Finished, ProviderError>;
-}
-
-/// How one vendor's API is written and read.
-pub(super) trait WireFormat: Send + Sync + std::fmt::Debug + 'static {
-    /// The request for `request`, authenticated with `endpoint`'s key.
-    fn request(
-        &self,
-        request: &ModelRequest,
-        endpoint: &Endpoint,
-    ) -> Result<WireRequest, ProviderError>;
-    /// A decoder for one response stream.
-    fn decoder(&self) -> Box<dyn StreamDecoder>;
-    /// The error an unsuccessful response means, from its status and body (the vendor's JSON
-    /// error shape); the engine adds `retry-after` from the headers when the body has none.
-    fn error(&self, status: StatusCode, body: &[u8]) -> ProviderError;
-}
 
 /// A vendor adapter: the engine around a [`WireFormat`].
 #[derive(Debug)]
@@ -161,71 +108,6 @@ pub(super) fn vendors(settings: &ProviderSettings) -> Result<Vec<Registration>, 
         vendors.push((provider, adapter));
     }
     Ok(vendors)
-}
-
-/// A header value holding a secret: never printed by `Debug`.
-pub(super) fn secret_header(value: &str) -> Result<HeaderValue, ProviderError> {
-    let mut header = HeaderValue::from_str(value).map_err(|_| {
-        ProviderError::rejected(
-            Rejection::InvalidRequest,
-            "the api key cannot travel in a header",
-        )
-    })?;
-    header.set_sensitive(true);
-    Ok(header)
-}
-
-/// A header value from our own text (request ids).
-pub(super) fn plain_header(value: &str) -> Result<HeaderValue, ProviderError> {
-    HeaderValue::from_str(value).map_err(|_| {
-        ProviderError::rejected(
-            Rejection::InvalidRequest,
-            format!("{value:?} cannot travel in a header"),
-        )
-    })
-}
-
-/// The error a response status means when the body says nothing more specific.
-pub(super) fn by_status(status: StatusCode, message: String) -> ProviderError {
-    let rejected = |reason| ProviderError::rejected(reason, message.clone());
-    let unavailable = |reason| ProviderError::unavailable(reason, message.clone());
-    match status.as_u16() {
-        401 => rejected(Rejection::Authentication),
-        402 | 403 => rejected(Rejection::PermissionDenied),
-        404 => rejected(Rejection::NotFound),
-        408 => unavailable(Unavailability::Timeout),
-        409 => unavailable(Unavailability::ServerError),
-        429 => unavailable(Unavailability::RateLimited),
-        503 | 529 => unavailable(Unavailability::Overloaded),
-        504 => unavailable(Unavailability::Timeout),
-        500..=599 => unavailable(Unavailability::ServerError),
-        300..=399 => rejected(Rejection::UnexpectedResponse),
-        _ => rejected(Rejection::InvalidRequest),
-    }
-}
-
-/// A short description of an undecodable error body, for the message.
-pub(super) fn raw_body_message(status: StatusCode, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        format!("http {status}")
-    } else {
-        format!("http {status}: {text}")
-    }
-}
-
-/// A JSON body of an event, or a malformed-stream error naming the vendor.
-pub(super) fn event_json<T: serde::de::DeserializeOwned>(
-    vendor: &str,
-    data: &str,
-) -> Result<T, ProviderError> {
-    serde_json::from_str(data).map_err(|error| {
-        ProviderError::unavailable(
-            Unavailability::MalformedStream,
-            format!("an event of the {vendor} stream is not valid: {error}"),
-        )
-    })
 }
 
 /// The body stream could not be read.
@@ -651,207 +533,5 @@ fn clean_request_id(id: &str) -> Option<String> {
         .then(|| id.to_owned())
 }
 
-/// `error` with the API key cut out of its message and the message cut to a readable length;
-/// an authentication failure keeps none of the vendor's words (vendors quote masked keys).
-fn scrub_error(error: ProviderError, key: Option<&SecretString>) -> ProviderError {
-    let clean = |message: String| scrub(&message, key);
-    match error {
-        ProviderError::Canceled => ProviderError::Canceled,
-        // Vendors quote (masked) keys in these: say only what happened.
-        ProviderError::Rejected {
-            reason: Rejection::Authentication,
-            ..
-        } => ProviderError::rejected(
-            Rejection::Authentication,
-            "the vendor refused the api key configured on this worker",
-        ),
-        ProviderError::Rejected { reason, message } => ProviderError::Rejected {
-            reason,
-            message: clean(message),
-        },
-        ProviderError::Unavailable {
-            reason,
-            message,
-            retry_after,
-        } => ProviderError::Unavailable {
-            reason,
-            message: clean(message),
-            retry_after,
-        },
-    }
-}
-
-/// `message` without `key` (nor any run of its 8+ leading or trailing characters, as in a
-/// masked key such as `sk-proj-****abcd`), at most [`MAX_MESSAGE_CHARS`] characters.
-pub(super) fn scrub(message: &str, key: Option<&SecretString>) -> String {
-    let mut text = message.to_owned();
-    if let Some(key) = key
-        .map(ExposeSecret::expose_secret)
-        .filter(|k| !k.is_empty())
-    {
-        text = text.replace(key, "[redacted]");
-        let chars: Vec<char> = key.chars().collect();
-        if chars.len() >= 16 {
-            let head: String = chars[..8].iter().collect();
-            let tail: String = chars[chars.len() - 8..].iter().collect();
-            text = text
-                .replace(&head, "[redacted]")
-                .replace(&tail, "[redacted]");
-        }
-    }
-    if text.chars().count() > MAX_MESSAGE_CHARS {
-        text = text.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "…";
-    }
-    text
-}
-
 #[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-
-    use futures::FutureExt as _;
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// Every vendor's decoder.
-    fn decoders() -> Vec<Box<dyn StreamDecoder>> {
-        vec![
-            super::super::anthropic::Anthropic.decoder(),
-            super::super::openai::OpenAi::official().decoder(),
-            super::super::gemini::Gemini.decoder(),
-        ]
-    }
-
-    /// Feeds `bytes`, cut into `chunk`-byte pieces, through the SSE parser and `decoder` as
-    /// the engine does; the text it produced and how it ended.
-    fn decode(
-        bytes: &[u8],
-        chunk: usize,
-        mut decoder: Box<dyn StreamDecoder>,
-    ) -> (String, Result<Finished, ProviderError>) {
-        let chunks: Vec<Result<Bytes, Infallible>> = bytes
-            .chunks(chunk.max(1))
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        let mut events = std::pin::pin!(SseByteStream::new(futures::stream::iter(chunks)));
-        let mut text = String::new();
-        loop {
-            let next = events
-                .next()
-                .now_or_never()
-                .expect("an in-memory stream is ready");
-            let event = match next {
-                None => break,
-                Some(Err(error)) => return (text, Err(stream_error(&error))),
-                Some(Ok(event)) => event,
-            };
-            if event.data.is_none() {
-                continue;
-            }
-            match decoder.event(&event) {
-                Err(error) => return (text, Err(error)),
-                Ok(decoded) => {
-                    text.push_str(decoded.text.as_deref().unwrap_or_default());
-                    if decoded.done {
-                        break;
-                    }
-                }
-            }
-        }
-        (text, decoder.finish())
-    }
-
-    const OPENAI_STREAM: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé\"},\"finish_reason\":null}]}\r\n\r\n: ping\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo ✓\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
-
-    proptest! {
-        /// Bytes from the network never panic a decoder, however they are cut.
-        #[test]
-        fn arbitrary_bytes_never_panic(
-            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
-            chunk in 1usize..64,
-        ) {
-            for decoder in decoders() {
-                let _ = decode(&bytes, chunk, decoder);
-            }
-        }
-
-        /// Event-shaped noise (valid SSE, arbitrary JSON-ish data) never panics either.
-        #[test]
-        fn arbitrary_events_never_panic(
-            datas in proptest::collection::vec("[ -~]{0,80}", 0..12),
-            chunk in 1usize..64,
-        ) {
-            let text: String = datas.iter().map(|d| format!("event: x\ndata: {d}\n\n")).collect();
-            for decoder in decoders() {
-                let _ = decode(text.as_bytes(), chunk, decoder);
-            }
-        }
-
-        /// However a stream is cut (inside lines, inside UTF-8 characters), it decodes alike.
-        #[test]
-        fn splitting_a_stream_anywhere_changes_nothing(chunk in 1usize..200) {
-            let (text, finished) =
-                decode(OPENAI_STREAM.as_bytes(), chunk, super::super::openai::OpenAi::official().decoder());
-            prop_assert_eq!(text, "Héllo ✓");
-            let finished = finished.expect("a complete stream");
-            prop_assert_eq!(finished.usage.input_tokens, 3);
-            prop_assert_eq!(finished.finish_reason, FinishReason::Stop);
-        }
-    }
-
-    #[test]
-    fn statuses_map_to_the_documented_kinds() {
-        let code = |status: u16| {
-            by_status(
-                StatusCode::from_u16(status).expect("a status"),
-                String::new(),
-            )
-            .code()
-        };
-        assert_eq!(code(400), "provider_invalid_request");
-        assert_eq!(code(401), "provider_authentication_failed");
-        assert_eq!(code(403), "provider_permission_denied");
-        assert_eq!(code(404), "provider_model_not_found");
-        assert_eq!(code(408), "provider_timeout");
-        assert_eq!(code(429), "provider_rate_limited");
-        assert_eq!(code(500), "provider_server_error");
-        assert_eq!(code(503), "provider_overloaded");
-        assert_eq!(code(529), "provider_overloaded");
-        assert_eq!(code(302), "provider_unexpected_response");
-        for retryable in [408, 409, 429, 500, 502, 503, 504, 529] {
-            let status = StatusCode::from_u16(retryable).expect("a status");
-            assert!(
-                by_status(status, String::new()).is_retryable(),
-                "{retryable}"
-            );
-        }
-        for permanent in [400, 401, 403, 404, 413, 422] {
-            let status = StatusCode::from_u16(permanent).expect("a status");
-            assert!(
-                !by_status(status, String::new()).is_retryable(),
-                "{permanent}"
-            );
-        }
-    }
-
-    #[test]
-    fn scrubbing_removes_keys_and_their_masked_forms() {
-        let key = SecretString::from("sk-proj-abcdefgh12345678ZYXWVUTS");
-        let message = "Incorrect API key provided: sk-proj-****VUTS and sk-proj-abcdefgh12345678ZYXWVUTS, also sk-proj-a…ZYXWVUTS";
-        let clean = scrub(message, Some(&key));
-        assert!(!clean.contains("abcdefgh12345678"), "{clean}");
-        assert!(!clean.contains("ZYXWVUTS"), "{clean}");
-        assert!(clean.starts_with("Incorrect API key provided"));
-        let long = "x".repeat(5000);
-        assert!(scrub(&long, None).chars().count() <= MAX_MESSAGE_CHARS + 1);
-    }
-
-    #[test]
-    fn request_ids_are_kept_only_when_plausible() {
-        assert_eq!(clean_request_id(" req_123 ").as_deref(), Some("req_123"));
-        assert_eq!(clean_request_id("two words"), None);
-        assert_eq!(clean_request_id(&"x".repeat(201)), None);
-        assert_eq!(clean_request_id(""), None);
-    }
-}
+mod tests;
