@@ -140,11 +140,12 @@ struct ProviderArgs {
     provider_request_timeout_seconds: u64,
 
     /// Longest silence from a model vendor (before its response, or between two chunks of
-    /// its stream) before the call is given up as stalled, in seconds.
+    /// its stream) before the call is given up as stalled, in seconds. Reasoning models may
+    /// send nothing for minutes while they think.
     #[arg(
         long,
         env = "AGENTPLANE_PROVIDER_STALL_TIMEOUT_SECONDS",
-        default_value_t = 120
+        default_value_t = 300
     )]
     provider_stall_timeout_seconds: u64,
 

@@ -15,8 +15,9 @@ pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit of one HTTP request, from sending it to the end of its stream.
 pub(super) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default longest silence: before the response headers, and between two chunks of a
-/// stream (vendors' keep-alives count as activity).
-pub(super) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// stream (vendors' keep-alives count as activity). Generous because reasoning models can
+/// think for minutes before their first chunk and not every vendor sends keep-alives.
+pub(super) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The vendor's public API, unless the configuration overrides it.
 pub fn default_base_url(provider: Provider) -> Option<&'static str> {
