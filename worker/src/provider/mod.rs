@@ -225,6 +225,36 @@ mod tests {
     }
 
     #[test]
+    fn only_the_configured_vendors_are_registered() {
+        let settings = ProviderSettings {
+            gemini: Endpoint::public(Provider::Gemini, secrecy::SecretString::from("AIza-key")),
+            openai_compatible: Some(Endpoint {
+                base_url: "http://127.0.0.1:11434/v1".to_owned(),
+                api_key: None,
+            }),
+            ..ProviderSettings::default()
+        };
+        let providers = Providers::from_settings(Duration::ZERO, &settings).expect("valid");
+        let registered: Vec<Provider> = Provider::ALL
+            .iter()
+            .copied()
+            .filter(|p| providers.get(*p).is_some())
+            .collect();
+        assert_eq!(
+            registered,
+            [Provider::Echo, Provider::Gemini, Provider::OpenAiCompatible]
+        );
+        let keyless_vendor = ProviderSettings {
+            anthropic: Some(Endpoint {
+                base_url: "https://api.anthropic.com".to_owned(),
+                api_key: None,
+            }),
+            ..ProviderSettings::default()
+        };
+        assert!(Providers::from_settings(Duration::ZERO, &keyless_vendor).is_err());
+    }
+
+    #[test]
     fn builtin_providers_include_echo() {
         let providers = Providers::builtin(Duration::ZERO);
         assert!(providers.get(Provider::Echo).is_some());

@@ -430,6 +430,28 @@ pub(super) async fn cancellation_mid_stream_closes_the_connection(vendor: Vendor
     assert_eq!(h.fake.request_count(), 1);
 }
 
+/// The request timeout is the engine's, the same for every vendor: each try gets its own.
+#[tokio::test]
+async fn the_request_timeout_bounds_each_try() {
+    let vendor = Vendor::OpenAi;
+    let mut steps = whole(&vendor.answer(PIECES)[..1]);
+    steps.push(Step::Hang);
+    let h = harness_with(vendor, vec![stream(vendor, steps)], |settings| {
+        settings.http.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (streamed, result) = h.call(question()).await;
+    let error = result.expect_err("every try runs out of time");
+    assert_eq!(error.code(), "provider_timeout", "{error}");
+    assert!(error.is_retryable());
+    assert_eq!(streamed, "", "the role chunk carries no text");
+    assert_eq!(
+        h.fake.request_count(),
+        3,
+        "each try timed out, then was retried"
+    );
+}
+
 /// Every scenario, as one test per vendor.
 macro_rules! conformance {
     ($($vendor:ident => $kind:expr),+ $(,)?) => {$(
