@@ -141,6 +141,15 @@ text_enum!(
     Provider, "provider" {
         /// The built-in offline provider.
         Echo => "echo",
+        /// Anthropic's Messages API.
+        Anthropic => "anthropic",
+        /// OpenAI's Chat Completions API.
+        OpenAi => "openai",
+        /// Google's Gemini API (`streamGenerateContent`).
+        Gemini => "gemini",
+        /// Any server speaking OpenAI's Chat Completions at a configured base URL (vLLM,
+        /// Ollama, llama.cpp, Together, Groq, OpenRouter).
+        OpenAiCompatible => "openai_compatible",
     }
 );
 
@@ -219,10 +228,18 @@ mod tests {
             .iter()
             .map(|s| s.as_str())
             .chain(Role::ALL.iter().map(|r| r.as_str()))
-            .chain(Provider::ALL.iter().map(|p| p.as_str()))
         {
             assert!(
                 schema.contains(&format!("'{name}'")),
+                "{name} is not in the schema"
+            );
+        }
+        // The latest migration that (re)defines agents_provider_check.
+        let providers = include_str!("../../migrations/20261124800000_model_providers.sql");
+        for provider in Provider::ALL {
+            let name = provider.as_str();
+            assert!(
+                providers.contains(&format!("'{name}'")),
                 "{name} is not in the schema"
             );
         }

@@ -125,6 +125,16 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+# Workers inherit this environment: a vendor's key (ANTHROPIC_API_KEY, OPENAI_API_KEY,
+# GEMINI_API_KEY) or AGENTPLANE_OPENAI_COMPATIBLE_BASE_URL (e.g. a local Ollama) makes them
+# offer that provider too; without any, they run the offline echo provider only.
+providers="echo"
+[ -n "${ANTHROPIC_API_KEY:-}" ] && providers="$providers anthropic"
+[ -n "${OPENAI_API_KEY:-}" ] && providers="$providers openai"
+[ -n "${GEMINI_API_KEY:-}" ] && providers="$providers gemini"
+[ -n "${AGENTPLANE_OPENAI_COMPATIBLE_BASE_URL:-}" ] && providers="$providers openai_compatible"
+echo "==> model providers the workers offer: $providers"
+
 for n in $(seq 1 "$workers"); do
   echo "==> starting worker $n"
   AGENTPLANE_WORKER_DATABASE_URL=$worker_url AGENTPLANE_WORKER_TOKEN=dev-worker-token \
@@ -176,6 +186,20 @@ Go on by hand with grpcurl (reflection is on), with the demo workspace's admin A
   apc -d '{"workspace_id":"$ws"}' 127.0.0.1:$cp_port agentplane.v1.EventService/WatchEvents
 
 HINT
+  # An agent per real provider the workers offer, to try it by hand.
+  for provider in $providers; do
+    case "$provider" in
+      anthropic) wire=PROVIDER_ANTHROPIC model=claude-haiku-4-5 ;;
+      openai) wire=PROVIDER_OPENAI model=gpt-4o-mini ;;
+      gemini) wire=PROVIDER_GEMINI model=gemini-2.5-flash ;;
+      openai_compatible) wire=PROVIDER_OPENAI_COMPATIBLE model=${AGENTPLANE_OPENAI_COMPATIBLE_MODEL:-llama3.2} ;;
+      *) continue ;;
+    esac
+    echo "An agent on $provider (then CreateTask with its id as above):"
+    echo "  apc -d '{\"workspace_id\":\"$ws\",\"agent\":{\"name\":\"${provider//_/-}-agent\",\"provider\":\"$wire\",\"model\":\"$model\"}}' \\"
+    echo "      127.0.0.1:$cp_port agentplane.v1.AgentService/CreateAgent"
+    echo
+  done
 fi
 
 if [ "${AGENTPLANE_DEMO_EXIT:-0}" = 1 ]; then

@@ -159,6 +159,7 @@ impl TestApp {
             echo_token_delay: token_delay,
             metrics_addr: None,
             labels: Default::default(),
+            providers: Default::default(),
         };
         adjust(&mut config);
         Worker::start(config).await.unwrap()

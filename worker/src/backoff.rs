@@ -39,12 +39,18 @@ impl Backoff {
 /// `delay` scaled into `[delay/2, delay]` at random, so a fleet that lost its control plane
 /// at the same moment does not reconnect in lockstep.
 pub(crate) fn jittered(delay: Duration) -> Duration {
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
+    let random = random_u64();
     let half = delay / 2;
     let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
     half + Duration::from_nanos(if spread == 0 { 0 } else { random % spread })
+}
+
+/// A random number, good enough to spread retries (not for secrets): std seeds every
+/// `RandomState` from the OS once and then varies it per instance.
+pub(crate) fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::provider::{ProviderSettings, SettingsError};
 use sqlx::postgres::PgConnectOptions;
 use tonic::metadata::MetadataValue;
 use uuid::Uuid;
@@ -62,6 +64,9 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Labels the worker advertises; it claims only tasks whose agent requires a subset.
     pub labels: WorkerLabels,
+    /// The model vendors this worker calls (API keys, base URLs, timeouts, prices); echo is
+    /// always there.
+    pub providers: ProviderSettings,
 }
 
 /// A setting that cannot work.
@@ -99,6 +104,9 @@ pub enum ConfigError {
         /// Largest accepted value.
         max: Duration,
     },
+    /// A provider setting cannot work.
+    #[error(transparent)]
+    Providers(#[from] SettingsError),
 }
 
 impl WorkerConfig {
@@ -116,6 +124,7 @@ impl WorkerConfig {
             echo_token_delay: DEFAULT_ECHO_TOKEN_DELAY,
             metrics_addr: None,
             labels: WorkerLabels::default(),
+            providers: ProviderSettings::default(),
         }
     }
 
@@ -148,6 +157,7 @@ impl WorkerConfig {
             Duration::ZERO,
             MAX_ECHO_TOKEN_DELAY,
         )?;
+        self.providers.validate()?;
         Ok(())
     }
 
@@ -270,9 +280,16 @@ mod tests {
 
     #[test]
     fn debug_output_hides_secrets() {
-        let printed = format!("{:?}", config());
+        let mut config = config();
+        config.providers.openai = crate::provider::Endpoint::public(
+            crate::provider::Provider::OpenAi,
+            SecretString::from("sk-live-key-456"),
+        );
+        assert!(config.validate().is_ok());
+        let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("token-123"));
+        assert!(!printed.contains("sk-live-key-456"), "{printed}");
     }
 
     #[test]

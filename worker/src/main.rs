@@ -5,8 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use agentplane_worker::queue::WorkerLabels;
+use agentplane_worker::provider::prices::PriceTable;
+use agentplane_worker::provider::{
+    Endpoint, HttpSettings, Provider, ProviderSettings, RetryPolicy, default_base_url,
+};
 use agentplane_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use agentplane_telemetry::{LogFormat, TelemetryOptions, TracesConfig};
 use clap::Parser;
@@ -81,11 +87,124 @@ struct Args {
     /// Log line format.
     #[arg(long, env = "AGENTPLANE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    providers: ProviderArgs,
+}
+
+/// The model vendors: a vendor whose key is not set is not offered by this worker, and its
+/// tasks fail with `provider_not_configured`.
+#[derive(Debug, clap::Args)]
+struct ProviderArgs {
+    /// Anthropic API key; set to run agents with provider anthropic.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    anthropic_api_key: Option<SecretString>,
+
+    /// Anthropic API base URL (default https://api.anthropic.com).
+    #[arg(long, env = "AGENTPLANE_ANTHROPIC_BASE_URL")]
+    anthropic_base_url: Option<String>,
+
+    /// OpenAI API key; set to run agents with provider openai.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    openai_api_key: Option<SecretString>,
+
+    /// OpenAI API base URL, including the version (default https://api.openai.com/v1).
+    #[arg(long, env = "AGENTPLANE_OPENAI_BASE_URL")]
+    openai_base_url: Option<String>,
+
+    /// Gemini API key; set to run agents with provider gemini.
+    #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
+    gemini_api_key: Option<SecretString>,
+
+    /// Gemini API base URL (default https://generativelanguage.googleapis.com).
+    #[arg(long, env = "AGENTPLANE_GEMINI_BASE_URL")]
+    gemini_base_url: Option<String>,
+
+    /// Base URL of an OpenAI-compatible server, including its version path (e.g.
+    /// http://127.0.0.1:11434/v1 for Ollama, http://127.0.0.1:8000/v1 for vLLM); set to run
+    /// agents with provider openai_compatible.
+    #[arg(long, env = "AGENTPLANE_OPENAI_COMPATIBLE_BASE_URL")]
+    openai_compatible_base_url: Option<String>,
+
+    /// API key of the OpenAI-compatible server, if it needs one.
+    #[arg(
+        long,
+        env = "AGENTPLANE_OPENAI_COMPATIBLE_API_KEY",
+        hide_env_values = true
+    )]
+    openai_compatible_api_key: Option<SecretString>,
+
+    /// JSON file of model prices overriding and adding to the shipped ones (see the README).
+    #[arg(long, env = "AGENTPLANE_PRICES_FILE")]
+    prices_file: Option<PathBuf>,
+
+    /// Limit of one model request, from sending it to the end of its stream, in seconds.
+    #[arg(
+        long,
+        env = "AGENTPLANE_PROVIDER_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 600
+    )]
+    provider_request_timeout_seconds: u64,
+
+    /// Longest silence from a model vendor (before its response, or between two chunks of
+    /// its stream) before the call is given up as stalled, in seconds. Reasoning models may
+    /// send nothing for minutes while they think.
+    #[arg(
+        long,
+        env = "AGENTPLANE_PROVIDER_STALL_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    provider_stall_timeout_seconds: u64,
+
+    /// Retries of a failed model call within one attempt (overload, rate limit, 5xx,
+    /// network), with exponential backoff and full jitter.
+    #[arg(long, env = "AGENTPLANE_PROVIDER_MAX_RETRIES", default_value_t = 4)]
+    provider_max_retries: u32,
+}
+
+impl ProviderArgs {
+    fn into_settings(self) -> Result<ProviderSettings, String> {
+        let vendor = |provider: Provider, key: Option<SecretString>, url: Option<String>| {
+            key.map(|key| Endpoint {
+                base_url: url
+                    .or_else(|| default_base_url(provider).map(str::to_owned))
+                    .unwrap_or_default(),
+                api_key: Some(key),
+            })
+        };
+        let prices = match &self.prices_file {
+            Some(path) => PriceTable::builtin_with_file(path).map_err(|error| error.to_string())?,
+            None => PriceTable::builtin(),
+        };
+        Ok(ProviderSettings {
+            anthropic: vendor(
+                Provider::Anthropic,
+                self.anthropic_api_key,
+                self.anthropic_base_url,
+            ),
+            openai: vendor(Provider::OpenAi, self.openai_api_key, self.openai_base_url),
+            gemini: vendor(Provider::Gemini, self.gemini_api_key, self.gemini_base_url),
+            openai_compatible: self.openai_compatible_base_url.map(|base_url| Endpoint {
+                base_url,
+                api_key: self.openai_compatible_api_key,
+            }),
+            http: HttpSettings {
+                request_timeout: Duration::from_secs(self.provider_request_timeout_seconds),
+                stall_timeout: Duration::from_secs(self.provider_stall_timeout_seconds),
+                retry: RetryPolicy {
+                    max_retries: self.provider_max_retries,
+                    ..RetryPolicy::default()
+                },
+                ..HttpSettings::default()
+            },
+            prices: Arc::new(prices),
+        })
+    }
 }
 
 impl Args {
-    fn into_config(self) -> WorkerConfig {
-        WorkerConfig {
+    fn into_config(self) -> Result<WorkerConfig, String> {
+        Ok(WorkerConfig {
             worker_id: self.worker_id.unwrap_or_else(Uuid::now_v7),
             control_plane_url: self.control_plane_url,
             database_url: self.database_url,
@@ -96,7 +215,8 @@ impl Args {
             echo_token_delay: Duration::from_millis(self.echo_token_delay_ms),
             metrics_addr: self.metrics_addr,
             labels: self.labels,
-        }
+            providers: self.providers.into_settings()?,
+        })
     }
 }
 
@@ -126,7 +246,13 @@ async fn main() -> ExitCode {
         log_filter: None,
         traces: TracesConfig::FromEnv,
     });
-    let config = args.into_config();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(error) = config.validate() {
         tracing::error!(%error, "invalid configuration");
         return ExitCode::from(2);

@@ -9,7 +9,11 @@
 //!   `agentplane_worker_attempt_duration_seconds{outcome}`, `agentplane_worker_attempts_in_flight`;
 //! - lease expiries: `agentplane_worker_lease_expiries_total` (expired leases this worker reaped);
 //! - provider calls: `agentplane_worker_provider_call_duration_seconds{provider,model,result}`,
-//!   `agentplane_worker_provider_time_to_first_token_seconds{provider,model}`;
+//!   `agentplane_worker_provider_time_to_first_token_seconds{provider,model}`,
+//!   `agentplane_worker_provider_tokens_total{provider,model,kind}`,
+//!   `agentplane_worker_provider_cost_micros_total{provider,model}`,
+//!   `agentplane_worker_provider_unpriced_calls_total{provider,model}`,
+//!   `agentplane_worker_provider_retries_total{provider,code}`;
 //! - the database pool: `agentplane_db_pool_connections{state}`,
 //!   `agentplane_db_pool_max_connections`.
 
@@ -39,6 +43,10 @@ pub(crate) struct Metrics {
     pub(crate) lease_expiries: IntCounter,
     pub(crate) provider_call_duration: HistogramVec,
     pub(crate) provider_first_token: HistogramVec,
+    pub(crate) provider_tokens: IntCounterVec,
+    pub(crate) provider_cost_micros: IntCounterVec,
+    pub(crate) provider_unpriced_calls: IntCounterVec,
+    pub(crate) provider_retries: IntCounterVec,
     pub(crate) models: BoundedLabel,
     pool_connections: IntGaugeVec,
     pool_max: IntGauge,
@@ -63,6 +71,13 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
             labels,
         )
         .expect("valid metric"),
+    )
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
 }
 
@@ -141,6 +156,31 @@ impl Metrics {
                 "agentplane_worker_provider_time_to_first_token_seconds",
                 "Time from a model call's start to its first streamed piece",
                 &["provider", "model"],
+            ),
+            provider_tokens: counter_vec(
+                &registry,
+                "agentplane_worker_provider_tokens_total",
+                "Tokens of finished model calls, by provider, model and kind (input and output \
+                 totals; cache_read, cache_write and reasoning are parts of them)",
+                &["provider", "model", "kind"],
+            ),
+            provider_cost_micros: counter_vec(
+                &registry,
+                "agentplane_worker_provider_cost_micros_total",
+                "Cost of finished model calls in micro-dollars, by provider and model",
+                &["provider", "model"],
+            ),
+            provider_unpriced_calls: counter_vec(
+                &registry,
+                "agentplane_worker_provider_unpriced_calls_total",
+                "Finished model calls the price table has no price for (recorded at cost 0)",
+                &["provider", "model"],
+            ),
+            provider_retries: counter_vec(
+                &registry,
+                "agentplane_worker_provider_retries_total",
+                "Model calls retried within an attempt, by provider and failure code",
+                &["provider", "code"],
             ),
             models: BoundedLabel::new(MAX_MODELS),
             pool_connections: register(

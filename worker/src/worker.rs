@@ -73,6 +73,8 @@ impl Worker {
             )));
         }
 
+        let providers = Providers::from_settings(config.echo_token_delay, &config.providers)
+            .context("configuring the model providers")?;
         let slots = Arc::new(Semaphore::new(
             usize::try_from(config.capacity).unwrap_or(usize::MAX),
         ));
@@ -110,7 +112,7 @@ impl Worker {
             attempts_shutdown: attempts_shutdown.clone(),
             context: Arc::new(RunContext {
                 link: link.clone(),
-                providers: Providers::builtin(config.echo_token_delay),
+                providers: providers.clone(),
             }),
             stop: claim_stop.clone(),
         };
@@ -131,6 +133,9 @@ impl Worker {
             labels = %config.labels,
             control_plane = %config.control_plane_url,
             database = %config.database_summary(),
+            providers = ?providers,
+            prices = config.providers.prices.len(),
+            prices_checked = config.providers.prices.checked().unwrap_or("unknown"),
             "worker started"
         );
         Ok(WorkerHandle {

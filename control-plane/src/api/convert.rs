@@ -50,6 +50,10 @@ pub(super) fn workspace(row: &WorkspaceRow) -> pb::Workspace {
 pub(super) fn provider(provider: Provider) -> pb::Provider {
     match provider {
         Provider::Echo => pb::Provider::Echo,
+        Provider::Anthropic => pb::Provider::Anthropic,
+        Provider::OpenAi => pb::Provider::Openai,
+        Provider::Gemini => pb::Provider::Gemini,
+        Provider::OpenAiCompatible => pb::Provider::OpenaiCompatible,
     }
 }
 

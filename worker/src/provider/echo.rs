@@ -97,8 +97,9 @@ impl EchoPlan {
             usage: ModelUsage {
                 input_tokens,
                 output_tokens,
-                cost_micros: 0,
+                ..ModelUsage::default()
             },
+            vendor_request_id: None,
         }
     }
 }
@@ -191,6 +192,7 @@ mod tests {
                 })
                 .collect(),
             generation,
+            deadline: None,
         }
     }
 

@@ -1,11 +1,23 @@
 //! Model providers behind one interface, looked up by an agent's `provider` text.
 //!
 //! A provider takes a [`ModelRequest`], streams text pieces into an [`OutputSink`] as it
-//! generates them, and returns the whole answer with its usage. Real vendor adapters
-//! (Anthropic, OpenAI, Gemini, OpenAI-compatible) plug in behind [`ModelProvider`]; this crate
-//! ships only the offline [`echo::EchoProvider`].
+//! generates them, and returns the whole answer with its usage. Besides the offline
+//! [`echo::EchoProvider`], the vendor adapters (`anthropic`, `openai` for OpenAI and every
+//! OpenAI-compatible server, `gemini`) share one HTTP engine (`http`): server-sent events,
+//! error classification, retries with backoff, timeouts, cancellation. Each adapter only
+//! says how a request is written and how the vendor's events and errors read. Credentials
+//! and base URLs come from the worker's configuration ([`ProviderSettings`]), never from a
+//! task; [`prices`] turns token counts into micro-dollars.
 
+mod anthropic;
 pub mod echo;
+mod error;
+mod gemini;
+mod http;
+mod openai;
+pub mod prices;
+mod retry;
+mod settings;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,7 +28,12 @@ use std::time::Duration;
 pub use agentplane_core::columns::Provider;
 pub use agentplane_core::generation::{DEFAULT_MAX_OUTPUT_TOKENS, Generation};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use error::{ProviderError, Rejection, Unavailability};
+pub use retry::RetryPolicy;
+pub use settings::{Endpoint, HttpSettings, ProviderSettings, SettingsError, default_base_url};
 
 /// Who wrote a message of the conversation sent to a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +66,9 @@ pub struct ModelRequest {
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters.
     pub generation: Generation,
+    /// When the attempt's time runs out: no retry is started that could not finish before
+    /// it. `None` means no deadline beyond the provider's own timeouts.
+    pub deadline: Option<Instant>,
 }
 
 /// Why generation stopped.
@@ -70,15 +90,26 @@ impl FinishReason {
     }
 }
 
-/// What a call consumed and cost.
+/// What a call consumed and cost. Token counts are normalised across vendors: `input_tokens`
+/// counts the whole prompt, cached parts included, and `output_tokens` every generated token,
+/// reasoning included; the cached and reasoning counts are parts of those totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelUsage {
-    /// Prompt tokens.
+    /// Prompt tokens, including those read from or written to the prompt cache.
     pub input_tokens: i64,
-    /// Generated tokens.
+    /// Generated tokens, including reasoning tokens.
     pub output_tokens: i64,
-    /// Cost in micro-dollars.
+    /// Prompt tokens read from the vendor's prompt cache (billed at the cache-read price).
+    pub cache_read_input_tokens: i64,
+    /// Prompt tokens written to the vendor's prompt cache (billed at the cache-write price).
+    pub cache_write_input_tokens: i64,
+    /// Generated tokens spent on reasoning that is not part of the answer.
+    pub reasoning_tokens: i64,
+    /// Cost in micro-dollars (0 when `unpriced`).
     pub cost_micros: i64,
+    /// The price table has no price for this model, so `cost_micros` is 0 rather than a
+    /// guess.
+    pub unpriced: bool,
 }
 
 /// A finished call.
@@ -92,32 +123,9 @@ pub struct ModelResponse {
     pub model: String,
     /// What the call consumed.
     pub usage: ModelUsage,
-}
-
-/// Why a call did not produce an answer.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// The caller canceled the call (or stopped reading its output).
-    #[error("the model call was canceled")]
-    Canceled,
-    /// The provider refused the request as invalid; retrying will not help.
-    #[error("the provider rejected the request: {0}")]
-    InvalidRequest(String),
-    /// A failure that may pass: overload, rate limit, network trouble, a 5xx.
-    #[error("the provider is unavailable: {message}")]
-    Unavailable {
-        /// What went wrong.
-        message: String,
-        /// How long the provider asked us to wait, when it said.
-        retry_after: Option<Duration>,
-    },
-}
-
-impl ProviderError {
-    /// Whether another attempt may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Canceled)
-    }
+    /// The vendor's id of the call (from the `request-id`/`x-request-id` response header,
+    /// else the id in the response body), for support tickets; `None` for echo.
+    pub vendor_request_id: Option<String>,
 }
 
 /// Where a provider sends text pieces as they are generated.
@@ -146,7 +154,7 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// The providers built into this binary: `echo`.
+    /// The providers built into this binary: `echo` only.
     pub fn builtin(echo_token_delay: Duration) -> Self {
         let mut providers = Self::default();
         providers.register(
@@ -154,6 +162,19 @@ impl Providers {
             Arc::new(echo::EchoProvider::new(echo_token_delay)),
         );
         providers
+    }
+
+    /// `echo` plus every vendor `settings` configures (a vendor whose API key is not set is
+    /// not registered, so its tasks fail with `provider_not_configured`).
+    pub fn from_settings(
+        echo_token_delay: Duration,
+        settings: &ProviderSettings,
+    ) -> Result<Self, SettingsError> {
+        let mut providers = Self::builtin(echo_token_delay);
+        for (name, provider) in http::vendors(settings)? {
+            providers.register(name, provider);
+        }
+        Ok(providers)
     }
 
     /// Adds (or replaces) the implementation of `name`.
@@ -201,6 +222,36 @@ mod tests {
             provider_request_id(task, 2, 0),
             provider_request_id(task, 3, 0)
         );
+    }
+
+    #[test]
+    fn only_the_configured_vendors_are_registered() {
+        let settings = ProviderSettings {
+            gemini: Endpoint::public(Provider::Gemini, secrecy::SecretString::from("AIza-key")),
+            openai_compatible: Some(Endpoint {
+                base_url: "http://127.0.0.1:11434/v1".to_owned(),
+                api_key: None,
+            }),
+            ..ProviderSettings::default()
+        };
+        let providers = Providers::from_settings(Duration::ZERO, &settings).expect("valid");
+        let registered: Vec<Provider> = Provider::ALL
+            .iter()
+            .copied()
+            .filter(|p| providers.get(*p).is_some())
+            .collect();
+        assert_eq!(
+            registered,
+            [Provider::Echo, Provider::Gemini, Provider::OpenAiCompatible]
+        );
+        let keyless_vendor = ProviderSettings {
+            anthropic: Some(Endpoint {
+                base_url: "https://api.anthropic.com".to_owned(),
+                api_key: None,
+            }),
+            ..ProviderSettings::default()
+        };
+        assert!(Providers::from_settings(Duration::ZERO, &keyless_vendor).is_err());
     }
 
     #[test]

@@ -138,15 +138,27 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
     // The stored name is parsed here, not in the claim, so that one agent of a provider this
     // build does not know fails its own tasks instead of every claim.
     let provider = match Provider::parse(&task.agent.provider) {
-        Ok(name) => context.providers.get(name),
-        Err(_) => None,
-    };
-    let Some(provider) = provider else {
-        return failure(
-            "unsupported_provider",
-            format!("this worker has no provider {:?}", task.agent.provider),
-            false,
-        );
+        Ok(name) => match context.providers.get(name) {
+            Some(provider) => provider,
+            None => {
+                return failure(
+                    "provider_not_configured",
+                    format!(
+                        "this worker has no credentials for provider {:?} ({})",
+                        task.agent.provider,
+                        configuration_hint(name)
+                    ),
+                    false,
+                );
+            }
+        },
+        Err(_) => {
+            return failure(
+                "unsupported_provider",
+                format!("this worker has no provider {:?}", task.agent.provider),
+                false,
+            );
+        }
     };
     let request = match build_request(task) {
         Ok(request) => request,
@@ -209,7 +221,7 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
         Ok(Ok(Err(ProviderError::Canceled))) if attempt.cancellation().is_cancelled() => {
             Outcome::Stopped
         }
-        Ok(Ok(Err(error))) => failure("provider_error", error.to_string(), error.is_retryable()),
+        Ok(Ok(Err(error))) => failure(error.code(), error.to_string(), error.is_retryable()),
     }
 }
 
@@ -249,7 +261,45 @@ where
     );
     let model = METRICS.models.get(model);
     let started = Instant::now();
-    let result = call.instrument(span).await;
+    let result = call.instrument(span.clone()).await;
+    if let Ok(response) = &result {
+        let usage = &response.usage;
+        let count = |kind: &str, tokens: i64| {
+            METRICS
+                .provider_tokens
+                .with_label_values(&[provider, model.as_str(), kind])
+                .inc_by(u64::try_from(tokens).unwrap_or(0));
+        };
+        count("input", usage.input_tokens);
+        count("output", usage.output_tokens);
+        count("cache_read", usage.cache_read_input_tokens);
+        count("cache_write", usage.cache_write_input_tokens);
+        count("reasoning", usage.reasoning_tokens);
+        METRICS
+            .provider_cost_micros
+            .with_label_values(&[provider, model.as_str()])
+            .inc_by(u64::try_from(usage.cost_micros).unwrap_or(0));
+        if usage.unpriced {
+            METRICS
+                .provider_unpriced_calls
+                .with_label_values(&[provider, model.as_str()])
+                .inc();
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                vendor_request_id = response.vendor_request_id.as_deref().unwrap_or(""),
+                answered_by = %response.model,
+                input_tokens = usage.input_tokens,
+                cache_read_input_tokens = usage.cache_read_input_tokens,
+                cache_write_input_tokens = usage.cache_write_input_tokens,
+                output_tokens = usage.output_tokens,
+                reasoning_tokens = usage.reasoning_tokens,
+                cost_micros = usage.cost_micros,
+                unpriced = usage.unpriced,
+                "model call finished"
+            );
+        });
+    }
     let labels = [
         provider,
         model.as_str(),
@@ -307,7 +357,19 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
         system: (!system.is_empty()).then_some(system),
         messages,
         generation,
+        deadline: Some(Instant::now() + task.agent.task_timeout),
     })
+}
+
+/// What an operator sets so that workers run `provider`.
+fn configuration_hint(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Echo => "echo is built in",
+        Provider::Anthropic => "set ANTHROPIC_API_KEY on the worker",
+        Provider::OpenAi => "set OPENAI_API_KEY on the worker",
+        Provider::Gemini => "set GEMINI_API_KEY on the worker",
+        Provider::OpenAiCompatible => "set AGENTPLANE_OPENAI_COMPATIBLE_BASE_URL on the worker",
+    }
 }
 
 /// The successful outcome of `response`, or a failure if it is too large to store.

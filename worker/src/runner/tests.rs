@@ -94,6 +94,7 @@ fn nul_is_replaced_in_answers_and_failure_messages() {
         finish_reason: crate::provider::FinishReason::Stop,
         model: "m".to_owned(),
         usage: crate::provider::ModelUsage::default(),
+        vendor_request_id: None,
     };
     let Outcome::Reported(worker_result::Outcome::Success(success)) =
         success(response, 0, "id".to_owned())
@@ -158,6 +159,7 @@ mod attempts {
                         finish_reason: FinishReason::Stop,
                         model: request.model,
                         usage: ModelUsage::default(),
+                        vendor_request_id: None,
                     }),
                     Then::Panic => panic!("the scripted provider has a bug"),
                     Then::Hang => std::future::pending().await,
@@ -313,4 +315,65 @@ mod attempts {
         };
         assert_eq!(success.output, "a\u{FFFD}b");
     }
+}
+
+#[tokio::test]
+async fn a_finished_call_counts_its_tokens_and_cost_per_provider_and_model() {
+    let provider = "metrics-test-provider";
+    let tokens = |kind: &str| {
+        METRICS
+            .provider_tokens
+            .with_label_values(&[provider, "metrics-test-model", kind])
+            .get()
+    };
+    let response = ModelResponse {
+        text: "hi".to_owned(),
+        finish_reason: crate::provider::FinishReason::Stop,
+        model: "metrics-test-model-2026".to_owned(),
+        usage: crate::provider::ModelUsage {
+            input_tokens: 100,
+            output_tokens: 12,
+            cache_read_input_tokens: 40,
+            cache_write_input_tokens: 10,
+            reasoning_tokens: 3,
+            cost_micros: 91,
+            unpriced: true,
+        },
+        vendor_request_id: Some("req_1".to_owned()),
+    };
+    let first_piece = OnceLock::new();
+    let result = observe_call(
+        async { Ok(response) },
+        provider,
+        "metrics-test-model",
+        "task-1-0",
+        &first_piece,
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(
+        [
+            tokens("input"),
+            tokens("output"),
+            tokens("cache_read"),
+            tokens("cache_write"),
+            tokens("reasoning")
+        ],
+        [100, 12, 40, 10, 3]
+    );
+    let labels = [provider, "metrics-test-model"];
+    assert_eq!(
+        METRICS
+            .provider_cost_micros
+            .with_label_values(&labels)
+            .get(),
+        91
+    );
+    assert_eq!(
+        METRICS
+            .provider_unpriced_calls
+            .with_label_values(&labels)
+            .get(),
+        1
+    );
 }

@@ -18,6 +18,7 @@ mod chaos;
 mod database_role;
 mod fake_control_plane;
 mod overload;
+mod providers;
 mod queue;
 mod queue_concurrency;
 mod queue_fairness;

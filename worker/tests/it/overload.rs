@@ -95,6 +95,7 @@ async fn results_held_past_the_lease_neither_lapse_leases_nor_free_slots() {
         echo_token_delay: Duration::from_millis(1),
         metrics_addr: None,
         labels: Default::default(),
+        providers: Default::default(),
     })
     .await
     .unwrap();

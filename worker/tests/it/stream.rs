@@ -29,6 +29,7 @@ fn config(
         echo_token_delay: token_delay,
         metrics_addr: None,
         labels: Default::default(),
+        providers: Default::default(),
     }
 }
 

@@ -177,10 +177,15 @@ fn or_default(value: i32, default: i32) -> i32 {
 fn provider(v: &mut Violations, value: i32) -> Provider {
     match pb::Provider::try_from(value) {
         Ok(pb::Provider::Echo) => Provider::Echo,
-        _ => {
+        Ok(pb::Provider::Anthropic) => Provider::Anthropic,
+        Ok(pb::Provider::Openai) => Provider::OpenAi,
+        Ok(pb::Provider::Gemini) => Provider::Gemini,
+        Ok(pb::Provider::OpenaiCompatible) => Provider::OpenAiCompatible,
+        Ok(pb::Provider::Unspecified) | Err(_) => {
             v.add(
                 "agent.provider",
-                "must be a supported provider (PROVIDER_ECHO)",
+                "must be a supported provider (PROVIDER_ECHO, PROVIDER_ANTHROPIC, \
+                 PROVIDER_OPENAI, PROVIDER_GEMINI or PROVIDER_OPENAI_COMPATIBLE)",
             );
             Provider::Echo
         }
@@ -283,5 +288,32 @@ mod tests {
         assert_eq!(new.spec.max_concurrency, rules::DEFAULT_MAX_CONCURRENCY);
         assert_eq!(new.spec.max_attempts, rules::DEFAULT_MAX_ATTEMPTS);
         assert_eq!(new.spec.task_timeout_ms, rules::DEFAULT_TASK_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn every_real_provider_is_accepted_and_unspecified_is_not() {
+        let create = |provider: pb::Provider| pb::CreateAgentRequest {
+            workspace_id: Uuid::now_v7().to_string(),
+            agent: Some(pb::Agent {
+                name: "coder".to_owned(),
+                provider: provider.into(),
+                model: "some-model".to_owned(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        };
+        for (wire, stored) in [
+            (pb::Provider::Echo, Provider::Echo),
+            (pb::Provider::Anthropic, Provider::Anthropic),
+            (pb::Provider::Openai, Provider::OpenAi),
+            (pb::Provider::Gemini, Provider::Gemini),
+            (pb::Provider::OpenaiCompatible, Provider::OpenAiCompatible),
+        ] {
+            let new = NewAgent::try_from(create(wire)).expect("a valid agent");
+            assert_eq!(new.spec.provider, stored);
+            assert_eq!(crate::api::convert::provider(stored), wire, "round trip");
+        }
+        let error = NewAgent::try_from(create(pb::Provider::Unspecified)).expect_err("refused");
+        assert_eq!(fields(error), ["agent.provider"]);
     }
 }

@@ -1,0 +1,483 @@
+//! Google's Gemini API: `POST /v1beta/models/{model}:streamGenerateContent?alt=sse`, the key
+//! in the `x-goog-api-key` header (never in the URL, where proxies and logs would keep it).
+//!
+//! Request: `contents` of `user`/`model` turns made of `parts`, the system prompt as
+//! `systemInstruction`, sampling in `generationConfig`. Stream: each event is a whole
+//! `GenerateContentResponse` (candidates with text parts, `usageMetadata`, `modelVersion`,
+//! `responseId`); the last one carries `finishReason` and the stream then ends (there is no
+//! `[DONE]`). A blocked prompt answers `promptFeedback.blockReason`. Errors: Google's
+//! `{"error":{"code","message","status","details"}}`, with `RetryInfo.retryDelay` on 429.
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret as _;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sse_stream::Sse;
+
+use super::http::{
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json,
+    raw_body_message, secret_header,
+};
+use super::retry::google_duration;
+use super::settings::Endpoint;
+use super::{
+    ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, Unavailability,
+};
+
+/// Gemini's wire format.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gemini;
+
+impl WireFormat for Gemini {
+    fn request(
+        &self,
+        request: &ModelRequest,
+        endpoint: &Endpoint,
+    ) -> Result<WireRequest, ProviderError> {
+        let model = request
+            .model
+            .strip_prefix("models/")
+            .unwrap_or(&request.model);
+        let path_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if model.is_empty() || !model.chars().all(path_safe) {
+            return Err(ProviderError::rejected(
+                Rejection::InvalidRequest,
+                format!("{model:?} is not a gemini model name (letters, digits, '.', '-', '_')"),
+            ));
+        }
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &endpoint.api_key {
+            headers.insert("x-goog-api-key", secret_header(key.expose_secret())?);
+        }
+        Ok(WireRequest {
+            path: format!("/v1beta/models/{model}:streamGenerateContent?alt=sse"),
+            headers,
+            body: body(request),
+        })
+    }
+
+    fn decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder::default())
+    }
+
+    fn error(&self, status: StatusCode, body: &[u8]) -> ProviderError {
+        // Usually an object; the JSON-array form of streaming answers wraps it in a list.
+        let value: Option<Value> = serde_json::from_slice(body).ok();
+        let error = value
+            .as_ref()
+            .map(|v| v.as_array().and_then(|a| a.first()).unwrap_or(v))
+            .and_then(|v| v.get("error"))
+            .and_then(|e| serde_json::from_value::<ErrorBody>(e.clone()).ok());
+        match error {
+            Some(error) => classify(Some(status), &error),
+            None => by_status(status, raw_body_message(status, body)),
+        }
+    }
+}
+
+/// The JSON body of a request.
+fn body(request: &ModelRequest) -> Value {
+    let contents: Vec<Value> = request
+        .messages
+        .iter()
+        .map(|message| {
+            let role = match message.role {
+                ChatRole::User => "user",
+                ChatRole::Assistant => "model",
+            };
+            json!({ "role": role, "parts": [{ "text": message.content }] })
+        })
+        .collect();
+    let generation = &request.generation;
+    let mut config = Map::new();
+    config.insert(
+        "maxOutputTokens".into(),
+        json!(generation.effective_max_output_tokens()),
+    );
+    if let Some(temperature) = generation.temperature {
+        config.insert("temperature".into(), json!(temperature));
+    }
+    if let Some(top_p) = generation.top_p {
+        config.insert("topP".into(), json!(top_p));
+    }
+    if !generation.stop_sequences.is_empty() {
+        config.insert("stopSequences".into(), json!(generation.stop_sequences));
+    }
+    let mut body = Map::new();
+    body.insert("contents".into(), Value::Array(contents));
+    if let Some(system) = &request.system {
+        body.insert(
+            "systemInstruction".into(),
+            json!({ "parts": [{ "text": system }] }),
+        );
+    }
+    body.insert("generationConfig".into(), Value::Object(config));
+    Value::Object(body)
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<Value>,
+}
+
+impl ErrorBody {
+    /// The `reason` of a `google.rpc.ErrorInfo` detail, e.g. `API_KEY_INVALID`.
+    fn reason(&self) -> Option<&str> {
+        self.details
+            .iter()
+            .find_map(|detail| detail.get("reason").and_then(Value::as_str))
+    }
+
+    /// The `retryDelay` of a `google.rpc.RetryInfo` detail.
+    fn retry_delay(&self) -> Option<std::time::Duration> {
+        self.details
+            .iter()
+            .find_map(|detail| detail.get("retryDelay").and_then(Value::as_str))
+            .and_then(google_duration)
+    }
+}
+
+/// The error a Google error object means (from a response body or a stream event).
+fn classify(status: Option<StatusCode>, error: &ErrorBody) -> ProviderError {
+    let message = format!("{}: {}", error.status, error.message);
+    let rejected = |reason| ProviderError::rejected(reason, message.clone());
+    let unavailable = |reason| ProviderError::Unavailable {
+        reason,
+        message: message.clone(),
+        retry_after: error.retry_delay(),
+    };
+    if error.reason() == Some("API_KEY_INVALID") {
+        return rejected(Rejection::Authentication);
+    }
+    let lowercase = error.message.to_ascii_lowercase();
+    match error.status.as_str() {
+        "INVALID_ARGUMENT"
+            if lowercase.contains("token count") || lowercase.contains("exceeds the maximum") =>
+        {
+            rejected(Rejection::ContextTooLong)
+        }
+        "INVALID_ARGUMENT" | "OUT_OF_RANGE" => rejected(Rejection::InvalidRequest),
+        "UNAUTHENTICATED" => rejected(Rejection::Authentication),
+        // FAILED_PRECONDITION: billing or region, which waiting does not fix.
+        "PERMISSION_DENIED" | "FAILED_PRECONDITION" => rejected(Rejection::PermissionDenied),
+        "NOT_FOUND" => rejected(Rejection::NotFound),
+        "RESOURCE_EXHAUSTED" => unavailable(Unavailability::RateLimited),
+        "UNAVAILABLE" => unavailable(Unavailability::Overloaded),
+        "INTERNAL" | "UNKNOWN" | "ABORTED" => unavailable(Unavailability::ServerError),
+        "DEADLINE_EXCEEDED" => unavailable(Unavailability::Timeout),
+        _ => match status {
+            Some(status) => by_status(status, message),
+            None => unavailable(Unavailability::ServerError),
+        },
+    }
+}
+
+/// What a stream said so far.
+#[derive(Debug, Default)]
+struct Decoder {
+    id: Option<String>,
+    model: Option<String>,
+    finish_reason: Option<String>,
+    block_reason: Option<String>,
+    usage: Option<UsageMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+    #[serde(default)]
+    model_version: Option<String>,
+    #[serde(default)]
+    response_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+/// A text part; thought summaries (`thought: true`) are not the answer.
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    thought: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: i64,
+    #[serde(default)]
+    candidates_token_count: i64,
+    #[serde(default)]
+    cached_content_token_count: i64,
+    #[serde(default)]
+    thoughts_token_count: i64,
+}
+
+impl UsageMetadata {
+    /// `promptTokenCount` includes the cached content; thoughts are billed as output but
+    /// counted apart from `candidatesTokenCount`.
+    fn normalised(&self) -> ModelUsage {
+        let thoughts = self.thoughts_token_count.max(0);
+        ModelUsage {
+            input_tokens: self.prompt_token_count.max(0),
+            output_tokens: self.candidates_token_count.max(0).saturating_add(thoughts),
+            cache_read_input_tokens: self.cached_content_token_count.max(0),
+            reasoning_tokens: thoughts,
+            ..ModelUsage::default()
+        }
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn event(&mut self, event: &Sse) -> Result<Decoded, ProviderError> {
+        let data = event.data.as_deref().unwrap_or_default();
+        let value: Value = event_json("gemini", data)?;
+        if let Some(error) = value.get("error") {
+            let error: ErrorBody = serde_json::from_value(error.clone()).unwrap_or(ErrorBody {
+                message: error.to_string(),
+                status: String::new(),
+                details: Vec::new(),
+            });
+            return Err(classify(None, &error));
+        }
+        let chunk: Chunk = serde_json::from_value(value).map_err(|error| {
+            ProviderError::unavailable(
+                Unavailability::MalformedStream,
+                format!("an event of the gemini stream is not valid: {error}"),
+            )
+        })?;
+        if chunk.response_id.is_some() {
+            self.id = chunk.response_id;
+        }
+        if chunk.model_version.is_some() {
+            self.model = chunk.model_version;
+        }
+        if chunk.usage_metadata.is_some() {
+            self.usage = chunk.usage_metadata;
+        }
+        if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
+            self.block_reason = Some(reason);
+        }
+        let mut text = String::new();
+        for candidate in chunk.candidates.into_iter().filter(|c| c.index == 0) {
+            let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
+            for part in parts.into_iter().filter(|part| !part.thought) {
+                text.push_str(part.text.as_deref().unwrap_or_default());
+            }
+            if candidate.finish_reason.is_some() {
+                self.finish_reason = candidate.finish_reason;
+            }
+        }
+        Ok(Decoded {
+            text: (!text.is_empty()).then_some(text),
+            done: false,
+        })
+    }
+
+    fn finish(self: Box<Self>) -> Result<Finished, ProviderError> {
+        if let Some(reason) = self.block_reason {
+            return Err(ProviderError::rejected(
+                Rejection::ContentRefused,
+                format!("the prompt was blocked ({reason})"),
+            ));
+        }
+        let finish_reason = match self.finish_reason.as_deref() {
+            None => {
+                return Err(ProviderError::unavailable(
+                    Unavailability::Truncated,
+                    "the gemini stream ended before a finishReason",
+                ));
+            }
+            Some("STOP") => FinishReason::Stop,
+            Some("MAX_TOKENS") => FinishReason::MaxTokens,
+            Some(
+                reason @ ("SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
+                | "LANGUAGE" | "IMAGE_SAFETY"),
+            ) => {
+                return Err(ProviderError::rejected(
+                    Rejection::ContentRefused,
+                    format!("the answer was stopped (finishReason {reason})"),
+                ));
+            }
+            Some(other) => {
+                return Err(ProviderError::rejected(
+                    Rejection::UnexpectedResponse,
+                    format!("unsupported finishReason {other:?}"),
+                ));
+            }
+        };
+        Ok(Finished {
+            finish_reason,
+            model: self.model,
+            usage: self.usage.map(|u| u.normalised()).unwrap_or_default(),
+            usage_reported: self.usage.is_some(),
+            response_id: self.id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{ChatMessage, Generation};
+
+    fn sse(data: &str) -> Sse {
+        Sse {
+            data: Some(data.to_owned()),
+            ..Sse::default()
+        }
+    }
+
+    fn request(model: &str) -> ModelRequest {
+        ModelRequest {
+            request_id: "t-1-0".to_owned(),
+            model: model.to_owned(),
+            system: Some("Be brief.".to_owned()),
+            messages: vec![
+                ChatMessage {
+                    role: ChatRole::User,
+                    content: "hi".to_owned(),
+                },
+                ChatMessage {
+                    role: ChatRole::Assistant,
+                    content: "hello".to_owned(),
+                },
+            ],
+            generation: Generation {
+                temperature: Some(0.2),
+                top_p: None,
+                max_output_tokens: Some(64),
+                stop_sequences: vec!["END".to_owned()],
+            },
+            deadline: None,
+        }
+    }
+
+    #[test]
+    fn requests_use_contents_system_instruction_and_a_keyless_url() {
+        let endpoint = Endpoint {
+            base_url: "https://example.test".to_owned(),
+            api_key: Some(secrecy::SecretString::from("AIza-secret")),
+        };
+        let wire = Gemini
+            .request(&request("gemini-2.5-flash"), &endpoint)
+            .expect("valid");
+        assert_eq!(
+            wire.path,
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert!(!wire.path.contains("AIza"));
+        assert!(
+            wire.headers
+                .get("x-goog-api-key")
+                .is_some_and(|v| v.is_sensitive())
+        );
+        assert_eq!(
+            wire.body,
+            json!({
+                "contents": [
+                    {"role": "user", "parts": [{"text": "hi"}]},
+                    {"role": "model", "parts": [{"text": "hello"}]}
+                ],
+                "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                "generationConfig": {
+                    "maxOutputTokens": 64,
+                    "temperature": 0.2,
+                    "stopSequences": ["END"]
+                }
+            })
+        );
+        let bad = Gemini.request(&request("../v1/files?x"), &endpoint);
+        assert!(matches!(bad, Err(ProviderError::Rejected { .. })));
+    }
+
+    #[test]
+    fn thoughts_are_output_but_not_text_and_cached_content_is_input() {
+        let mut decoder = Box::new(Decoder::default());
+        let first = decoder
+            .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true},{"text":"Hel"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":1,"totalTokenCount":41}}"#))
+            .expect("valid");
+        assert_eq!(first.text.as_deref(), Some("Hel"));
+        decoder
+            .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"lo"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":2,"cachedContentTokenCount":16,"thoughtsTokenCount":5,"totalTokenCount":47},"modelVersion":"gemini-2.5-flash","responseId":"resp-1"}"#))
+            .expect("valid");
+        let finished = decoder.finish().expect("complete");
+        assert_eq!(finished.finish_reason, FinishReason::Stop);
+        assert_eq!(finished.response_id.as_deref(), Some("resp-1"));
+        assert_eq!(
+            (
+                finished.usage.input_tokens,
+                finished.usage.cache_read_input_tokens,
+                finished.usage.output_tokens,
+                finished.usage.reasoning_tokens,
+            ),
+            (40, 16, 7, 5)
+        );
+    }
+
+    #[test]
+    fn errors_read_googles_shape_with_retry_info() {
+        let limited = Gemini.error(
+            StatusCode::TOO_MANY_REQUESTS,
+            br#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}"#,
+        );
+        assert_eq!(limited.code(), "provider_rate_limited");
+        assert_eq!(
+            limited.retry_after(),
+            Some(std::time::Duration::from_secs(7))
+        );
+        let bad_key = Gemini.error(
+            StatusCode::BAD_REQUEST,
+            br#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}]"#,
+        );
+        assert_eq!(bad_key.code(), "provider_authentication_failed");
+        let blocked = {
+            let mut decoder = Box::new(Decoder::default());
+            decoder
+                .event(&sse(r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":5}}"#))
+                .expect("valid");
+            decoder.finish().expect_err("blocked")
+        };
+        assert_eq!(blocked.code(), "provider_content_refused");
+        let truncated = Box::new(Decoder::default())
+            .finish()
+            .expect_err("no finish");
+        assert_eq!(truncated.code(), "provider_stream_truncated");
+    }
+}

@@ -1,0 +1,537 @@
+//! The HTTP engine every vendor adapter shares: send one streaming request, read its
+//! server-sent events incrementally (`sse-stream`), classify failures, retry with backoff,
+//! enforce the request, stall and deadline timeouts, stop at once on cancellation, and price
+//! the answer. A [`WireFormat`] says how one vendor writes a request and reads its events and
+//! errors; it never sees the network.
+//!
+//! A retry happens inside the attempt only while no text has reached the sink: once a piece
+//! was streamed to watchers, a retried call would repeat it, so the attempt fails (retryable)
+//! and the queue runs a fresh attempt, whose output is kept apart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use sse_stream::SseByteStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::prices::{PriceTable, cost_micros};
+use super::retry::retry_after;
+use super::settings::{Endpoint, HttpSettings, ProviderSettings, SettingsError};
+use super::{
+    ModelFuture, ModelProvider, ModelRequest, ModelResponse, OutputSink, Provider, ProviderError,
+    Rejection, Unavailability,
+};
+use agentplane_core::limits::MAX_OUTPUT_BYTES;
+
+mod scrub;
+mod wire;
+
+use scrub::scrub_error;
+
+pub(super) use wire::{
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json, plain_header,
+    raw_body_message, secret_header,
+};
+
+/// Largest response stream read (SSE framing costs far more bytes than the answer's text,
+/// whose own limit is `MAX_OUTPUT_BYTES`).
+pub(super) const MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body read.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Longest vendor request id kept.
+const MAX_REQUEST_ID_CHARS: usize = 200;
+
+/// A vendor adapter: the engine around a [`WireFormat`].
+#[derive(Debug)]
+pub(super) struct HttpProvider<W> {
+    provider: Provider,
+    wire: W,
+    endpoint: Endpoint,
+    client: reqwest::Client,
+    http: HttpSettings,
+    prices: Arc<PriceTable>,
+}
+
+/// A provider and its implementation, ready to register.
+type Registration = (Provider, Arc<dyn ModelProvider>);
+
+/// The vendor adapters `settings` configures, ready to register.
+pub(super) fn vendors(settings: &ProviderSettings) -> Result<Vec<Registration>, SettingsError> {
+    settings.validate()?;
+    // rustls needs a process-wide crypto provider; ring is the one built in. Err means one
+    // is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .connect_timeout(settings.http.connect_timeout)
+        // A redirect could carry the API key to another host; vendors do not redirect.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("agentplane-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| SettingsError::Client(error.to_string()))?;
+    let mut vendors: Vec<Registration> = Vec::new();
+    for (provider, endpoint) in settings.endpoints() {
+        let adapter: Arc<dyn ModelProvider> = match provider {
+            Provider::Anthropic => Arc::new(HttpProvider::new(
+                provider,
+                super::anthropic::Anthropic,
+                endpoint,
+                &client,
+                settings,
+            )),
+            Provider::OpenAi => Arc::new(HttpProvider::new(
+                provider,
+                super::openai::OpenAi::official(),
+                endpoint,
+                &client,
+                settings,
+            )),
+            Provider::OpenAiCompatible => Arc::new(HttpProvider::new(
+                provider,
+                super::openai::OpenAi::compatible(),
+                endpoint,
+                &client,
+                settings,
+            )),
+            Provider::Gemini => Arc::new(HttpProvider::new(
+                provider,
+                super::gemini::Gemini,
+                endpoint,
+                &client,
+                settings,
+            )),
+            Provider::Echo => continue,
+        };
+        vendors.push((provider, adapter));
+    }
+    Ok(vendors)
+}
+
+/// The body stream could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("{0}")]
+    Http(#[source] reqwest::Error),
+    #[error("the response passed {MAX_STREAM_BYTES} bytes")]
+    TooLarge,
+}
+
+/// How one try ended badly, and whether answer text had reached the sink by then.
+struct TryFailure {
+    error: ProviderError,
+    streamed: bool,
+}
+
+impl From<ProviderError> for TryFailure {
+    fn from(error: ProviderError) -> Self {
+        Self {
+            error,
+            streamed: false,
+        }
+    }
+}
+
+impl<W: WireFormat> HttpProvider<W> {
+    fn new(
+        provider: Provider,
+        wire: W,
+        endpoint: &Endpoint,
+        client: &reqwest::Client,
+        settings: &ProviderSettings,
+    ) -> Self {
+        Self {
+            provider,
+            wire,
+            endpoint: endpoint.clone(),
+            client: client.clone(),
+            http: settings.http.clone(),
+            prices: Arc::clone(&settings.prices),
+        }
+    }
+
+    async fn run(
+        &self,
+        request: ModelRequest,
+        sink: OutputSink,
+        cancel: CancellationToken,
+    ) -> Result<ModelResponse, ProviderError> {
+        let result = self.run_with_retries(&request, &sink, &cancel).await;
+        result.map_err(|error| scrub_error(error, self.endpoint.api_key.as_ref()))
+    }
+
+    async fn run_with_retries(
+        &self,
+        request: &ModelRequest,
+        sink: &OutputSink,
+        cancel: &CancellationToken,
+    ) -> Result<ModelResponse, ProviderError> {
+        let wire = self.wire.request(request, &self.endpoint)?;
+        let url = format!(
+            "{}{}",
+            self.endpoint.base_url.trim_end_matches('/'),
+            wire.path
+        );
+        let mut headers = wire.headers;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.insert("idempotency-key", plain_header(&request.request_id)?);
+        let body = Bytes::from(serde_json::to_vec(&wire.body).map_err(|error| {
+            ProviderError::rejected(Rejection::InvalidRequest, error.to_string())
+        })?);
+        let mut retry = 0u32;
+        loop {
+            let failure = match self
+                .try_once(&url, &headers, body.clone(), request, sink, cancel)
+                .await
+            {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            // Scrubbed before anything logs it.
+            let error = scrub_error(failure.error, self.endpoint.api_key.as_ref());
+            if !error.is_retryable() || matches!(error, ProviderError::Canceled) {
+                return Err(error);
+            }
+            if failure.streamed {
+                tracing::warn!(
+                    code = error.code(),
+                    "model call failed after streaming output; the attempt fails"
+                );
+                return Err(error);
+            }
+            retry = retry.saturating_add(1);
+            let random = crate::backoff::random_u64();
+            let Some(delay) = self.http.retry.delay(retry, error.retry_after(), random) else {
+                return Err(error);
+            };
+            if request
+                .deadline
+                .is_some_and(|deadline| Instant::now() + delay >= deadline)
+            {
+                return Err(error);
+            }
+            crate::metrics::METRICS
+                .provider_retries
+                .with_label_values(&[self.provider.as_str(), error.code()])
+                .inc();
+            tracing::warn!(
+                provider = %self.provider,
+                code = error.code(),
+                retry,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                %error,
+                "model call failed; retrying"
+            );
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(ProviderError::Canceled),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One HTTP request and its stream.
+    async fn try_once(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        request: &ModelRequest,
+        sink: &OutputSink,
+        cancel: &CancellationToken,
+    ) -> Result<ModelResponse, TryFailure> {
+        let started = Instant::now();
+        let try_deadline = match request.deadline {
+            Some(deadline) => deadline.min(started + self.http.request_timeout),
+            None => started + self.http.request_timeout,
+        };
+        let clock = Clock {
+            stall: self.http.stall_timeout,
+            request_timeout: self.http.request_timeout,
+            try_deadline,
+        };
+        let send = self
+            .client
+            .post(url)
+            .headers(headers.clone())
+            .body(body)
+            .send();
+        let response = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(ProviderError::Canceled.into()),
+            sent = tokio::time::timeout_at(clock.next_wait(), send) => match sent {
+                Err(_) => return Err(clock.elapsed("waiting for the response").into()),
+                Ok(Err(error)) => return Err(transport_error(&error).into()),
+                Ok(Ok(response)) => response,
+            },
+        };
+        let status = response.status();
+        let vendor_request_id = ["request-id", "x-request-id"]
+            .iter()
+            .find_map(|name| response.headers().get(*name))
+            .and_then(|value| value.to_str().ok())
+            .and_then(clean_request_id);
+        if !status.is_success() {
+            let wait = retry_after(response.headers(), chrono::Utc::now());
+            let body = read_capped(response, MAX_ERROR_BODY_BYTES, &clock, cancel).await?;
+            let mut error = self.wire.error(status, &body);
+            if let ProviderError::Unavailable { retry_after, .. } = &mut error {
+                *retry_after = retry_after.or(wait);
+            }
+            tracing::debug!(
+                provider = %self.provider,
+                %status,
+                vendor_request_id = vendor_request_id.as_deref().unwrap_or(""),
+                "vendor refused the call"
+            );
+            return Err(error.into());
+        }
+
+        let mut received = 0usize;
+        let bytes = futures::stream::try_unfold(response, move |mut response| async move {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    received = received.saturating_add(chunk.len());
+                    if received > MAX_STREAM_BYTES {
+                        return Err(BodyError::TooLarge);
+                    }
+                    Ok(Some((chunk, response)))
+                }
+                Ok(None) => Ok(None),
+                Err(error) => Err(BodyError::Http(error)),
+            }
+        });
+        let mut events = std::pin::pin!(SseByteStream::new(bytes));
+        let mut decoder = self.wire.decoder();
+        let mut text = String::new();
+        let streamed = |error: ProviderError, text: &String| TryFailure {
+            error,
+            streamed: !text.is_empty(),
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(streamed(ProviderError::Canceled, &text)),
+                next = tokio::time::timeout_at(clock.next_wait(), events.next()) => next,
+            };
+            let event = match next {
+                Err(_) => return Err(streamed(clock.elapsed("streaming"), &text)),
+                Ok(None) => break,
+                Ok(Some(Err(error))) => return Err(streamed(stream_error(&error), &text)),
+                Ok(Some(Ok(event))) => event,
+            };
+            if event.data.is_none() {
+                continue; // a block of only an id or a retry hint
+            }
+            let decoded = decoder
+                .event(&event)
+                .map_err(|error| streamed(error, &text))?;
+            if let Some(piece) = decoded.text.filter(|piece| !piece.is_empty()) {
+                if text.len().saturating_add(piece.len()) > MAX_OUTPUT_BYTES {
+                    let error = ProviderError::rejected(
+                        Rejection::OutputTooLarge,
+                        format!("the answer passed {MAX_OUTPUT_BYTES} bytes"),
+                    );
+                    return Err(streamed(error, &text));
+                }
+                text.push_str(&piece);
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return Err(streamed(ProviderError::Canceled, &text)),
+                    sent = sink.send(piece) => if sent.is_err() {
+                        return Err(streamed(ProviderError::Canceled, &text));
+                    },
+                }
+            }
+            if decoded.done {
+                break;
+            }
+        }
+        let finished = decoder.finish().map_err(|error| streamed(error, &text))?;
+        Ok(self.response(request, text, finished, vendor_request_id))
+    }
+
+    /// The finished call, priced.
+    fn response(
+        &self,
+        request: &ModelRequest,
+        text: String,
+        finished: Finished,
+        vendor_request_id: Option<String>,
+    ) -> ModelResponse {
+        let model = finished.model.unwrap_or_else(|| request.model.clone());
+        let mut usage = finished.usage;
+        if !finished.usage_reported {
+            tracing::warn!(
+                provider = %self.provider,
+                model = %request.model,
+                "the stream carried no usage; the call is recorded with no tokens and no cost"
+            );
+            usage.unpriced = true;
+            return ModelResponse {
+                text,
+                finish_reason: finished.finish_reason,
+                model,
+                usage,
+                vendor_request_id: vendor_request_id
+                    .or_else(|| finished.response_id.as_deref().and_then(clean_request_id)),
+            };
+        }
+        let price = self
+            .prices
+            .get(self.provider, &request.model)
+            .or_else(|| self.prices.get(self.provider, &model));
+        match price.map(|price| cost_micros(price, &usage)) {
+            Some(Some(cost)) => usage.cost_micros = cost,
+            Some(None) => {
+                tracing::warn!(provider = %self.provider, model = %request.model, "model call cost overflowed; recorded as 0");
+                usage.unpriced = true;
+            }
+            None => {
+                tracing::warn!(
+                    provider = %self.provider,
+                    model = %request.model,
+                    "no price for this model; its cost is recorded as 0 (set AGENTPLANE_PRICES_FILE)"
+                );
+                usage.unpriced = true;
+            }
+        }
+        ModelResponse {
+            text,
+            finish_reason: finished.finish_reason,
+            model,
+            usage,
+            vendor_request_id: vendor_request_id
+                .or_else(|| finished.response_id.as_deref().and_then(clean_request_id)),
+        }
+    }
+}
+
+impl<W: WireFormat> ModelProvider for HttpProvider<W> {
+    fn generate(
+        &self,
+        request: ModelRequest,
+        sink: OutputSink,
+        cancel: CancellationToken,
+    ) -> ModelFuture<'_> {
+        Box::pin(self.run(request, sink, cancel))
+    }
+}
+
+/// The timeouts of one try.
+struct Clock {
+    stall: Duration,
+    request_timeout: Duration,
+    try_deadline: Instant,
+}
+
+impl Clock {
+    /// When the current wait for the network must end.
+    fn next_wait(&self) -> Instant {
+        (Instant::now() + self.stall).min(self.try_deadline)
+    }
+
+    /// The error of a wait that ran out while `doing`.
+    fn elapsed(&self, doing: &str) -> ProviderError {
+        if Instant::now() >= self.try_deadline {
+            ProviderError::unavailable(
+                Unavailability::Timeout,
+                format!(
+                    "the call ran out of time while {doing} (request timeout {}s, or the \
+                     attempt's deadline)",
+                    self.request_timeout.as_secs()
+                ),
+            )
+        } else {
+            ProviderError::unavailable(
+                Unavailability::Stalled,
+                format!(
+                    "nothing was received for {}s while {doing}",
+                    self.stall.as_secs_f32()
+                ),
+            )
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of an error body (the rest is dropped with the connection).
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+    clock: &Clock,
+    cancel: &CancellationToken,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        let chunk = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(ProviderError::Canceled),
+            chunk = tokio::time::timeout_at(clock.next_wait(), response.chunk()) => chunk,
+        };
+        match chunk {
+            // An error body cut short still says what the status says.
+            Err(_) | Ok(Err(_)) | Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// The error of a request that got no response.
+fn transport_error(error: &reqwest::Error) -> ProviderError {
+    let reason = if error.is_timeout() {
+        Unavailability::Timeout
+    } else {
+        Unavailability::Network
+    };
+    ProviderError::unavailable(reason, describe_chain(error))
+}
+
+/// The error of a stream that could not be read or decoded.
+fn stream_error(error: &sse_stream::Error) -> ProviderError {
+    match error {
+        sse_stream::Error::Body(inner) => match inner.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge) => ProviderError::rejected(
+                Rejection::OutputTooLarge,
+                format!("the response stream passed {MAX_STREAM_BYTES} bytes"),
+            ),
+            Some(BodyError::Http(error)) => ProviderError::unavailable(
+                Unavailability::Network,
+                format!("the stream broke: {}", describe_chain(error)),
+            ),
+            None => ProviderError::unavailable(Unavailability::Network, inner.to_string()),
+        },
+        other => ProviderError::unavailable(
+            Unavailability::MalformedStream,
+            format!("the stream is not valid server-sent events: {other}"),
+        ),
+    }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message is terse).
+fn describe_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `id` if it is a plausible request id: visible ASCII, at most 200 characters.
+fn clean_request_id(id: &str) -> Option<String> {
+    let id = id.trim();
+    (!id.is_empty() && id.len() <= MAX_REQUEST_ID_CHARS && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| id.to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+//! OpenAI's Chat Completions API, `POST {base}/chat/completions` with `stream: true` and
+//! `stream_options.include_usage`, spoken by OpenAI itself and by the OpenAI-compatible
+//! servers (vLLM, Ollama, llama.cpp, Together, Groq, OpenRouter).
+//!
+//! Request: the system prompt is the first message (`role: system`). OpenAI takes
+//! `max_completion_tokens` (its reasoning models refuse `max_tokens`); compatible servers
+//! take `max_tokens`, the field they all implement. Stream: `chat.completion.chunk` objects
+//! whose `choices[0].delta.content` carries text and `finish_reason` the stop, then one chunk
+//! with empty `choices` and the `usage`, then `data: [DONE]` (the terminal event). Errors:
+//! `{"error":{"message","type","param","code"}}`, also inside a stream; compatible servers
+//! vary (a bare string, `detail`), which is read as well as it can be.
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret as _;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sse_stream::Sse;
+
+use super::http::{
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json, plain_header,
+    raw_body_message, secret_header,
+};
+use super::settings::Endpoint;
+use super::{
+    ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, Unavailability,
+};
+
+/// OpenAI's wire format, for OpenAI or for a compatible server.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OpenAi {
+    /// Talking to a compatible server rather than OpenAI.
+    compatible: bool,
+}
+
+impl OpenAi {
+    /// For api.openai.com.
+    pub(super) fn official() -> Self {
+        Self { compatible: false }
+    }
+
+    /// For an OpenAI-compatible server.
+    pub(super) fn compatible() -> Self {
+        Self { compatible: true }
+    }
+
+    fn vendor(self) -> &'static str {
+        if self.compatible {
+            "openai-compatible"
+        } else {
+            "openai"
+        }
+    }
+
+    /// The JSON body of a request.
+    fn body(self, request: &ModelRequest) -> Value {
+        let system = request
+            .system
+            .iter()
+            .map(|system| json!({ "role": "system", "content": system }));
+        let conversation = request.messages.iter().map(|message| {
+            let role = match message.role {
+                ChatRole::User => "user",
+                ChatRole::Assistant => "assistant",
+            };
+            json!({ "role": role, "content": message.content })
+        });
+        let generation = &request.generation;
+        let mut body = Map::new();
+        body.insert("model".into(), json!(request.model));
+        body.insert(
+            "messages".into(),
+            Value::Array(system.chain(conversation).collect()),
+        );
+        body.insert("stream".into(), json!(true));
+        body.insert("stream_options".into(), json!({ "include_usage": true }));
+        let max_tokens_field = if self.compatible {
+            "max_tokens"
+        } else {
+            "max_completion_tokens"
+        };
+        body.insert(
+            max_tokens_field.into(),
+            json!(generation.effective_max_output_tokens()),
+        );
+        if let Some(temperature) = generation.temperature {
+            body.insert("temperature".into(), json!(temperature));
+        }
+        if let Some(top_p) = generation.top_p {
+            body.insert("top_p".into(), json!(top_p));
+        }
+        if !generation.stop_sequences.is_empty() {
+            body.insert("stop".into(), json!(generation.stop_sequences));
+        }
+        Value::Object(body)
+    }
+}
+
+impl WireFormat for OpenAi {
+    fn request(
+        &self,
+        request: &ModelRequest,
+        endpoint: &Endpoint,
+    ) -> Result<WireRequest, ProviderError> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &endpoint.api_key {
+            let bearer = format!("Bearer {}", key.expose_secret());
+            headers.insert(reqwest::header::AUTHORIZATION, secret_header(&bearer)?);
+        }
+        // OpenAI's client request id, shown with the request in its logs and support tools;
+        // compatible servers ignore it.
+        headers.insert("x-client-request-id", plain_header(&request.request_id)?);
+        Ok(WireRequest {
+            path: "/chat/completions".to_owned(),
+            headers,
+            body: self.body(request),
+        })
+    }
+
+    fn decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder {
+            vendor: self.vendor(),
+            ..Decoder::default()
+        })
+    }
+
+    fn error(&self, status: StatusCode, body: &[u8]) -> ProviderError {
+        match serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|value| ErrorInfo::from_value(&value))
+        {
+            Some(info) => info.classify(Some(status)),
+            None => by_status(status, raw_body_message(status, body)),
+        }
+    }
+}
+
+/// What an error body or an error chunk says.
+#[derive(Debug, Default)]
+struct ErrorInfo {
+    message: String,
+    kind: String,
+    code: String,
+}
+
+impl ErrorInfo {
+    /// `{"error": {...}}`, `{"error": "text"}`, `{"detail": "text"}` or `{"message": "text"}`.
+    fn from_value(value: &Value) -> Option<Self> {
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        match value.get("error") {
+            Some(Value::Object(error)) => Some(Self {
+                message: text(error.get("message")),
+                kind: text(error.get("type")),
+                code: text(error.get("code")),
+            }),
+            Some(Value::String(message)) => Some(Self {
+                message: message.clone(),
+                ..Self::default()
+            }),
+            _ => ["detail", "message"]
+                .iter()
+                .find_map(|field| value.get(*field).and_then(Value::as_str))
+                .map(|message| Self {
+                    message: message.to_owned(),
+                    ..Self::default()
+                }),
+        }
+    }
+
+    fn classify(&self, status: Option<StatusCode>) -> ProviderError {
+        let label = [self.kind.as_str(), self.code.as_str()]
+            .iter()
+            .filter(|part| !part.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/");
+        let message = if label.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{label}: {}", self.message)
+        };
+        let rejected = |reason| ProviderError::rejected(reason, message.clone());
+        let unavailable = |reason| ProviderError::unavailable(reason, message.clone());
+        let lowercase = self.message.to_ascii_lowercase();
+        match self.code.as_str() {
+            "context_length_exceeded" => return rejected(Rejection::ContextTooLong),
+            // A 429 that no wait cures: the account is out of credit.
+            "insufficient_quota" => return rejected(Rejection::PermissionDenied),
+            "invalid_api_key" => return rejected(Rejection::Authentication),
+            "model_not_found" => return rejected(Rejection::NotFound),
+            "content_policy_violation" | "content_filter" => {
+                return rejected(Rejection::ContentRefused);
+            }
+            "rate_limit_exceeded" => return unavailable(Unavailability::RateLimited),
+            _ => {}
+        }
+        if lowercase.contains("maximum context length") || lowercase.contains("context length") {
+            return rejected(Rejection::ContextTooLong);
+        }
+        match (status, self.kind.as_str()) {
+            (Some(status), _) => by_status(status, message),
+            (None, "invalid_request_error") => rejected(Rejection::InvalidRequest),
+            // An error inside a stream: the server failed mid-answer.
+            (None, _) => unavailable(Unavailability::ServerError),
+        }
+    }
+}
+
+/// What a stream said so far.
+#[derive(Debug, Default)]
+struct Decoder {
+    vendor: &'static str,
+    id: Option<String>,
+    model: Option<String>,
+    finish_reason: Option<String>,
+    refusal: String,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+/// Text only: `reasoning_content` (vLLM, DeepSeek) and tool calls are not the answer.
+#[derive(Debug, Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: i64,
+    #[serde(default)]
+    completion_tokens: i64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<i64>,
+}
+
+impl Usage {
+    /// `prompt_tokens` already includes the cached ones, `completion_tokens` the reasoning.
+    fn normalised(&self) -> ModelUsage {
+        ModelUsage {
+            input_tokens: self.prompt_tokens.max(0),
+            output_tokens: self.completion_tokens.max(0),
+            cache_read_input_tokens: self
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0)
+                .max(0),
+            reasoning_tokens: self
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0)
+                .max(0),
+            ..ModelUsage::default()
+        }
+    }
+}
+
+impl StreamDecoder for Decoder {
+    fn event(&mut self, event: &Sse) -> Result<Decoded, ProviderError> {
+        let data = event.data.as_deref().unwrap_or_default();
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(Decoded {
+                text: None,
+                done: true,
+            });
+        }
+        let value: Value = event_json(self.vendor, data)?;
+        if let Some(info) = value
+            .get("error")
+            .and_then(|_| ErrorInfo::from_value(&value))
+        {
+            return Err(info.classify(None));
+        }
+        let chunk: Chunk = serde_json::from_value(value).map_err(|error| {
+            ProviderError::unavailable(
+                Unavailability::MalformedStream,
+                format!(
+                    "a chunk of the {} stream is not valid: {error}",
+                    self.vendor
+                ),
+            )
+        })?;
+        if chunk.id.is_some() {
+            self.id = chunk.id;
+        }
+        if chunk.model.is_some() {
+            self.model = chunk.model;
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        let mut text = None;
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(delta) = choice.delta {
+                if let Some(refusal) = delta.refusal {
+                    self.refusal.push_str(&refusal);
+                }
+                text = delta.content;
+            }
+            if choice.finish_reason.is_some() {
+                self.finish_reason = choice.finish_reason;
+            }
+        }
+        Ok(Decoded { text, done: false })
+    }
+
+    fn finish(self: Box<Self>) -> Result<Finished, ProviderError> {
+        if !self.done {
+            return Err(ProviderError::unavailable(
+                Unavailability::Truncated,
+                format!("the {} stream ended before [DONE]", self.vendor),
+            ));
+        }
+        if !self.refusal.is_empty() {
+            return Err(ProviderError::rejected(
+                Rejection::ContentRefused,
+                format!("the model refused: {}", self.refusal),
+            ));
+        }
+        let finish_reason = match self.finish_reason.as_deref() {
+            Some("stop") => FinishReason::Stop,
+            Some("length") => FinishReason::MaxTokens,
+            Some("content_filter") => {
+                return Err(ProviderError::rejected(
+                    Rejection::ContentRefused,
+                    "the answer was stopped by the content filter",
+                ));
+            }
+            other => {
+                return Err(ProviderError::rejected(
+                    Rejection::UnexpectedResponse,
+                    format!("unsupported finish_reason {other:?}"),
+                ));
+            }
+        };
+        Ok(Finished {
+            finish_reason,
+            model: self.model,
+            usage: self.usage.map(|u| u.normalised()).unwrap_or_default(),
+            usage_reported: self.usage.is_some(),
+            response_id: self.id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{ChatMessage, Generation};
+
+    fn sse(data: &str) -> Sse {
+        Sse {
+            data: Some(data.to_owned()),
+            ..Sse::default()
+        }
+    }
+
+    fn request() -> ModelRequest {
+        ModelRequest {
+            request_id: "t-1-0".to_owned(),
+            model: "gpt-4o-mini".to_owned(),
+            system: Some("Be brief.".to_owned()),
+            messages: vec![ChatMessage {
+                role: ChatRole::User,
+                content: "hi".to_owned(),
+            }],
+            generation: Generation {
+                temperature: None,
+                top_p: Some(0.9),
+                max_output_tokens: None,
+                stop_sequences: vec![],
+            },
+            deadline: None,
+        }
+    }
+
+    #[test]
+    fn the_system_prompt_leads_and_the_token_limit_field_depends_on_the_server() {
+        let official = OpenAi::official().body(&request());
+        assert_eq!(
+            official,
+            json!({
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "hi"}
+                ],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "max_completion_tokens": 4096,
+                "top_p": 0.9
+            })
+        );
+        let compatible = OpenAi::compatible().body(&request());
+        assert_eq!(compatible["max_tokens"], json!(4096));
+        assert!(compatible.get("max_completion_tokens").is_none());
+    }
+
+    #[test]
+    fn usage_comes_from_the_last_chunk_with_cached_and_reasoning_tokens() {
+        let mut decoder = Box::new(Decoder::default());
+        let first = decoder
+            .event(&sse(r#"{"id":"chatcmpl-1","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}],"usage":null}"#))
+            .expect("valid");
+        assert_eq!(first.text.as_deref(), Some("Hi"));
+        decoder
+            .event(&sse(r#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#))
+            .expect("valid");
+        decoder
+            .event(&sse(r#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":50,"completion_tokens":9,"total_tokens":59,"prompt_tokens_details":{"cached_tokens":32},"completion_tokens_details":{"reasoning_tokens":4}}}"#))
+            .expect("valid");
+        assert!(decoder.event(&sse("[DONE]")).expect("valid").done);
+        let finished = decoder.finish().expect("complete");
+        assert_eq!(finished.finish_reason, FinishReason::MaxTokens);
+        assert_eq!(finished.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(
+            (
+                finished.usage.input_tokens,
+                finished.usage.cache_read_input_tokens,
+                finished.usage.output_tokens,
+                finished.usage.reasoning_tokens,
+            ),
+            (50, 32, 9, 4)
+        );
+    }
+
+    #[test]
+    fn errors_read_every_shape_and_quota_is_permanent() {
+        let wire = OpenAi::official();
+        let quota = wire.error(
+            StatusCode::TOO_MANY_REQUESTS,
+            br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        );
+        assert!(!quota.is_retryable());
+        let limited = wire.error(
+            StatusCode::TOO_MANY_REQUESTS,
+            br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(limited.code(), "provider_rate_limited");
+        let long = wire.error(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(long.code(), "provider_context_too_long");
+        let detail = wire.error(
+            StatusCode::NOT_FOUND,
+            br#"{"detail":"model llama3 not found"}"#,
+        );
+        assert_eq!(detail.code(), "provider_model_not_found");
+        assert!(detail.to_string().contains("llama3 not found"));
+        let mut decoder = Decoder::default();
+        let in_stream = decoder
+            .event(&sse(
+                r#"{"error":{"message":"The server had an error","type":"server_error"}}"#,
+            ))
+            .expect_err("an error chunk");
+        assert!(in_stream.is_retryable());
+    }
+
+    #[test]
+    fn a_stream_without_done_is_truncated_and_content_filter_is_refused() {
+        let mut decoder = Box::new(Decoder::default());
+        decoder
+            .event(&sse(
+                r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}"#,
+            ))
+            .expect("valid");
+        assert_eq!(
+            decoder.finish().expect_err("no [DONE]").code(),
+            "provider_stream_truncated"
+        );
+        let mut decoder = Box::new(Decoder::default());
+        decoder
+            .event(&sse(
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#,
+            ))
+            .expect("valid");
+        decoder.event(&sse("[DONE]")).expect("valid");
+        assert_eq!(
+            decoder.finish().expect_err("filtered").code(),
+            "provider_content_refused"
+        );
+    }
+}
