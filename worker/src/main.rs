@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agentplane_worker::queue::WorkerLabels;
 use agentplane_worker::provider::prices::PriceTable;
 use agentplane_worker::provider::{
     Endpoint, HttpSettings, Provider, ProviderSettings, RetryPolicy, default_base_url,
 };
+use agentplane_worker::queue::WorkerLabels;
 use agentplane_worker::{Worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;

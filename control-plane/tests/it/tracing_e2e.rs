@@ -271,3 +271,151 @@ async fn a_retried_attempt_is_in_the_same_trace_and_links_to_the_attempt_before(
     worker.shutdown().await;
     app.stop().await;
 }
+
+/// A one-shot OpenAI-compatible server: answers every request with a short streamed answer
+/// and keeps each request's head (request line and headers, lowercased).
+async fn streaming_vendor() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The head, then the body of Content-Length bytes.
+                loop {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .and_then(|value| value.trim().parse().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            seen.lock().unwrap().push(text[..end].to_owned());
+                            break;
+                        }
+                    }
+                }
+                let chunk = |json: &str| format!("data: {json}\n\n");
+                let body = [
+                    chunk(r#"{"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"traced"},"finish_reason":null}]}"#),
+                    chunk(r#"{"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#),
+                    chunk(r#"{"id":"c1","object":"chat.completion.chunk","model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#),
+                    chunk("[DONE]"),
+                ]
+                .concat();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (url, heads)
+}
+
+#[tokio::test]
+async fn the_provider_http_call_carries_the_tasks_trace_context() {
+    let (collector, telemetry) = collector();
+    let (url, heads) = streaming_vendor().await;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let worker = app
+        .worker_with(&db, 2, Duration::ZERO, |config| {
+            config.providers.openai_compatible = Some(agentplane_worker::provider::Endpoint {
+                base_url: url.clone(),
+                api_key: None,
+            });
+        })
+        .await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("traced-vendor").await;
+    let agent = c
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            workspace_id: ws.clone(),
+            agent: Some(pb::Agent {
+                name: "local".to_owned(),
+                provider: pb::Provider::OpenaiCompatible.into(),
+                model: "m".to_owned(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let client_span =
+        tracing::info_span!("client calls a vendor", trace_id = tracing::field::Empty);
+    let trace_id = propagation::trace_id_of(&client_span).expect("the client span is exported");
+    let mut request = tonic::Request::new(pb::CreateTaskRequest {
+        workspace_id: ws.clone(),
+        agent_id: agent.id.clone(),
+        input: vec![user("trace the vendor")],
+        ..Default::default()
+    });
+    propagation::inject_into_metadata(&client_span, request.metadata_mut());
+    let task = c
+        .tasks
+        .create_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    drop(client_span);
+    let done = c.wait_terminal(&ws, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
+
+    // The vendor saw the trace, and the parent it names is the provider-call span.
+    let head = heads
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("the vendor was called");
+    let traceparent = head
+        .lines()
+        .find_map(|line| line.strip_prefix("traceparent:"))
+        .map(|value| value.trim().to_owned())
+        .expect("the request carries a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1], trace_id, "the vendor call is in the task's trace");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        telemetry.force_flush();
+        let call = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|span| hex(&span.trace_id) == trace_id && span.name == "openai_compatible m")
+            .cloned();
+        if let Some(call) = call {
+            assert_eq!(hex(&call.span_id), parts[2]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no provider-call span in the trace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.shutdown().await;
+    app.stop().await;
+}

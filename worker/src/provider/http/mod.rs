@@ -178,6 +178,15 @@ impl<W: WireFormat> HttpProvider<W> {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         headers.insert("idempotency-key", plain_header(&request.request_id)?);
+        // W3C trace context of the provider-call span, when traces are exported: a vendor or
+        // gateway that traces (a self-hosted OpenAI-compatible server, a proxy) joins the
+        // task's trace. It carries only random ids.
+        if let Some(traceparent) =
+            agentplane_telemetry::propagation::traceparent_of(&tracing::Span::current())
+            && let Ok(value) = HeaderValue::from_str(&traceparent)
+        {
+            headers.insert("traceparent", value);
+        }
         let body = Bytes::from(serde_json::to_vec(&wire.body).map_err(|error| {
             ProviderError::rejected(Rejection::InvalidRequest, error.to_string())
         })?);
