@@ -17,6 +17,7 @@ use crate::domain::task::{
     CancelTask, MessageQuery, NewTask, NewTaskBatch, TaskQuery, TaskRef, TaskStatus,
 };
 use crate::error::ApiError;
+use crate::fanout::Topic;
 use crate::spawn::spawn_named;
 use crate::store::StoreError;
 use agentplane_telemetry::propagation;
@@ -190,7 +191,7 @@ impl TaskService for TaskApi {
         caller.authorize(&self.state.store, tenant).await?;
         let slot = self.state.streams.open()?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
-        let notices = self.state.fanout.subscribe();
+        let notices = self.state.fanout.subscribe(Topic::Task(tenant, id));
         let mut tx = self.state.store.tenant(tenant).await?;
         let snapshot = tx.task_snapshot(id).await?;
         drop(tx);

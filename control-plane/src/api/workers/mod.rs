@@ -18,6 +18,7 @@ use super::{ResponseStream, STREAM_BUFFER, State};
 use crate::auth::{Principal, caller};
 use crate::domain::worker::Hello;
 use crate::error::ApiError;
+use crate::fanout::Topic;
 use crate::spawn::spawn_named;
 use session::Session;
 
@@ -86,7 +87,7 @@ impl WorkerService for WorkerApi {
             actor: format!("worker:{}", hello.worker),
             sender,
         };
-        let notices = self.state.fanout.subscribe();
+        let notices = self.state.fanout.subscribe(Topic::Worker(hello.worker));
         let revocations = self.state.revocations.clone();
         spawn_named("worker_session", async move {
             let worker = session.worker;

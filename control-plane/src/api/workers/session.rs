@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use agentplane_proto::v1 as pb;
 use pb::session_response::Kind as Out;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -21,10 +21,11 @@ use super::parse::lease_ref;
 use crate::api::State;
 use crate::domain::worker::{Lease, Report, ResultOutcome};
 use crate::error::ApiError;
-use crate::fanout::Notice;
+use crate::fanout::{Delivery, Subscription};
 use crate::ids::{TaskId, TenantId, WorkerId};
 use crate::spawn::spawn_named;
 use crate::store::{LeaseCheck, NewEvent, StoreError};
+use agentplane_core::notify::Notification;
 
 pub(super) type Sender = mpsc::Sender<Result<pb::SessionResponse, Status>>;
 
@@ -69,7 +70,7 @@ impl Session {
     pub(super) async fn run(
         self,
         mut inbound: Streaming<pb::SessionRequest>,
-        mut notices: broadcast::Receiver<Notice>,
+        mut notices: Subscription,
     ) {
         let ended = self.state.shutdown.child_token();
         let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
@@ -112,8 +113,8 @@ impl Session {
                         break;
                     }
                 },
-                notice = notices.recv() => match notice {
-                    Ok(Notice::TaskCancel { tenant, task, attempt, worker }) if worker == self.worker => {
+                delivery = notices.recv() => match delivery {
+                    Delivery::Notice(Notification::TaskCancel { tenant, task, attempt, worker }) if worker == self.worker => {
                         let cancel = pb::CancelAttempt {
                             lease: Some(lease_ref(Lease { tenant, task, attempt })),
                             reason: "canceled".to_owned(),
@@ -123,8 +124,7 @@ impl Session {
                         }
                     }
                     // A missed cancel is caught by the next heartbeat, which reports the lease lost.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Delivery::Notice(_) | Delivery::Resync => {}
                 },
             }
         }
