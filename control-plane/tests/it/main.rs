@@ -23,6 +23,7 @@ mod cross_workspace;
 mod database;
 mod end_to_end;
 mod events;
+mod group_commit;
 mod idempotency;
 mod isolation;
 mod lifecycle;
