@@ -223,6 +223,7 @@ impl Notification {
 }
 
 /// Now, in microseconds since the Unix epoch, as payloads carry it.
+#[cfg(feature = "sqlx")]
 fn now_micros() -> Option<i64> {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
     i64::try_from(since.as_micros()).ok()
@@ -239,11 +240,7 @@ pub async fn send_all(
     if notifications.is_empty() {
         return Ok(());
     }
-    let sent_at = now_micros();
-    let (channels, payloads): (Vec<&str>, Vec<String>) = notifications
-        .iter()
-        .map(|n| (n.channel(), n.payload_sent_at(sent_at)))
-        .unzip();
+    let (channels, payloads) = stamped(notifications);
     sqlx::query(
         "SELECT pg_notify(n.channel, n.payload) \
          FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
@@ -253,6 +250,39 @@ pub async fn send_all(
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// Sends `notifications` now, in one statement that is a transaction of its own and does
+/// not wait for its commit to reach the disk (a notification is not kept across a crash
+/// anyway): for news listeners should have before the change it announces is stored.
+#[cfg(feature = "sqlx")]
+pub async fn publish_now(
+    pool: &sqlx::PgPool,
+    notifications: &[Notification],
+) -> Result<(), sqlx::Error> {
+    if notifications.is_empty() {
+        return Ok(());
+    }
+    let (channels, payloads) = stamped(notifications);
+    sqlx::query(
+        "SELECT pg_notify(n.channel, n.payload) \
+         FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick, \
+              unnest($1::text[], $2::text[]) AS n(channel, payload)",
+    )
+    .bind(channels)
+    .bind(payloads)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(feature = "sqlx")]
+fn stamped(notifications: &[Notification]) -> (Vec<&'static str>, Vec<String>) {
+    let sent_at = now_micros();
+    notifications
+        .iter()
+        .map(|n| (n.channel(), n.payload_sent_at(sent_at)))
+        .unzip()
 }
 
 fn encode(wire: &Wire<'_>) -> String {

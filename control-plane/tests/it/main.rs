@@ -27,6 +27,7 @@ mod group_commit;
 mod idempotency;
 mod isolation;
 mod lifecycle;
+mod live_output;
 mod log_hygiene;
 mod members;
 mod metrics;

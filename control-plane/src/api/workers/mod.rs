@@ -1,6 +1,7 @@
 //! WorkerService: the session each worker holds open with a control plane. `parse` turns
 //! its messages into domain values, `session` records them.
 
+mod output;
 mod parse;
 mod session;
 
