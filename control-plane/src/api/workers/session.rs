@@ -166,7 +166,10 @@ impl Session {
                 .push((lease.task, lease.attempt));
         }
         let mut renewed = HashSet::with_capacity(leases.len());
-        for (tenant, held) in by_tenant {
+        for (tenant, mut held) in by_tenant {
+            // In id order, like every statement that locks several tasks, so a renewal
+            // cannot deadlock with a batch of reports or output of the same worker.
+            held.sort_unstable();
             let mut tx = self.state.store.tenant_unchecked(tenant).await?;
             let now_renewed = tx
                 .renew_leases(self.worker, &held, self.state.lease_duration)
@@ -213,11 +216,15 @@ impl Session {
                     let Some(lease) = report.lease() else {
                         continue;
                     };
-                    if !matches!(report, Report::Event { .. }) {
-                        // It ends the attempt (or is answered as if it did): its live output
-                        // is dropped with it.
-                        answers = true;
-                        output.forget(lease);
+                    match report {
+                        // The attempt ends or goes back to the queue: its live output is
+                        // dropped with it.
+                        Report::Result { .. } | Report::Release(_) => {
+                            answers = true;
+                            output.forget(lease);
+                        }
+                        Report::MalformedResult { .. } => answers = true,
+                        _ => {}
                     }
                     by_tenant.entry(lease.tenant).or_default().push(report);
                 }
