@@ -1,128 +1,104 @@
 //! Live fan-out between replicas: one Postgres LISTEN connection per control-plane process,
-//! re-broadcast in process to every watcher and worker session.
+//! routed in process to the streams that asked for it.
+//!
+//! A stream subscribes to one [`Topic`] (a task, a workspace's events, a worker's cancels)
+//! and gets only the notifications about it, so a notification costs a map lookup and a
+//! queue push per interested stream, never a wake-up of every stream. Each subscription has
+//! its own short queue; what overflows is dropped and the stream is told to re-read from the
+//! database instead ([`Delivery::Resync`]), so a slow client costs a re-read, never memory.
+
+mod inbox;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{TaskId, TenantId, WorkerId};
 use crate::spawn::spawn_named;
 use agentplane_core::notify::{Notification, channel};
+use inbox::{Budget, Inbox};
 
 /// How long after a listener reconnect streams are told to re-read once more.
 const RESYNC_AFTER_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Notices the broadcast ring keeps: the only buffer of notices, shared by every stream of
-/// the process. A receiver that falls further behind (its stream waits on a slow client)
-/// gets `Lagged` on its next receive and re-reads from the database instead, so a slow
-/// client costs a re-read, never memory.
-///
-/// The ring is long, so that a busy process does not wrap it in milliseconds (a worker
-/// session that lags misses cancellations until its next heartbeat, and every lagging
-/// watcher re-reads the database at once), and its slots are small: a notice keeps a delta's
-/// text only up to [`MAX_RING_TEXT_BYTES`]; a watcher reads a longer delta from the table.
-///
-/// Memory bound: a slot holds at most [`MAX_RING_TEXT_BYTES`] of text plus the `Notice`
-/// itself, so in total at most 16,384 × ~330 B ≈ 5.2 MiB per process (checked below against
-/// [`MAX_BUFFERED_BYTES`]), however many streams subscribe or stall. Per stream, a receiver
-/// holds only a clone of the notice it is handling; what a stream queues for its client is
-/// bounded in `api` (`STREAM_BUFFER`).
-const CAPACITY: usize = 16 * 1024;
+/// What a subscription follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// One task's status and output (WatchTask).
+    Task(TenantId, TaskId),
+    /// A workspace's event log (WatchEvents).
+    Events(TenantId),
+    /// Cancellations of the attempts one worker holds (its session).
+    Worker(WorkerId),
+}
 
-/// Longest delta text a notice keeps in the ring.
-const MAX_RING_TEXT_BYTES: usize = 256;
+impl Topic {
+    /// The topic a notification is about; `None` for one no stream follows here.
+    fn of(notification: &Notification) -> Option<Topic> {
+        match *notification {
+            Notification::TaskState { tenant, task }
+            | Notification::TaskOutput { tenant, task, .. } => Some(Topic::Task(tenant, task)),
+            Notification::TaskCancel { worker, .. } => Some(Topic::Worker(worker)),
+            Notification::Events { tenant } => Some(Topic::Events(tenant)),
+            // Workers act on it.
+            Notification::TaskReady => None,
+        }
+    }
+}
 
-/// The most the ring may hold for stalled receivers.
-const MAX_BUFFERED_BYTES: usize = 8 * 1024 * 1024;
-
-const _: () = assert!(
-    CAPACITY * (MAX_RING_TEXT_BYTES + std::mem::size_of::<Notice>()) <= MAX_BUFFERED_BYTES,
-    "the fan-out ring would exceed its memory bound"
-);
-
-/// Something that happened in the database that a live stream may care about.
+/// What a subscription receives.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Notice {
-    /// A task changed status.
-    TaskState {
-        /// Workspace.
-        tenant: TenantId,
-        /// Task.
-        task: TaskId,
-    },
-    /// A delta of a running attempt was stored.
-    TaskOutput {
-        /// Workspace.
-        tenant: TenantId,
-        /// Task.
-        task: TaskId,
-        /// Attempt.
-        attempt: i32,
-        /// Delta index.
-        index: i64,
-        /// The text, when it fit in the notification.
-        text: Option<String>,
-    },
-    /// A worker must stop an attempt.
-    TaskCancel {
-        /// Workspace.
-        tenant: TenantId,
-        /// Task.
-        task: TaskId,
-        /// Attempt.
-        attempt: i32,
-        /// Worker holding it.
-        worker: WorkerId,
-    },
-    /// Events were appended for a workspace.
-    Events {
-        /// Workspace.
-        tenant: TenantId,
-    },
-    /// The listener lost its connection: notifications may be missing, so every stream
-    /// re-reads what it shows from the database.
+pub enum Delivery {
+    /// A notification about the topic.
+    Notice(Notification),
+    /// Notifications may be missing (the listener reconnected, or this stream fell behind
+    /// and its queue overflowed): re-read what the stream shows from the database.
     Resync,
 }
 
-/// The notice for a notification this process listens for; `None` for a malformed one.
-fn parse(channel_name: &str, payload: &str) -> Option<Notice> {
-    Some(match Notification::decode(channel_name, payload)? {
-        Notification::TaskState { tenant, task } => Notice::TaskState { tenant, task },
-        Notification::TaskOutput {
-            tenant,
-            task,
-            attempt,
-            index,
-            text,
-        } => Notice::TaskOutput {
-            tenant,
-            task,
-            attempt,
-            index,
-            text: text.filter(|text| text.len() <= MAX_RING_TEXT_BYTES),
-        },
-        Notification::TaskCancel {
-            tenant,
-            task,
-            attempt,
-            worker,
-        } => Notice::TaskCancel {
-            tenant,
-            task,
-            attempt,
-            worker,
-        },
-        Notification::Events { tenant } => Notice::Events { tenant },
-        // Not listened for here: workers act on it.
-        Notification::TaskReady => return None,
-    })
+/// The subscriptions of the process, by topic.
+#[derive(Debug, Default)]
+struct Hub {
+    topics: Mutex<HashMap<Topic, Vec<Arc<Inbox>>>>,
+    budget: Budget,
 }
 
-/// The process-wide broadcaster of [`Notice`]s.
+impl Hub {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Vec<Arc<Inbox>>>> {
+        // A panic while holding the lock cannot leave the map inconsistent: every change to
+        // it is one insert or removal.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a notification to the subscribers of its topic.
+    fn route(&self, notification: Notification, sent_at: Option<SystemTime>) {
+        let Some(topic) = Topic::of(&notification) else {
+            return;
+        };
+        let topics = self.topics();
+        if let Some(inboxes) = topics.get(&topic) {
+            for inbox in inboxes {
+                inbox.push(&self.budget, notification.clone(), sent_at);
+            }
+        }
+    }
+
+    /// Tells every subscriber to re-read.
+    fn resync_all(&self) {
+        for inbox in self.topics().values().flatten() {
+            inbox.resync(&self.budget);
+        }
+    }
+}
+
+/// The process-wide router of notifications to subscriptions.
 #[derive(Clone, Debug)]
 pub struct Fanout {
-    sender: broadcast::Sender<Notice>,
+    hub: Arc<Hub>,
 }
 
 impl Fanout {
@@ -137,10 +113,8 @@ impl Fanout {
                 channel::EVENTS,
             ])
             .await?;
-        let (sender, _) = broadcast::channel(CAPACITY);
-        let fanout = Self {
-            sender: sender.clone(),
-        };
+        let fanout = Self::unconnected();
+        let hub = Arc::clone(&fanout.hub);
         spawn_named("fanout", async move {
             // After a reconnect, LISTEN is re-issued on the next receive; whatever was
             // notified before that is lost, so streams re-read once more a moment later.
@@ -151,31 +125,30 @@ impl Fanout {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep_until(later), if resync_at.is_some() => {
                         resync_at = None;
-                        let _ = sender.send(Notice::Resync);
+                        hub.resync_all();
                         continue;
                     }
                     received = listener.try_recv() => received,
                 };
                 match received {
-                    Ok(Some(notification)) => {
-                        match parse(notification.channel(), notification.payload()) {
-                            Some(notice) => {
-                                let _ = sender.send(notice);
-                            }
-                            None => tracing::warn!(
-                                channel = notification.channel(),
-                                "ignoring malformed notification"
-                            ),
-                        }
-                    }
+                    Ok(Some(notification)) => match Notification::decode_with_sent_at(
+                        notification.channel(),
+                        notification.payload(),
+                    ) {
+                        Some((decoded, sent_at)) => hub.route(decoded, sent_at),
+                        None => tracing::warn!(
+                            channel = notification.channel(),
+                            "ignoring malformed notification"
+                        ),
+                    },
                     Ok(None) => {
                         tracing::warn!("notification listener reconnecting");
-                        let _ = sender.send(Notice::Resync);
+                        hub.resync_all();
                         resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
                     }
                     Err(error) => {
                         tracing::warn!(%error, "notification listener failed; retrying");
-                        let _ = sender.send(Notice::Resync);
+                        hub.resync_all();
                         resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
@@ -185,51 +158,82 @@ impl Fanout {
         Ok(fanout)
     }
 
-    /// A receiver of every notice from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.sender.subscribe()
+    /// A router with no listener behind it (for tests of the routing itself).
+    fn unconnected() -> Self {
+        Self {
+            hub: Arc::new(Hub::default()),
+        }
     }
 
-    /// For metrics: notices the slowest subscriber has yet to read (at most the ring's
-    /// capacity, past which it lags and re-reads), and how many subscribers there are.
+    /// A subscription to every notification about `topic` from now on.
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
+        let inbox = Arc::new(Inbox::default());
+        self.hub
+            .topics()
+            .entry(topic)
+            .or_default()
+            .push(Arc::clone(&inbox));
+        Subscription {
+            hub: Arc::clone(&self.hub),
+            topic,
+            inbox,
+        }
+    }
+
+    /// For metrics: notices queued for all subscriptions together (at most
+    /// [`inbox::MAX_QUEUED_NOTICES`]), and how many subscriptions there are.
     pub fn lag(&self) -> (usize, usize) {
-        (self.sender.len(), self.sender.receiver_count())
+        let subscribers = self.hub.topics().values().map(Vec::len).sum();
+        (self.hub.budget.queued_notices(), subscribers)
+    }
+}
+
+/// One stream's subscription; unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    topic: Topic,
+    inbox: Arc<Inbox>,
+}
+
+impl Subscription {
+    /// The next delivery, waiting for one. Cancel-safe: nothing is lost if the future is
+    /// dropped before it completes.
+    pub async fn recv(&mut self) -> Delivery {
+        loop {
+            if let Some((delivery, sent_at)) = self.inbox.take(&self.hub.budget) {
+                if let Some(sent_at) = sent_at {
+                    crate::metrics::METRICS.observe_fanout_lag(sent_at);
+                }
+                return delivery;
+            }
+            self.inbox.wait().await;
+        }
+    }
+}
+
+impl Subscription {
+    /// The next delivery if one is ready now, without waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.inbox
+            .take(&self.hub.budget)
+            .map(|(delivery, _)| delivery)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut topics = self.hub.topics();
+        if let Some(inboxes) = topics.get_mut(&self.topic) {
+            inboxes.retain(|inbox| !Arc::ptr_eq(inbox, &self.inbox));
+            if inboxes.is_empty() {
+                topics.remove(&self.topic);
+            }
+        }
+        drop(topics);
+        self.inbox.resync(&self.hub.budget);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use uuid::Uuid;
-
-    use super::*;
-
-    #[test]
-    fn parses_each_channel_and_rejects_garbage() {
-        let t = Uuid::now_v7();
-        let k = Uuid::now_v7();
-        assert_eq!(
-            parse(
-                channel::TASK_OUTPUT,
-                &format!(r#"{{"t":"{t}","k":"{k}","a":1,"i":3,"x":"hi"}}"#)
-            ),
-            Some(Notice::TaskOutput {
-                tenant: TenantId(t),
-                task: TaskId(k),
-                attempt: 1,
-                index: 3,
-                text: Some("hi".into())
-            })
-        );
-        assert_eq!(
-            parse(channel::EVENTS, &format!(r#"{{"t":"{t}"}}"#)),
-            Some(Notice::Events {
-                tenant: TenantId(t)
-            })
-        );
-        assert_eq!(
-            parse(channel::TASK_STATE, &format!(r#"{{"t":"{t}"}}"#)),
-            None
-        );
-        assert_eq!(parse(channel::EVENTS, "not json"), None);
-    }
-}
+mod tests;

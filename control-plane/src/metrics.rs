@@ -7,8 +7,9 @@
 //!   `agentplane_queue_running_tasks`, `agentplane_queue_oldest_ready_age_seconds`, read from
 //!   the database at each scrape (every replica reports the same totals: aggregate with
 //!   `max`);
-//! - the fan-out: `agentplane_fanout_backlog_notices` (how far the slowest live stream is
-//!   behind the ring, in notices) and `agentplane_fanout_subscribers`;
+//! - the fan-out: `agentplane_fanout_backlog_notices` (notices queued for live streams, in
+//!   total), `agentplane_fanout_subscribers`, and `agentplane_fanout_lag_seconds` (from a
+//!   notification's sending to its stream taking it);
 //! - the database pool: `agentplane_db_pool_connections{state="idle|in_use"}`,
 //!   `agentplane_db_pool_max_connections` (saturation is in-use over max);
 //! - retention: `agentplane_retention_deleted_rows_total{table="tasks|task_messages|
@@ -20,7 +21,9 @@ use std::time::Duration;
 
 use agentplane_telemetry::grpc::GrpcMetrics;
 use agentplane_telemetry::metrics::{BeforeScrape, register};
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use prost::Message as _;
 use sqlx::PgPool;
 
@@ -47,6 +50,7 @@ pub struct Metrics {
     fanout_subscribers: IntGauge,
     /// Rows the retention loop deleted, by table.
     pub retention_deleted: IntCounterVec,
+    fanout_lag: Histogram,
 }
 
 /// The process's metrics (one registry, however many servers a test starts).
@@ -108,8 +112,8 @@ impl Metrics {
             &registry,
             IntGauge::new(
                 "agentplane_fanout_backlog_notices",
-                "Notices the slowest live stream has yet to read from the fan-out ring \
-                 (16,384 at most; past that the stream re-reads from the database)",
+                "Notices queued for live streams, all together (16,384 at most; a stream \
+                 whose queue overflows re-reads from the database)",
             )
             .expect("valid metric"),
         );
@@ -133,12 +137,27 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let fanout_lag = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "agentplane_fanout_lag_seconds",
+                    "From a notification being sent (by any replica or worker, by its clock) \
+                     to a live stream of this process taking it",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .expect("valid metric"),
+        );
         Self {
             retention_deleted,
             registry,
             grpc,
             fanout_backlog,
             fanout_subscribers,
+            fanout_lag,
             queue_ready,
             queue_scheduled,
             queue_running,
@@ -146,6 +165,15 @@ impl Metrics {
             pool_connections,
             pool_max,
         }
+    }
+
+    /// Records how long a notification took from its sender to a stream; a send time
+    /// ahead of this clock (skew between machines) counts as no lag.
+    pub fn observe_fanout_lag(&self, sent_at: std::time::SystemTime) {
+        let lag = std::time::SystemTime::now()
+            .duration_since(sent_at)
+            .unwrap_or_default();
+        self.fanout_lag.observe(lag.as_secs_f64());
     }
 
     /// Brings the gauges up to date before each scrape: the pool's statistics, and the

@@ -27,7 +27,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::{
     AgentApi, ApiKeyApi, AppState, EventApi, IdentityApi, MemberApi, StreamSlots, TaskApi,
-    WorkerApi, WorkerCredentialApi, WorkspaceApi,
+    TaskCreator, WorkerApi, WorkerCredentialApi, WorkspaceApi,
 };
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::last_used::LastUsed;
@@ -133,8 +133,10 @@ impl Application {
             None => None,
         };
         let health = HealthReporter::new();
+        let store = Store::new(pool.clone());
         let state = Arc::new(AppState {
-            store: Store::new(pool.clone()),
+            task_creator: TaskCreator::start(store.clone()),
+            store,
             fanout,
             lease_duration: config.lease_duration,
             heartbeat_interval: config.heartbeat_interval,

@@ -3,7 +3,10 @@
 //! three go through [`Notification`], so no side can drift from another.
 //!
 //! Payloads are compact JSON with one-letter keys (`t` tenant, `k` task, `a` attempt, `i`
-//! delta index, `x` delta text, `w` worker), kept under PostgreSQL's 8000-byte limit.
+//! delta index, `x` delta text, `w` worker, `s` when it was sent, in microseconds since the
+//! Unix epoch), kept under PostgreSQL's 8000-byte limit.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -84,6 +87,8 @@ struct Wire<'a> {
     x: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     w: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<i64>,
 }
 
 impl Notification {
@@ -101,6 +106,26 @@ impl Notification {
     /// The payload, at most [`MAX_PAYLOAD_BYTES`]: an output delta whose text would not fit
     /// is sent without it.
     pub fn payload(&self) -> String {
+        self.payload_sent_at(None)
+    }
+
+    /// Whether the payload carries everything this notification says: false for an output
+    /// delta whose text is too long for a payload (listeners read it from the table).
+    pub fn fits_in_payload(&self) -> bool {
+        match self {
+            Notification::TaskOutput { text: Some(_), .. } => {
+                matches!(
+                    Notification::decode(self.channel(), &self.payload_sent_at(Some(i64::MAX))),
+                    Some(Notification::TaskOutput { text: Some(_), .. })
+                )
+            }
+            _ => true,
+        }
+    }
+
+    /// The payload, stamped with the time it is sent (microseconds since the Unix epoch) so
+    /// listeners can tell how long it took to reach them.
+    fn payload_sent_at(&self, sent_at: Option<i64>) -> String {
         let wire = match self {
             Notification::TaskReady => return String::new(),
             Notification::TaskState { tenant, task } => Wire {
@@ -121,6 +146,7 @@ impl Notification {
                     a: Some(*attempt),
                     i: Some(*index),
                     x: text.as_deref().map(std::borrow::Cow::Borrowed),
+                    s: sent_at,
                     ..Wire::default()
                 };
                 let encoded = encode(&wire);
@@ -147,18 +173,31 @@ impl Notification {
                 ..Wire::default()
             },
         };
-        encode(&wire)
+        encode(&Wire { s: sent_at, ..wire })
     }
 
     /// Decodes what arrived on `channel`; `None` for an unknown channel or a malformed
     /// payload.
     pub fn decode(channel_name: &str, payload: &str) -> Option<Self> {
+        Self::decode_with_sent_at(channel_name, payload).map(|(notification, _)| notification)
+    }
+
+    /// Decodes like [`Notification::decode`], with the time the sender stamped on it (none
+    /// on `task_ready`, or from a sender that did not stamp it).
+    pub fn decode_with_sent_at(
+        channel_name: &str,
+        payload: &str,
+    ) -> Option<(Self, Option<SystemTime>)> {
         if channel_name == channel::TASK_READY {
-            return Some(Notification::TaskReady);
+            return Some((Notification::TaskReady, None));
         }
         let wire: Wire<'_> = serde_json::from_str(payload).ok()?;
+        let sent_at = wire
+            .s
+            .and_then(|micros| u64::try_from(micros).ok())
+            .and_then(|micros| UNIX_EPOCH.checked_add(Duration::from_micros(micros)));
         let tenant = TenantId(wire.t?);
-        Some(match channel_name {
+        let notification = match channel_name {
             channel::TASK_STATE => Notification::TaskState {
                 tenant,
                 task: TaskId(wire.k?),
@@ -178,12 +217,21 @@ impl Notification {
             },
             channel::EVENTS => Notification::Events { tenant },
             _ => return None,
-        })
+        };
+        Some((notification, sent_at))
     }
 }
 
-/// Queues `notifications` in the transaction `connection` is in, in one statement;
-/// PostgreSQL delivers them when it commits (identical ones once).
+/// Now, in microseconds since the Unix epoch, as payloads carry it.
+#[cfg(feature = "sqlx")]
+fn now_micros() -> Option<i64> {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_micros()).ok()
+}
+
+/// Queues `notifications` in the transaction `connection` is in, in one statement, each
+/// stamped with the time it is sent; PostgreSQL delivers them when it commits (identical
+/// ones once).
 #[cfg(feature = "sqlx")]
 pub async fn send_all(
     connection: &mut sqlx::PgConnection,
@@ -192,10 +240,7 @@ pub async fn send_all(
     if notifications.is_empty() {
         return Ok(());
     }
-    let (channels, payloads): (Vec<&str>, Vec<String>) = notifications
-        .iter()
-        .map(|n| (n.channel(), n.payload()))
-        .unzip();
+    let (channels, payloads) = stamped(notifications);
     sqlx::query(
         "SELECT pg_notify(n.channel, n.payload) \
          FROM unnest($1::text[], $2::text[]) AS n(channel, payload)",
@@ -205,6 +250,39 @@ pub async fn send_all(
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// Sends `notifications` now, in one statement that is a transaction of its own and does
+/// not wait for its commit to reach the disk (a notification is not kept across a crash
+/// anyway): for news listeners should have before the change it announces is stored.
+#[cfg(feature = "sqlx")]
+pub async fn publish_now(
+    pool: &sqlx::PgPool,
+    notifications: &[Notification],
+) -> Result<(), sqlx::Error> {
+    if notifications.is_empty() {
+        return Ok(());
+    }
+    let (channels, payloads) = stamped(notifications);
+    sqlx::query(
+        "SELECT pg_notify(n.channel, n.payload) \
+         FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick, \
+              unnest($1::text[], $2::text[]) AS n(channel, payload)",
+    )
+    .bind(channels)
+    .bind(payloads)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(feature = "sqlx")]
+fn stamped(notifications: &[Notification]) -> (Vec<&'static str>, Vec<String>) {
+    let sent_at = now_micros();
+    notifications
+        .iter()
+        .map(|n| (n.channel(), n.payload_sent_at(sent_at)))
+        .unzip()
 }
 
 fn encode(wire: &Wire<'_>) -> String {
@@ -252,6 +330,41 @@ mod tests {
             let decoded = Notification::decode(notification.channel(), &notification.payload());
             assert_eq!(decoded, Some(notification));
         }
+    }
+
+    #[test]
+    fn the_send_time_round_trips_to_the_microsecond() {
+        let notification = Notification::Events { tenant: tenant() };
+        let payload = notification.payload_sent_at(Some(1_700_000_000_123_456));
+        let (decoded, sent_at) =
+            Notification::decode_with_sent_at(channel::EVENTS, &payload).expect("decodes");
+        assert_eq!(decoded, notification);
+        assert_eq!(
+            sent_at,
+            Some(UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456))
+        );
+        let unstamped = Notification::decode_with_sent_at(channel::EVENTS, &notification.payload());
+        assert_eq!(unstamped, Some((notification, None)));
+    }
+
+    #[test]
+    fn a_delta_too_long_for_a_payload_does_not_fit() {
+        let short = Notification::TaskOutput {
+            tenant: tenant(),
+            task: task(),
+            attempt: 1,
+            index: 0,
+            text: Some("hi".to_owned()),
+        };
+        assert!(short.fits_in_payload());
+        let long = Notification::TaskOutput {
+            tenant: tenant(),
+            task: task(),
+            attempt: 1,
+            index: 0,
+            text: Some("x".repeat(MAX_PAYLOAD_BYTES)),
+        };
+        assert!(!long.fits_in_payload());
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use agents::AgentApi;
 pub use api_keys::{ApiKeyApi, IdentityApi};
 pub use events::EventApi;
 pub use members::MemberApi;
-pub use tasks::TaskApi;
+pub use tasks::{TaskApi, TaskCreator};
 pub use worker_credentials::WorkerCredentialApi;
 pub use workers::WorkerApi;
 pub use workspaces::WorkspaceApi;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub store: Store,
     /// Live notifications.
     pub fanout: Fanout,
+    /// CreateTask's group commit.
+    pub task_creator: TaskCreator,
     /// Lease length given to workers.
     pub lease_duration: Duration,
     /// Heartbeat interval told to workers.

@@ -1,26 +1,28 @@
 //! The live half of WatchTask: follows one task after its snapshot was sent.
 //!
-//! Notifications are only hints. Whenever one cannot be applied directly (a gap, a delta
-//! too large for the notification, a lagging receiver, a listener reconnect, or simply a
-//! quiet period), the watcher re-reads the task and its stored output from the database, so
-//! a lost notification costs latency, never output.
-
-use std::time::Duration;
+//! It receives only the notifications about its task (`fanout::Topic::Task`) and reads the
+//! database only when one cannot be applied directly: a status change, a delta too large
+//! for its notification, a gap, or a [`Delivery::Resync`] (the listener reconnected, or this
+//! stream fell behind its queue). An idle watcher costs no queries.
+//!
+//! Deltas are published as the control plane receives them and stored in batches shortly
+//! after (see `api/workers/output.rs`), so a watcher can be ahead of the table: a delta
+//! past the next expected index means the ones between are not stored yet. The watcher
+//! then re-reads once and, if that does not close the gap, waits for the notification that
+//! says they were stored (a delta notification without text) before reading again.
 
 use agentplane_proto::v1 as pb;
 use pb::watch_task_response::Kind;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::{State, convert};
 use crate::domain::task::TaskStatus;
 use crate::error::ApiError;
-use crate::fanout::Notice;
+use crate::fanout::{Delivery, Subscription};
 use crate::ids::{TaskId, TenantId};
 use crate::store::{OutputChunk, StoreResult, TaskSnapshotRow};
-
-/// How long a watcher waits without notifications before it re-reads anyway.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+use agentplane_core::notify::Notification;
 
 type Sender = mpsc::Sender<Result<pb::WatchTaskResponse, Status>>;
 
@@ -34,6 +36,9 @@ pub(super) struct TaskWatcher {
     next_index: i64,
     /// Output of the current attempt sent so far.
     sent: String,
+    /// A delta arrived past a gap and a re-read did not close it: wait for the deltas in
+    /// between to be stored rather than re-reading on every later delta.
+    awaiting_store: bool,
     sender: Sender,
 }
 
@@ -64,6 +69,7 @@ impl TaskWatcher {
             status: snapshot.task.status,
             next_index,
             sent: snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
+            awaiting_store: false,
             sender,
         }
     }
@@ -74,25 +80,16 @@ impl TaskWatcher {
     }
 
     /// Streams until the task ends, the client leaves, or the server shuts down.
-    pub(super) async fn run(mut self, mut notices: broadcast::Receiver<Notice>) {
+    pub(super) async fn run(mut self, mut notices: Subscription) {
         let shutdown = self.state.shutdown.clone();
-        // Re-read on a fixed schedule, however many unrelated notices arrive in between.
-        let mut deadline = tokio::time::Instant::now() + RESYNC_INTERVAL;
         loop {
             let flow = tokio::select! {
                 () = shutdown.cancelled() => Flow::Stop,
                 () = self.sender.closed() => Flow::Stop,
-                received = tokio::time::timeout_at(deadline, notices.recv()) => {
-                    match received {
-                        Ok(Ok(notice)) => self.apply(notice).await,
-                        Ok(Err(broadcast::error::RecvError::Closed)) => Flow::Stop,
-                        // Lagged, or the deadline passed: re-read.
-                        Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => {
-                            deadline = tokio::time::Instant::now() + RESYNC_INTERVAL;
-                            self.sync().await
-                        }
-                    }
-                }
+                delivery = notices.recv() => match delivery {
+                    Delivery::Notice(notification) => self.apply(notification).await,
+                    Delivery::Resync => self.sync().await,
+                },
             };
             if let Flow::Stop = flow {
                 break;
@@ -100,15 +97,20 @@ impl TaskWatcher {
         }
     }
 
-    async fn apply(&mut self, notice: Notice) -> Flow {
-        match notice {
-            Notice::TaskOutput {
-                tenant,
-                task,
+    /// Applies a notification about this task (the subscription routes no other).
+    async fn apply(&mut self, notification: Notification) -> Flow {
+        match notification {
+            Notification::TaskOutput {
                 attempt,
                 index,
                 text,
-            } if tenant == self.tenant && task == self.task => {
+                ..
+            } => {
+                if attempt < self.attempt || (attempt == self.attempt && index < self.next_index) {
+                    // An earlier attempt's, a repeat, or news that deltas already sent were
+                    // stored.
+                    return Flow::Continue;
+                }
                 match text {
                     Some(text) if attempt == self.attempt && index == self.next_index => {
                         let chunk = OutputChunk {
@@ -118,21 +120,27 @@ impl TaskWatcher {
                         };
                         self.send_chunks(vec![chunk]).await
                     }
-                    // A repeat of something already sent.
-                    _ if attempt == self.attempt && index < self.next_index => Flow::Continue,
+                    // Past a gap: the deltas between are on their way to the table.
+                    Some(_) if attempt == self.attempt => {
+                        if self.awaiting_store {
+                            return Flow::Continue;
+                        }
+                        let flow = self.sync().await;
+                        self.awaiting_store = true;
+                        flow
+                    }
+                    // Stored (or too long to carry), or a newer attempt: read it.
                     _ => self.sync().await,
                 }
             }
-            Notice::TaskState { tenant, task } if tenant == self.tenant && task == self.task => {
-                self.sync().await
-            }
-            Notice::Resync => self.sync().await,
+            Notification::TaskState { .. } => self.sync().await,
             _ => Flow::Continue,
         }
     }
 
     /// Re-reads the task and sends whatever the client has not seen.
     async fn sync(&mut self) -> Flow {
+        self.awaiting_store = false;
         match self.read().await {
             Ok((task, chunks)) => {
                 let status = task.status;

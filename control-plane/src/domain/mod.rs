@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod api_key;
 pub mod event;
+pub mod output;
 pub use agentplane_core::page;
 pub mod task;
 pub mod validate;

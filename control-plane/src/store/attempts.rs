@@ -1,10 +1,9 @@
-//! What workers report about the attempts they hold: lease renewals, output deltas, results
-//! and releases. Every write is fenced: it lands only while the worker holds the current
-//! attempt of a running task.
+//! What workers report about the attempts they hold: lease renewals and releases (results
+//! are in `results.rs`, output deltas in `live_output.rs`). Every write is fenced: it lands
+//! only while the worker holds the current attempt of a running task.
 
 use std::time::Duration;
 
-use agentplane_core::limits::MAX_OUTPUT_BYTES;
 use agentplane_core::notify::Notification;
 use agentplane_core::retry::LEASE_EXPIRED_CODE;
 
@@ -47,59 +46,6 @@ impl TenantTx {
             .bind(lease.as_secs_f64())
             .fetch_all(self.executor())
             .await?)
-    }
-
-    /// Stores one output delta of the attempt `worker` holds and publishes it. Returns false
-    /// if the worker does not hold the attempt, the delta was stored before, its predecessor
-    /// is not stored (deltas come without gaps), or storing it would take the attempt's
-    /// output past [`MAX_OUTPUT_BYTES`].
-    ///
-    /// Each row keeps the attempt's running byte total (`end_offset`). Because a delta is
-    /// stored only after its predecessor, the total read from row `seq - 1` is exact, and
-    /// the cap costs one primary-key probe however long the output is.
-    pub async fn append_output(
-        &mut self,
-        worker: WorkerId,
-        lease: Lease,
-        seq: i64,
-        content: &str,
-    ) -> StoreResult<bool> {
-        let inserted = self
-            .query(
-                "INSERT INTO task_output_chunks (tenant_id, task_id, attempt, seq, content, \
-                                                 end_offset) \
-                 SELECT $1, $2, $3, $4, $5, before.bytes + octet_length($5) \
-                 FROM (SELECT 0::bigint AS bytes WHERE $4 = 0 \
-                       UNION ALL \
-                       SELECT end_offset FROM task_output_chunks \
-                       WHERE tenant_id = $1 AND task_id = $2 AND attempt = $3 \
-                         AND seq = $4 - 1) before \
-                 WHERE before.bytes + octet_length($5) <= $7 AND EXISTS ( \
-                     SELECT 1 FROM tasks WHERE tenant_id = $1 AND id = $2 AND attempt = $3 \
-                     AND status = 'running' AND worker_id = $6 FOR SHARE) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(lease.task)
-            .bind(lease.attempt)
-            .bind(seq)
-            .bind(content)
-            .bind(worker)
-            .bind(i64::try_from(MAX_OUTPUT_BYTES).unwrap_or(i64::MAX))
-            .execute(self.executor())
-            .await?
-            .rows_affected()
-            == 1;
-        if inserted {
-            let notification = Notification::TaskOutput {
-                tenant: lease.tenant,
-                task: lease.task,
-                attempt: lease.attempt,
-                index: seq,
-                text: Some(content.to_owned()),
-            };
-            self.notify(&[notification]).await?;
-        }
-        Ok(inserted)
     }
 
     /// Gives an attempt back to the queue without counting it against max_attempts.

@@ -6,6 +6,7 @@ mod agents;
 mod api_keys;
 mod attempts;
 mod events;
+mod live_output;
 mod members;
 mod queue_stats;
 mod results;
@@ -29,6 +30,7 @@ pub use agents::AgentRow;
 pub use api_keys::{ApiKeyCredential, ApiKeyRow, NewApiKey};
 pub use attempts::LeaseCheck;
 pub use events::{EventRow, NewEvent};
+pub use live_output::PendingDelta;
 pub use members::MemberRow;
 pub use queue_stats::{PRIORITY_BANDS, QueueBand};
 pub use retention::Purged;
@@ -192,6 +194,15 @@ impl Store {
     /// Wraps a pool connected as the application role.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// Sends notifications now, in a transaction of their own that does not wait for the
+    /// disk: news watchers should have before the change it announces is stored.
+    pub async fn publish(
+        &self,
+        notifications: &[agentplane_core::notify::Notification],
+    ) -> StoreResult<()> {
+        Ok(agentplane_core::notify::publish_now(&self.pool, notifications).await?)
     }
 
     /// Answers whether the database accepts queries.

@@ -1,5 +1,7 @@
 //! Creating many tasks of one workspace in one transaction with a fixed number of
-//! statements, whatever the batch size (BatchCreateTasks).
+//! statements, whatever the batch size: BatchCreateTasks, and the group commit of
+//! concurrent CreateTask calls (`api/tasks/group_commit.rs`), whose tasks each keep their
+//! own actor.
 
 use std::collections::HashMap;
 
@@ -23,17 +25,14 @@ struct AgentForTask {
 }
 
 impl TenantTx {
-    /// Queues every task of `tasks` (all of this workspace), or returns for an item with a
-    /// request id the task an earlier call created with it. Returns one row per item, in
-    /// order. All or none: a missing or deleted agent is NOT_FOUND and creates nothing.
-    pub async fn create_tasks(
-        &mut self,
-        tasks: &[NewTask],
-        actor: &str,
-    ) -> StoreResult<Vec<TaskRow>> {
+    /// Queues every task of `tasks` (all of this workspace), each created by its actor, or
+    /// returns for an item with a request id the task an earlier call created with it.
+    /// Returns one row per item, in order. All or none: a missing or deleted agent is
+    /// NOT_FOUND and creates nothing. Request ids must be distinct among the items.
+    pub async fn create_tasks(&mut self, tasks: &[(&NewTask, &str)]) -> StoreResult<Vec<TaskRow>> {
         let request_ids: Vec<&str> = tasks
             .iter()
-            .filter_map(|task| task.request_id.as_deref())
+            .filter_map(|(task, _)| task.request_id.as_deref())
             .collect();
         let mut existing: HashMap<String, TaskRow> = HashMap::new();
         if !request_ids.is_empty() {
@@ -52,23 +51,23 @@ impl TenantTx {
                 }
             }
         }
-        let new: Vec<(TaskId, &NewTask)> = tasks
+        let new: Vec<(TaskId, &NewTask, &str)> = tasks
             .iter()
-            .filter(|task| {
+            .filter(|(task, _)| {
                 task.request_id
                     .as_ref()
                     .is_none_or(|id| !existing.contains_key(id))
             })
-            .map(|task| (TaskId::generate(), task))
+            .map(|&(task, actor)| (TaskId::generate(), task, actor))
             .collect();
         let mut created = if new.is_empty() {
             HashMap::new()
         } else {
-            self.insert_tasks(&new, actor).await?
+            self.insert_tasks(&new).await?
         };
-        let mut new_ids = new.iter().map(|(id, _)| *id);
+        let mut new_ids = new.iter().map(|(id, _, _)| *id);
         let mut rows = Vec::with_capacity(tasks.len());
-        for task in tasks {
+        for (task, _) in tasks {
             let earlier = task.request_id.as_ref().and_then(|id| existing.get(id));
             let row = match earlier {
                 Some(row) => row.clone(),
@@ -89,13 +88,12 @@ impl TenantTx {
     /// Inserts the tasks, their transcripts and their events; returns the rows by id.
     async fn insert_tasks(
         &mut self,
-        new: &[(TaskId, &NewTask)],
-        actor: &str,
+        new: &[(TaskId, &NewTask, &str)],
     ) -> StoreResult<HashMap<TaskId, TaskRow>> {
         // FOR SHARE: a concurrent DeleteAgent or DeleteWorkspace waits for these tasks to
         // commit and then cancels them, instead of leaving them pending forever.
         self.share_lock_workspace().await?;
-        let mut agent_ids: Vec<AgentId> = new.iter().map(|(_, task)| task.agent_id).collect();
+        let mut agent_ids: Vec<AgentId> = new.iter().map(|(_, task, _)| task.agent_id).collect();
         agent_ids.sort_unstable();
         agent_ids.dedup();
         let agents: HashMap<AgentId, AgentForTask> = self
@@ -115,25 +113,25 @@ impl TenantTx {
             return Err(StoreError::NotFound("agent"));
         }
 
-        let ids: Vec<TaskId> = new.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<TaskId> = new.iter().map(|(id, _, _)| *id).collect();
         let mut columns = TaskColumns::default();
-        for (id, task) in new {
+        for &(id, task, actor) in new {
             // Every agent id was found above.
             if let Some(agent) = agents.get(&task.agent_id) {
-                columns.add(*id, task, agent);
+                columns.add(id, task, actor, agent);
             }
         }
         let rows = self
             .query_as::<TaskRow>(concat!(
                 "INSERT INTO tasks (tenant_id, id, agent_id, priority, run_at, labels, \
-                 max_attempts, request_id, required_labels) \
+                 max_attempts, request_id, required_labels, traceparent) \
                  SELECT $1, t.id, t.agent_id, t.priority, \
                         greatest(coalesce(t.run_at, now()), now()), t.labels::jsonb, \
-                        t.max_attempts, t.request_id, t.required_labels::jsonb \
+                        t.max_attempts, t.request_id, t.required_labels::jsonb, t.traceparent \
                  FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::timestamptz[], \
-                             $6::text[], $7::int[], $8::text[], $9::text[]) \
+                             $6::text[], $7::int[], $8::text[], $9::text[], $10::text[]) \
                       AS t(id, agent_id, priority, run_at, labels, max_attempts, request_id, \
-                           required_labels) \
+                           required_labels, traceparent) \
                  RETURNING ",
                 columns!()
             ))
@@ -145,6 +143,7 @@ impl TenantTx {
             .bind(&columns.max_attempts)
             .bind(&columns.request_ids)
             .bind(&columns.required_labels)
+            .bind(&columns.traceparents)
             .fetch_all(self.executor())
             .await?;
         self.query(
@@ -163,11 +162,12 @@ impl TenantTx {
         self.query(
             "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
              request_id, data) \
-             SELECT $1, e.id, $2, 'task.created', 'task', e.task_id, e.request_id, e.data::jsonb \
-             FROM unnest($3::uuid[], $4::uuid[], $5::text[], $6::text[]) \
-                  AS e(id, task_id, request_id, data)",
+             SELECT $1, e.id, e.actor, 'task.created', 'task', e.task_id, e.request_id, \
+                    e.data::jsonb \
+             FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[]) \
+                  AS e(actor, id, task_id, request_id, data)",
         )
-        .bind(actor)
+        .bind(&columns.actors)
         .bind(&columns.event_ids)
         .bind(&ids)
         .bind(&columns.request_ids)
@@ -191,6 +191,8 @@ struct TaskColumns<'a> {
     max_attempts: Vec<i32>,
     request_ids: Vec<Option<&'a str>>,
     required_labels: Vec<&'a str>,
+    traceparents: Vec<Option<&'a str>>,
+    actors: Vec<&'a str>,
     message_ids: Vec<Uuid>,
     message_tasks: Vec<TaskId>,
     positions: Vec<i32>,
@@ -201,7 +203,7 @@ struct TaskColumns<'a> {
 }
 
 impl<'a> TaskColumns<'a> {
-    fn add(&mut self, id: TaskId, task: &'a NewTask, agent: &'a AgentForTask) {
+    fn add(&mut self, id: TaskId, task: &'a NewTask, actor: &'a str, agent: &'a AgentForTask) {
         self.agent_ids.push(task.agent_id);
         self.priorities.push(task.priority);
         self.run_ats.push(task.run_at);
@@ -210,6 +212,8 @@ impl<'a> TaskColumns<'a> {
         self.max_attempts.push(agent.max_attempts);
         self.required_labels.push(agent.required_labels.as_str());
         self.request_ids.push(task.request_id.as_deref());
+        self.traceparents.push(task.traceparent.as_deref());
+        self.actors.push(actor);
         let system = (!agent.system_prompt.is_empty())
             .then_some((Role::System, agent.system_prompt.as_str()));
         let messages = system

@@ -419,3 +419,81 @@ async fn the_provider_http_call_carries_the_tasks_trace_context() {
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_task_stores_its_own_callers_trace_context_grouped_or_batched() {
+    collector();
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("traced groups").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+
+    // Concurrent CreateTask calls, which share commits, each from its own client trace.
+    let mut expected: HashMap<String, String> = HashMap::new();
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let span = tracing::info_span!("client submits", trace_id = tracing::field::Empty);
+        let trace_id = propagation::trace_id_of(&span).expect("the client span is exported");
+        let mut request = tonic::Request::new(pb::CreateTaskRequest {
+            workspace_id: ws.clone(),
+            agent_id: agent.id.clone(),
+            input: vec![user("trace me")],
+            request_id: format!("grouped-{i}"),
+            ..Default::default()
+        });
+        propagation::inject_into_metadata(&span, request.metadata_mut());
+        let mut tasks = c.tasks.clone();
+        calls.push(tokio::spawn(async move {
+            let task = tasks.create_task(request).await.unwrap().into_inner().task;
+            (task.unwrap().id, trace_id)
+        }));
+    }
+    for call in calls {
+        let (id, trace_id) = call.await.unwrap();
+        expected.insert(id, trace_id);
+    }
+    // And a BatchCreateTasks call: its tasks continue its trace.
+    let span = tracing::info_span!("client batches", trace_id = tracing::field::Empty);
+    let trace_id = propagation::trace_id_of(&span).expect("the client span is exported");
+    let mut request = tonic::Request::new(pb::BatchCreateTasksRequest {
+        workspace_id: ws.clone(),
+        requests: (0..3)
+            .map(|i| pb::CreateTaskRequest {
+                agent_id: agent.id.clone(),
+                input: vec![user("batched")],
+                request_id: format!("batched-{i}"),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    propagation::inject_into_metadata(&span, request.metadata_mut());
+    for task in c
+        .tasks
+        .batch_create_tasks(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+    {
+        expected.insert(task.id, trace_id.clone());
+    }
+
+    let owner = db.owner_pool().await;
+    let stored: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT id, traceparent FROM tasks WHERE tenant_id = $1::uuid")
+            .bind(&ws)
+            .fetch_all(&owner)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), expected.len());
+    for (id, traceparent) in stored {
+        let traceparent = traceparent.unwrap_or_else(|| panic!("task {id} has no traceparent"));
+        assert_eq!(
+            traceparent.split('-').nth(1),
+            Some(expected[&id.to_string()].as_str()),
+            "task {id}"
+        );
+    }
+    app.stop().await;
+}

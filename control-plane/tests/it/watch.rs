@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use agentplane_proto::v1 as pb;
 use pb::watch_task_response::Kind;
+use uuid::Uuid;
 
 use crate::app::{Clients, TestApp};
 use crate::pg::TestDb;
@@ -187,69 +188,73 @@ async fn output_too_large_for_a_notification_after_escaping_still_streams() {
 }
 
 #[tokio::test]
-async fn a_stalled_subscriber_holds_at_most_8_mib_of_notices() {
-    use agentplane_control_plane::fanout::Fanout;
-    use tokio::sync::broadcast::error::TryRecvError;
+async fn a_stalled_subscriber_holds_a_bounded_queue_and_is_told_to_resync() {
+    use agentplane_control_plane::fanout::{Delivery, Fanout, Topic};
+    use agentplane_core::ids::{TaskId, TenantId};
+    use agentplane_core::notify::Notification;
 
     let db = TestDb::new().await;
     let pool = sqlx::PgPool::connect(&db.app_url()).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let fanout = Fanout::start(&pool, stop.clone()).await.unwrap();
+    let (tenant, task) = (TenantId(Uuid::now_v7()), TaskId(Uuid::now_v7()));
     // A watcher whose client stopped reading stops receiving too.
-    let mut stalled = fanout.subscribe();
+    let mut stalled = fanout.subscribe(Topic::Task(tenant, task));
+    let mut sentinel = fanout.subscribe(Topic::Events(tenant));
 
     // 1,500 output notices of 7,800 bytes of text each (NOTIFY's payload limit is 8,000
-    // bytes): about 11 MiB in all.
+    // bytes) about the watched task: about 11 MiB in all; then one about the workspace's
+    // events, delivered after all of them.
     const SENT: usize = 1500;
     const TEXT: usize = 7800;
     let owner = db.owner_pool().await;
     sqlx::query(
         "SELECT pg_notify('agentplane_task_output', json_build_object( \
-             't', gen_random_uuid(), 'k', gen_random_uuid(), 'a', 1, 'i', i, \
-             'x', repeat('x', $1))::text) \
+             't', $3::uuid, 'k', $4::uuid, 'a', 1, 'i', i, 'x', repeat('x', $1))::text) \
          FROM generate_series(1, $2) AS i",
     )
     .bind(TEXT as i32)
     .bind(SENT as i32)
+    .bind(tenant.0)
+    .bind(task.0)
     .execute(&owner)
     .await
     .unwrap();
-    for _ in 0..600 {
-        if stalled.len() >= SENT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stalled.len() >= SENT, "every notice was broadcast");
+    sqlx::query("SELECT pg_notify('agentplane_events', json_build_object('t', $1::uuid)::text)")
+        .bind(tenant.0)
+        .execute(&owner)
+        .await
+        .unwrap();
+    let last = tokio::time::timeout(Duration::from_secs(30), sentinel.recv())
+        .await
+        .expect("every notice was routed");
+    assert_eq!(last, Delivery::Notice(Notification::Events { tenant }));
 
-    // What the stalled receiver can still read is what the fan-out keeps for it.
-    let mut skipped = 0;
-    let mut kept = 0;
-    let mut held_bytes = 0;
-    loop {
-        match stalled.try_recv() {
-            Ok(notice) => {
-                kept += 1;
-                held_bytes += std::mem::size_of_val(&notice);
-                if let agentplane_control_plane::fanout::Notice::TaskOutput {
-                    text: Some(text),
-                    ..
-                } = &notice
-                {
-                    held_bytes += text.len();
-                }
-            }
-            Err(TryRecvError::Lagged(n)) => skipped += n as usize,
-            Err(TryRecvError::Empty) => break,
-            Err(error) => panic!("{error}"),
-        }
+    // What the stalled subscriber can still read is what the fan-out keeps for it.
+    let mut deliveries = Vec::new();
+    while let Some(delivery) = stalled.try_recv() {
+        deliveries.push(delivery);
     }
-    assert_eq!(kept + skipped, SENT);
+    let held_bytes: usize = deliveries
+        .iter()
+        .map(|delivery| match delivery {
+            Delivery::Notice(Notification::TaskOutput {
+                text: Some(text), ..
+            }) => text.len(),
+            _ => 0,
+        })
+        .sum();
     assert!(
         held_bytes <= 8 * 1024 * 1024,
-        "a stalled subscriber holds {kept} notices, {held_bytes} bytes"
+        "a stalled subscriber holds {} deliveries, {held_bytes} bytes",
+        deliveries.len()
     );
-    assert!(kept > 0, "it then catches up from the newest");
+    assert_eq!(
+        deliveries.first(),
+        Some(&Delivery::Resync),
+        "it is told to re-read what it missed"
+    );
+    assert_eq!(fanout.lag().0, 0, "nothing stays queued");
     stop.cancel();
     pool.close().await;
 }
@@ -294,5 +299,76 @@ async fn a_stream_past_the_servers_cap_is_refused_until_one_closes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(reopened.is_some(), "the slot came back");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idle_watchers_issue_no_queries() {
+    const WATCHERS: usize = 50;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("idle").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    // No worker: the task stays pending, and nothing about it changes.
+    let task = c.task(&ws, &agent.id, "nobody runs me").await;
+    let mut streams = Vec::with_capacity(WATCHERS);
+    for _ in 0..WATCHERS {
+        let mut stream = watch(&mut c, &ws, &task.id).await;
+        let first = stream.message().await.unwrap().unwrap();
+        assert!(matches!(first.kind, Some(Kind::Snapshot(_))), "{first:?}");
+        streams.push(stream);
+    }
+
+    // Watch the control plane's database sessions for longer than any re-read period they
+    // could have had (it was 5 s): every statement they start shows in pg_stat_activity as
+    // it starts. The health probe (`SELECT 1`), the batched API key `last_used_at` write and
+    // the poll of revoked worker credentials are the server's own, not the watchers'.
+    let owner = db.owner_pool().await;
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&owner)
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    while tokio::time::Instant::now() < deadline {
+        let statements: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT pid, query FROM pg_stat_activity \
+             WHERE datname = current_database() AND usename <> current_user \
+               AND query_start > $1 AND query <> 'SELECT 1' \
+               AND query NOT LIKE '%last_used_at%' \
+               AND query NOT LIKE '%FROM worker_credentials WHERE revoked_at%'",
+        )
+        .bind(since)
+        .fetch_all(&owner)
+        .await
+        .unwrap();
+        seen.extend(statements);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.is_empty(),
+        "{WATCHERS} idle watchers ran statements: {seen:#?}"
+    );
+    // They still work: a change reaches every one of them.
+    c.tasks
+        .cancel_task(pb::CancelTaskRequest {
+            workspace_id: ws.clone(),
+            id: task.id.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    for stream in &mut streams {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Some(Kind::Task(task)) = message.kind else {
+            panic!("expected the canceled task, got {message:?}");
+        };
+        assert_eq!(task.status, pb::TaskStatus::Canceled as i32);
+    }
     app.stop().await;
 }

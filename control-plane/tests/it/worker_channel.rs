@@ -16,7 +16,11 @@ use crate::pg::TestDb;
 use crate::session::Session;
 
 /// A task claimed by a fresh worker id, and that worker's open session.
-async fn running_task(db: &TestDb, app: &TestApp, name: &str) -> (String, String, Session) {
+pub(crate) async fn running_task(
+    db: &TestDb,
+    app: &TestApp,
+    name: &str,
+) -> (String, String, Session) {
     let mut c = app.admin().await;
     let ws = c.workspace(name).await;
     let agent = c.echo_agent(&ws, "coder").await;
@@ -35,7 +39,7 @@ async fn running_task(db: &TestDb, app: &TestApp, name: &str) -> (String, String
     (ws, task.id, session)
 }
 
-fn delta(ws: &str, task: &str, index: i64, text: String) -> In {
+pub(crate) fn delta(ws: &str, task: &str, index: i64, text: String) -> In {
     In::Output(pb::WorkerOutput {
         lease: Some(pb::LeaseRef {
             workspace_id: ws.to_owned(),

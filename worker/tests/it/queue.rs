@@ -12,6 +12,17 @@ use crate::pg::TestDb;
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// A notification's payload as JSON, less the time it was sent (checked to be there).
+fn payload_json(payload: &str) -> serde_json::Value {
+    let mut value: serde_json::Value = serde_json::from_str(payload).unwrap();
+    let sent = value.as_object_mut().and_then(|fields| fields.remove("s"));
+    assert!(
+        sent.is_some_and(|sent| sent.is_i64()),
+        "stamped with its send time: {payload}"
+    );
+    value
+}
+
 #[tokio::test]
 async fn claim_takes_highest_priority_first_and_loads_agent_and_transcript() {
     let db = TestDb::new().await;
@@ -135,10 +146,7 @@ async fn claims_and_reaps_notify_task_state_with_tenant_and_task() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(claimed.payload()).unwrap(),
-        expected
-    );
+    assert_eq!(payload_json(claimed.payload()), expected);
 
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(reap_expired_leases(&pool, 10).await.unwrap(), 1);
@@ -146,10 +154,7 @@ async fn claims_and_reaps_notify_task_state_with_tenant_and_task() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(reaped.payload()).unwrap(),
-        expected
-    );
+    assert_eq!(payload_json(reaped.payload()), expected);
     let (status, worker_id, delayed, message): (String, Option<Uuid>, bool, Option<String>) =
         sqlx::query_as(
             "SELECT status, worker_id, run_at > now(), error_message FROM tasks WHERE id = $1",

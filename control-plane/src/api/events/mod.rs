@@ -15,6 +15,7 @@ use crate::auth::caller;
 use crate::domain::event::{EventPosition, EventQuery, EventWatch};
 use crate::domain::page;
 use crate::error::ApiError;
+use crate::fanout::Topic;
 use crate::spawn::spawn_named;
 use crate::store::TenantTx;
 
@@ -67,7 +68,7 @@ impl EventService for EventApi {
         let mut tx = self.state.store.tenant(request.tenant).await?;
         let after = position(&mut tx, &AFTER_CURSOR, request.after).await?;
         drop(tx);
-        let notices = self.state.fanout.subscribe();
+        let notices = self.state.fanout.subscribe(Topic::Events(request.tenant));
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let follow = watch::follow(self.state.clone(), request, after, notices, sender);
         spawn_named("watch_events", async move {

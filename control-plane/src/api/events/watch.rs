@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use agentplane_proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::api::{State, convert};
 use crate::domain::event::{EventPosition, EventWatch};
 use crate::error::ApiError;
-use crate::fanout::Notice;
+use crate::fanout::Subscription;
 
 /// Events read per query while replaying; a watch holds one batch while its client reads
 /// it, so this bounds the stream's memory (see `STREAM_BUFFER`).
@@ -24,7 +24,7 @@ pub(super) async fn follow(
     state: State,
     request: EventWatch,
     mut after: Option<EventPosition>,
-    mut notices: broadcast::Receiver<Notice>,
+    mut notices: Subscription,
     sender: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
 ) {
     let EventWatch { tenant, filter, .. } = request;
@@ -56,20 +56,13 @@ pub(super) async fn follow(
                 break;
             }
         }
-        // Wait for news about this workspace, or re-read at the deadline anyway: notices for
-        // other workspaces must not keep postponing it.
+        // Wait for news about this workspace (the subscription gets no other), or re-read
+        // at the deadline anyway.
         let deadline = tokio::time::Instant::now() + WATCH_POLL;
-        loop {
-            tokio::select! {
-                () = state.shutdown.cancelled() => return,
-                () = sender.closed() => return,
-                received = tokio::time::timeout_at(deadline, notices.recv()) => match received {
-                    Ok(Ok(Notice::Events { tenant: t })) if t == tenant => break,
-                    Ok(Ok(Notice::Resync)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => return,
-                    Ok(Ok(_)) => {}
-                },
-            }
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = sender.closed() => return,
+            _ = tokio::time::timeout_at(deadline, notices.recv()) => {}
         }
     }
 }

@@ -1,5 +1,7 @@
-//! TaskService. `parse` turns its requests into domain values.
+//! TaskService. `parse` turns its requests into domain values; `group_commit` lets
+//! concurrent CreateTask calls share commits.
 
+mod group_commit;
 mod parse;
 
 use agentplane_proto::v1 as pb;
@@ -9,6 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::paging::split_page;
+pub use group_commit::TaskCreator;
+
 use super::watch_task::TaskWatcher;
 use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::caller;
@@ -16,7 +20,7 @@ use crate::domain::page;
 use crate::domain::task::{
     CancelTask, MessageQuery, NewTask, NewTaskBatch, RetryTask, TaskQuery, TaskRef, TaskStatus,
 };
-use crate::error::ApiError;
+use crate::fanout::Topic;
 use crate::spawn::spawn_named;
 use crate::store::StoreError;
 use agentplane_telemetry::propagation;
@@ -46,26 +50,7 @@ impl TaskService for TaskApi {
         let span = tracing::Span::current();
         span.record("workspace_id", tracing::field::display(new.tenant));
         new.traceparent = propagation::traceparent_of(&span);
-        let store = &self.state.store;
-        let mut tx = store.tenant(new.tenant).await?;
-        let task = match tx.create_task(&new, &actor).await {
-            Ok((task, created)) => {
-                if created {
-                    tx.commit().await?;
-                }
-                task
-            }
-            // A concurrent call with the same request id committed first: answer with its task.
-            Err(StoreError::AlreadyExists(_)) if new.request_id.is_some() => {
-                drop(tx);
-                let mut tx = store.tenant(new.tenant).await?;
-                let request_id = new.request_id.as_deref().unwrap_or_default();
-                tx.task_by_request_id(request_id)
-                    .await?
-                    .ok_or(ApiError::NotFound("task"))?
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let task = self.state.task_creator.create(new, actor).await?;
         span.record("task_id", tracing::field::display(task.id));
         Ok(Response::new(pb::CreateTaskResponse {
             task: Some(convert::task(&task)),
@@ -77,11 +62,20 @@ impl TaskService for TaskApi {
         request: Request<pb::BatchCreateTasksRequest>,
     ) -> Result<Response<pb::BatchCreateTasksResponse>, Status> {
         let caller = caller(&request)?;
-        let batch: NewTaskBatch = request.into_inner().try_into()?;
+        let mut batch: NewTaskBatch = request.into_inner().try_into()?;
         let actor = caller.authorize(&self.state.store, batch.tenant).await?;
+        let traceparent = propagation::traceparent_of(&tracing::Span::current());
+        for task in &mut batch.tasks {
+            task.traceparent.clone_from(&traceparent);
+        }
+        let items: Vec<(&NewTask, &str)> = batch
+            .tasks
+            .iter()
+            .map(|task| (task, actor.as_str()))
+            .collect();
         let store = &self.state.store;
         let mut tx = store.tenant(batch.tenant).await?;
-        let rows = match tx.create_tasks(&batch.tasks, &actor).await {
+        let rows = match tx.create_tasks(&items).await {
             Ok(rows) => {
                 tx.commit().await?;
                 rows
@@ -91,7 +85,7 @@ impl TaskService for TaskApi {
             Err(StoreError::AlreadyExists(_)) => {
                 drop(tx);
                 let mut tx = store.tenant(batch.tenant).await?;
-                let rows = tx.create_tasks(&batch.tasks, &actor).await?;
+                let rows = tx.create_tasks(&items).await?;
                 tx.commit().await?;
                 rows
             }
@@ -214,7 +208,7 @@ impl TaskService for TaskApi {
         caller.authorize(&self.state.store, tenant).await?;
         let slot = self.state.streams.open()?;
         // Subscribe before reading the snapshot so nothing between the two is missed.
-        let notices = self.state.fanout.subscribe();
+        let notices = self.state.fanout.subscribe(Topic::Task(tenant, id));
         let mut tx = self.state.store.tenant(tenant).await?;
         let snapshot = tx.task_snapshot(id).await?;
         drop(tx);

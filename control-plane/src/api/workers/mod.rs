@@ -1,6 +1,7 @@
 //! WorkerService: the session each worker holds open with a control plane. `parse` turns
 //! its messages into domain values, `session` records them.
 
+mod output;
 mod parse;
 mod session;
 
@@ -18,6 +19,7 @@ use super::{ResponseStream, STREAM_BUFFER, State};
 use crate::auth::{Principal, caller};
 use crate::domain::worker::Hello;
 use crate::error::ApiError;
+use crate::fanout::Topic;
 use crate::spawn::spawn_named;
 use session::Session;
 
@@ -86,7 +88,7 @@ impl WorkerService for WorkerApi {
             actor: format!("worker:{}", hello.worker),
             sender,
         };
-        let notices = self.state.fanout.subscribe();
+        let notices = self.state.fanout.subscribe(Topic::Worker(hello.worker));
         let revocations = self.state.revocations.clone();
         spawn_named("worker_session", async move {
             let worker = session.worker;

@@ -7,24 +7,28 @@
 //! - the data lane records reports in batches: whatever queued up while the previous batch
 //!   was written goes into one transaction per workspace, with the results of the batch
 //!   written by a fixed number of set-based statements (`store/results.rs`). Acks are sent
-//!   after the commit.
+//!   after the commit. Output deltas are published at once and stored in batches at most
+//!   every 100 ms (`output.rs`), or with the next batch that sends acks, so an ack still
+//!   means everything the worker sent before it is recorded.
 
 use std::collections::{BTreeMap, HashSet};
 
 use agentplane_proto::v1 as pb;
 use pb::session_response::Kind as Out;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
+use super::output::LiveOutput;
 use super::parse::lease_ref;
 use crate::api::State;
 use crate::domain::worker::{Lease, Report, ResultOutcome};
 use crate::error::ApiError;
-use crate::fanout::Notice;
+use crate::fanout::{Delivery, Subscription};
 use crate::ids::{TaskId, TenantId, WorkerId};
 use crate::spawn::spawn_named;
 use crate::store::{LeaseCheck, NewEvent, StoreError};
+use agentplane_core::notify::Notification;
 
 pub(super) type Sender = mpsc::Sender<Result<pb::SessionResponse, Status>>;
 
@@ -69,7 +73,7 @@ impl Session {
     pub(super) async fn run(
         self,
         mut inbound: Streaming<pb::SessionRequest>,
-        mut notices: broadcast::Receiver<Notice>,
+        mut notices: Subscription,
     ) {
         let ended = self.state.shutdown.child_token();
         let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
@@ -112,8 +116,8 @@ impl Session {
                         break;
                     }
                 },
-                notice = notices.recv() => match notice {
-                    Ok(Notice::TaskCancel { tenant, task, attempt, worker }) if worker == self.worker => {
+                delivery = notices.recv() => match delivery {
+                    Delivery::Notice(Notification::TaskCancel { tenant, task, attempt, worker }) if worker == self.worker => {
                         let cancel = pb::CancelAttempt {
                             lease: Some(lease_ref(Lease { tenant, task, attempt })),
                             reason: "canceled".to_owned(),
@@ -123,8 +127,7 @@ impl Session {
                         }
                     }
                     // A missed cancel is caught by the next heartbeat, which reports the lease lost.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Delivery::Notice(_) | Delivery::Resync => {}
                 },
             }
         }
@@ -163,7 +166,10 @@ impl Session {
                 .push((lease.task, lease.attempt));
         }
         let mut renewed = HashSet::with_capacity(leases.len());
-        for (tenant, held) in by_tenant {
+        for (tenant, mut held) in by_tenant {
+            // In id order, like every statement that locks several tasks, so a renewal
+            // cannot deadlock with a batch of reports or output of the same worker.
+            held.sort_unstable();
             let mut tx = self.state.store.tenant_unchecked(tenant).await?;
             let now_renewed = tx
                 .renew_leases(self.worker, &held, self.state.lease_duration)
@@ -186,34 +192,73 @@ impl Session {
         self.send(Out::HeartbeatAck(ack)).await
     }
 
-    /// Records one batch of reports: one transaction per workspace, reports in the order
-    /// they arrived, results together at the end; then the acks.
-    async fn record_batch(&self, batch: Vec<Report>) -> Result<(), Failure> {
+    /// Records one batch of reports: output deltas are published now and join the pending
+    /// ones; the other reports go into one transaction per workspace, in the order they
+    /// arrived, results together at the end; then the acks. A batch that sends acks stores
+    /// every pending delta first (each workspace's in its transaction), so an ack means
+    /// everything the worker sent before it is recorded.
+    async fn record_batch(
+        &self,
+        batch: Vec<Report>,
+        output: &mut LiveOutput,
+    ) -> Result<(), Failure> {
+        let now = tokio::time::Instant::now();
         let mut by_tenant: BTreeMap<TenantId, Vec<Report>> = BTreeMap::new();
+        let mut publish = Vec::new();
+        let mut answers = false;
         for report in batch {
-            if let Some(lease) = report.lease() {
-                by_tenant.entry(lease.tenant).or_default().push(report);
+            match report {
+                Report::Output { lease, index, text } => {
+                    publish.extend(output.receive(lease, index, text, now));
+                }
+                Report::Heartbeat(_) => {}
+                report => {
+                    let Some(lease) = report.lease() else {
+                        continue;
+                    };
+                    match report {
+                        // The attempt ends or goes back to the queue: its live output is
+                        // dropped with it.
+                        Report::Result { .. } | Report::Release(_) => {
+                            answers = true;
+                            output.forget(lease);
+                        }
+                        Report::MalformedResult { .. } => answers = true,
+                        _ => {}
+                    }
+                    by_tenant.entry(lease.tenant).or_default().push(report);
+                }
+            }
+        }
+        // A failed publish costs watchers latency (they read the deltas once stored), not
+        // output: it does not end the session.
+        if let Err(error) = self.state.store.publish(&publish).await {
+            tracing::warn!(%error, worker_id = %self.worker, "publishing output failed; watchers will read it once stored");
+        }
+        if answers || output.over_budget() {
+            for tenant in output.pending_tenants() {
+                by_tenant.entry(tenant).or_default();
             }
         }
         let mut acks = Vec::new();
         for (tenant, reports) in by_tenant {
             let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let deltas = output.take(tenant);
             let mut tasks: Vec<TaskId> = reports
                 .iter()
                 .filter_map(Report::lease)
+                .chain(deltas.iter().map(|d| d.lease))
                 .map(|l| l.task)
                 .collect();
             tasks.sort_unstable();
             tasks.dedup();
             tx.lock_tasks_in_order(&tasks).await?;
+            // Output for an attempt this worker no longer holds is dropped; the heartbeat or
+            // a cancel tells the worker to stop.
+            let chains = tx.append_outputs(self.worker, &deltas).await?;
             let mut results: Vec<(Lease, ResultOutcome)> = Vec::new();
             for report in reports {
                 match report {
-                    Report::Output { lease, index, text } => {
-                        // Output for an attempt this worker no longer holds is dropped; the
-                        // heartbeat or a cancel tells the worker to stop.
-                        tx.append_output(self.worker, lease, index, &text).await?;
-                    }
                     Report::Event {
                         lease,
                         action,
@@ -239,13 +284,14 @@ impl Session {
                         let check = tx.release_attempt(self.worker, lease, &self.actor).await?;
                         acks.push((lease, check));
                     }
-                    Report::Heartbeat(_) => {}
+                    Report::Heartbeat(_) | Report::Output { .. } => {}
                 }
             }
             let checks = tx
                 .record_results(self.worker, &results, &self.actor)
                 .await?;
             tx.commit().await?;
+            output.stored(&deltas, &chains);
             acks.extend(results.into_iter().map(|(lease, _)| lease).zip(checks));
         }
         for (lease, check) in acks {
@@ -282,11 +328,39 @@ async fn heartbeat_lane(
     Ok(())
 }
 
-/// Records reports in batches of whatever queued up meanwhile.
+impl Session {
+    /// Stores every pending output delta: one transaction per workspace.
+    async fn store_output(&self, output: &mut LiveOutput) -> Result<(), Failure> {
+        for tenant in output.pending_tenants() {
+            let deltas = output.take(tenant);
+            let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let chains = tx.append_outputs(self.worker, &deltas).await?;
+            tx.commit().await?;
+            output.stored(&deltas, &chains);
+        }
+        Ok(())
+    }
+}
+
+/// Records reports in batches of whatever queued up meanwhile, and stores pending output
+/// when it is due.
 async fn data_lane(session: Session, mut queue: mpsc::Receiver<Report>) -> Result<(), Failure> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        session.record_batch(std::mem::take(&mut batch)).await?;
+    let mut output = LiveOutput::default();
+    loop {
+        let due = output.due();
+        tokio::select! {
+            received = queue.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+                session.record_batch(std::mem::take(&mut batch), &mut output).await?;
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                session.store_output(&mut output).await?;
+            }
+        }
     }
-    Ok(())
+    // The worker left or the server is stopping: store what it sent.
+    session.store_output(&mut output).await
 }
