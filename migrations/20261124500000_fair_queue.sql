@@ -18,9 +18,12 @@ ALTER TABLE workspaces
 ALTER TABLE agents
     ADD COLUMN required_labels jsonb NOT NULL DEFAULT '{}'
         CHECK (jsonb_typeof(required_labels) = 'object');
-ALTER TABLE tasks
-    ADD COLUMN required_labels jsonb NOT NULL DEFAULT '{}'
-        CHECK (jsonb_typeof(required_labels) = 'object');
+-- tasks may be large: the column gets a constant default (no rewrite) and its CHECK is added
+-- NOT VALID, so no scan runs under the ACCESS EXCLUSIVE lock; every existing row holds the
+-- default, which passes it.
+ALTER TABLE tasks ADD COLUMN required_labels jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE tasks ADD CONSTRAINT tasks_required_labels_object
+    CHECK (jsonb_typeof(required_labels) = 'object') NOT VALID;
 
 -- The claim reads the workspace's cap and the task's requirement; workspaces has no
 -- row-level security (a platform table), so the grant is by column.

@@ -6,7 +6,8 @@
 --
 -- Built CONCURRENTLY (so creating tasks is not blocked while it builds on a large table),
 -- which must run outside a transaction and alone: one statement per file. If a build is
--- interrupted it leaves an INVALID index that IF NOT EXISTS would keep: docs/operations.md
--- says to drop it and restart.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_queue ON tasks (tenant_id, priority DESC, created_at, id)
+-- interrupted it leaves an INVALID index; this file then fails on the next run ("already
+-- exists") instead of accepting it, and the next migration (dropping the old index) does not
+-- run. docs/operations.md says what to do: drop it and migrate again.
+CREATE INDEX CONCURRENTLY tasks_queue ON tasks (tenant_id, priority DESC, created_at, id)
     INCLUDE (run_at) WHERE status = 'pending'

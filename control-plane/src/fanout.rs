@@ -95,6 +95,20 @@ impl Hub {
     }
 }
 
+/// A listener on every channel the fan-out routes.
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener
+        .listen_all([
+            channel::TASK_STATE,
+            channel::TASK_OUTPUT,
+            channel::TASK_CANCEL,
+            channel::EVENTS,
+        ])
+        .await?;
+    Ok(listener)
+}
+
 /// The process-wide router of notifications to subscriptions.
 #[derive(Clone, Debug)]
 pub struct Fanout {
@@ -104,17 +118,10 @@ pub struct Fanout {
 impl Fanout {
     /// Starts listening; stops when `shutdown` is cancelled.
     pub async fn start(pool: &PgPool, shutdown: CancellationToken) -> Result<Self, sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener
-            .listen_all([
-                channel::TASK_STATE,
-                channel::TASK_OUTPUT,
-                channel::TASK_CANCEL,
-                channel::EVENTS,
-            ])
-            .await?;
+        let mut listener = listen(pool).await?;
         let fanout = Self::unconnected();
         let hub = Arc::clone(&fanout.hub);
+        let pool = pool.clone();
         spawn_named("fanout", async move {
             // After a reconnect, LISTEN is re-issued on the next receive; whatever was
             // notified before that is lost, so streams re-read once more a moment later.
@@ -147,10 +154,26 @@ impl Fanout {
                         resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "notification listener failed; retrying");
+                        // Idle streams no longer re-read on a timer, so they must re-read
+                        // once LISTEN is surely back: build a new listener (retrying each
+                        // second), and only then tell every stream to re-read.
+                        tracing::warn!(%error, "notification listener failed; reconnecting");
                         hub.resync_all();
-                        resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        listener = loop {
+                            tokio::select! {
+                                () = shutdown.cancelled() => return,
+                                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            }
+                            match listen(&pool).await {
+                                Ok(listener) => break listener,
+                                Err(error) => {
+                                    tracing::warn!(%error, "notification listener still down")
+                                }
+                            }
+                        };
+                        tracing::info!("notification listener back");
+                        hub.resync_all();
+                        resync_at = None;
                     }
                 }
             }

@@ -38,10 +38,16 @@ impl IdGenerator for AttemptIdGenerator {
 /// meanwhile; `build` should build exactly one (for a `tracing` span, by asking for its
 /// context). The id is cleared afterwards either way.
 pub fn with_span_id<R>(id: SpanId, build: impl FnOnce() -> R) -> R {
+    /// Clears the id when dropped, so a panic in `build` cannot leave it for another span.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            NEXT_SPAN_ID.with(|next| next.set(None));
+        }
+    }
     NEXT_SPAN_ID.with(|next| next.set(Some(id)));
-    let result = build();
-    NEXT_SPAN_ID.with(|next| next.set(None));
-    result
+    let _clear = Clear;
+    build()
 }
 
 /// The span id of attempt `attempt` of task `task`: FNV-1a over the task id's bytes and the

@@ -229,11 +229,12 @@ impl TenantTx {
             .fetch_optional(self.executor())
             .await?
             .ok_or(StoreError::NotFound("agent"))?;
-        // Pending tasks carry the requirement the claim filters on; running ones keep the
-        // worker they have.
+        // Unfinished tasks carry the requirement the claim filters on: pending ones for their
+        // next claim, running ones (which keep their worker) for a claim after a retry,
+        // release or lapsed lease.
         self.query(
             "UPDATE tasks SET required_labels = $3, updated_at = now() \
-             WHERE tenant_id = $1 AND agent_id = $2 AND status = 'pending' \
+             WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('pending', 'running') \
                AND required_labels <> $3",
         )
         .bind(id)

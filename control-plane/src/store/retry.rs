@@ -28,7 +28,7 @@ impl TenantTx {
         // forever under a deleted agent.
         self.share_lock_workspace().await?;
         let task = self.get_task(id).await?;
-        match self.share_lock_agent(task.agent_id).await {
+        let agent = match self.share_lock_agent(task.agent_id).await {
             Err(StoreError::NotFound(_)) => {
                 return Err(StoreError::FailedPrecondition(
                     "the task's agent has been deleted".to_owned(),
@@ -41,15 +41,23 @@ impl TenantTx {
                 "UPDATE tasks SET status = 'pending', run_at = now(), releases = attempt, \
                         worker_id = NULL, lease_expires_at = NULL, error_code = NULL, \
                         error_message = NULL, output = NULL, finish_reason = NULL, \
-                        ended_at = NULL, updated_at = now() \
+                        ended_at = NULL, required_labels = $3, updated_at = now() \
                  WHERE tenant_id = $1 AND id = $2 AND status IN ('failed', 'canceled') \
                  RETURNING ",
                 columns!()
             ))
             .bind(id)
+            // The agent's requirement as it is now, not as it was when the task failed.
+            .bind(&agent.required_labels)
             .fetch_optional(self.executor())
             .await?;
         let Some(retried) = retried else {
+            // A concurrent call with the same request id may have retried it meanwhile.
+            if let Some(request_id) = request_id
+                && self.retried_by(id, request_id).await?
+            {
+                return self.get_task(id).await;
+            }
             let task = self.get_task(id).await?;
             return Err(StoreError::FailedPrecondition(format!(
                 "only a failed or canceled task can be retried; this one is {}",

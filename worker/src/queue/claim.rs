@@ -122,8 +122,10 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     let round_size = max.saturating_mul(WORKSPACES_PER_TASK).min(MAX_WORKSPACES);
     let mut tx = pool.begin().await?;
     bound_waits(&mut tx).await?;
-    let round = list_workspaces(&mut tx, request.resume_after, round_size).await?;
-    let more_workspaces = round.len() >= round_size;
+    // One workspace more than the round takes says whether any was left for the next.
+    let mut round = list_workspaces(&mut tx, request.resume_after, round_size + 1).await?;
+    let more_workspaces = round.len() > round_size;
+    round.truncate(round_size);
     if round.is_empty() {
         tx.commit().await?;
         return Ok(Claim::default());

@@ -141,6 +141,10 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
         Ok(name) => match context.providers.get(name) {
             Some(provider) => provider,
             None => {
+                // Retryable: in a fleet where only some workers hold this vendor's key, the
+                // next attempt may land on one that does (route with worker labels to make
+                // sure, e.g. AGENTPLANE_WORKER_LABELS=provider-anthropic=yes and the agent's
+                // required_worker_labels). With none, the task fails after max_attempts.
                 return failure(
                     "provider_not_configured",
                     format!(
@@ -148,7 +152,7 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
                         task.agent.provider,
                         configuration_hint(name)
                     ),
-                    false,
+                    true,
                 );
             }
         },

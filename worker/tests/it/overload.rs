@@ -20,10 +20,11 @@ use crate::fake_control_plane::{FakeControlPlane, TOKEN};
 use crate::fixtures::{agent, task, workspace};
 use crate::pg::TestDb;
 
-const LEASE: Duration = Duration::from_secs(3);
+// Long enough that a stall of a loaded CI machine does not pass for a lapsed lease.
+const LEASE: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_millis(300);
 /// How long results wait unanswered: past two lease lengths, and past a reaper pass.
-const HOLD: Duration = Duration::from_secs(7);
+const HOLD: Duration = Duration::from_secs(11);
 const CAPACITY: u32 = 2;
 
 /// What the database says about the queue, as the owner sees it.

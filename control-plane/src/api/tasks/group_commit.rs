@@ -17,10 +17,11 @@
 //! own transaction, so one bad call answers with its own error and fails none of its
 //! neighbours.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use futures::future::join_all;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::domain::task::NewTask;
 use crate::error::ApiError;
@@ -30,6 +31,11 @@ use crate::store::{Store, StoreError, StoreResult, TaskRow};
 
 /// Calls one group takes at most (BatchCreateTasks' limit).
 const MAX_GROUP: usize = 1000;
+/// Input text one group takes at most (about BatchCreateTasks' request limit), so a group of
+/// large inputs stays a modest statement.
+const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
+/// Groups (of different workspaces) being written at once, below the pool's size.
+const MAX_GROUPS_IN_FLIGHT: usize = 8;
 /// Calls waiting for the committer before callers wait to queue.
 const QUEUE: usize = 4 * MAX_GROUP;
 
@@ -75,23 +81,87 @@ impl TaskCreator {
 }
 
 /// Commits groups of whatever queued up meanwhile until every handle is gone.
+///
+/// Each workspace has its own pipeline: at most one group of it in flight, while its next
+/// calls gather; a slow workspace (a transaction waiting on a lock) delays only its own
+/// calls. At most [`MAX_GROUPS_IN_FLIGHT`] groups run at once, whatever the workspaces.
 async fn commit_groups(store: Store, mut queue: mpsc::Receiver<Pending>) {
     let mut taken = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut taken, MAX_GROUP).await > 0 {
-        let mut by_tenant: BTreeMap<TenantId, Vec<Pending>> = BTreeMap::new();
-        for pending in taken.drain(..) {
-            by_tenant
-                .entry(pending.task.tenant)
-                .or_default()
-                .push(pending);
+    // Calls waiting per workspace, and the workspaces with a group in flight.
+    let mut waiting: HashMap<TenantId, Vec<Pending>> = HashMap::new();
+    let mut in_flight: HashSet<TenantId> = HashSet::new();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<TenantId>();
+    let permits = Arc::new(Semaphore::new(MAX_GROUPS_IN_FLIGHT));
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            received = queue.recv_many(&mut taken, MAX_GROUP), if open => {
+                if received == 0 {
+                    open = false;
+                }
+                for pending in taken.drain(..) {
+                    // A caller that has gone (its deadline passed) is not served: as before
+                    // groups, its task is not created.
+                    if pending.answer.is_closed() {
+                        continue;
+                    }
+                    let calls = waiting.entry(pending.task.tenant).or_default();
+                    if calls.len() >= QUEUE {
+                        // This workspace's writes are stuck (a lock, a slow statement): its
+                        // calls are refused rather than held without bound.
+                        let busy = sqlx::Error::Protocol(
+                            "too many CreateTask calls of this workspace are waiting".to_owned(),
+                        );
+                        let _ = pending.answer.send(Err(StoreError::Unavailable(busy)));
+                        continue;
+                    }
+                    calls.push(pending);
+                }
+            }
+            Some(tenant) = done.recv() => {
+                in_flight.remove(&tenant);
+            }
         }
-        join_all(
-            by_tenant
-                .into_iter()
-                .map(|(tenant, group)| commit_group(&store, tenant, group)),
-        )
-        .await;
+        // Start a group for every workspace with calls waiting and none in flight.
+        let ready: Vec<TenantId> = waiting
+            .keys()
+            .filter(|tenant| !in_flight.contains(*tenant))
+            .copied()
+            .collect();
+        for tenant in ready {
+            let Some(mut calls) = waiting.remove(&tenant) else {
+                continue;
+            };
+            let rest = split_group(&mut calls);
+            if !rest.is_empty() {
+                waiting.insert(tenant, rest);
+            }
+            in_flight.insert(tenant);
+            let (store, done_tx, permits) = (store.clone(), done_tx.clone(), Arc::clone(&permits));
+            spawn_named("create_task_group", async move {
+                // The semaphore is never closed.
+                let _permit = permits.acquire_owned().await;
+                commit_group(&store, tenant, calls).await;
+                let _ = done_tx.send(tenant);
+            });
+        }
     }
+}
+
+/// Cuts `calls` to one group's worth (at most [`MAX_GROUP`] calls and about
+/// [`MAX_GROUP_BYTES`] of input) and returns the rest, in order.
+fn split_group(calls: &mut Vec<Pending>) -> Vec<Pending> {
+    let mut bytes = 0usize;
+    let mut keep = 0usize;
+    for pending in calls.iter() {
+        let size: usize = pending.task.input.iter().map(|m| m.content.len()).sum();
+        if keep > 0 && (keep >= MAX_GROUP || bytes.saturating_add(size) > MAX_GROUP_BYTES) {
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        keep += 1;
+    }
+    calls.split_off(keep)
 }
 
 /// Commits one workspace's calls together, or one by one if together fails.
@@ -118,23 +188,53 @@ async fn commit_group(store: &Store, tenant: TenantId, group: Vec<Pending>) {
                     let _ = pending.answer.send(Ok(row));
                 }
             }
-            Err(error) => {
+            Err(GroupError::Statement(error)) => {
                 tracing::debug!(%error, tenant_id = %tenant, calls = together.len(), "group commit failed; creating one by one");
                 answer_alone(store, together).await;
+            }
+            Err(GroupError::Unsettled(error)) => {
+                // No transaction, or a COMMIT whose outcome is unknown: creating one by one
+                // could create tasks twice (calls without a request id), so every call gets
+                // the error and its client decides.
+                tracing::warn!(%error, tenant_id = %tenant, calls = together.len(), "group commit could not be settled");
+                for pending in together {
+                    let unsettled = sqlx::Error::Protocol(format!(
+                        "creating the task could not be settled ({error}); \
+                         retry with a request_id to be sure it is created once"
+                    ));
+                    let _ = pending.answer.send(Err(StoreError::Unavailable(unsettled)));
+                }
             }
         }
     }
     answer_alone(store, later).await;
 }
 
+/// Why a group's transaction failed.
+#[derive(Debug)]
+enum GroupError {
+    /// A statement failed and the transaction rolled back: nothing was created, so the calls
+    /// can be tried one by one.
+    Statement(StoreError),
+    /// The transaction could not start, or its COMMIT failed: the outcome is unknown.
+    Unsettled(StoreError),
+}
+
 async fn create_together(
     store: &Store,
     tenant: TenantId,
     items: &[(&NewTask, &str)],
-) -> StoreResult<Vec<TaskRow>> {
-    let mut tx = store.tenant(tenant).await?;
-    let rows = tx.create_tasks(items).await?;
-    tx.commit().await?;
+) -> Result<Vec<TaskRow>, GroupError> {
+    let mut tx = store.tenant(tenant).await.map_err(|error| match error {
+        // A deleted workspace or the like: each call gets its own answer.
+        StoreError::NotFound(_) => GroupError::Statement(error),
+        error => GroupError::Unsettled(error),
+    })?;
+    let rows = tx
+        .create_tasks(items)
+        .await
+        .map_err(GroupError::Statement)?;
+    tx.commit().await.map_err(GroupError::Unsettled)?;
     Ok(rows)
 }
 

@@ -247,6 +247,9 @@ async fn write_steps(
         match step {
             Step::Send(bytes) => {
                 if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+                    // The client left before this step: that is a close too.
+                    state.closed.fetch_add(1, Ordering::SeqCst);
+                    state.closed_changed.notify_waiters();
                     return;
                 }
             }
