@@ -92,7 +92,7 @@ pub type ResponseStream<T> =
 /// Messages a server stream queues for its client before the task producing them waits.
 ///
 /// Kept short on purpose: a client that cannot keep up stalls its producer, which then
-/// falls behind the fan-out (see `fanout::CAPACITY`) and re-reads from the database when it
+/// overflows its fan-out queue (see `fanout/inbox.rs`) and re-reads from the database when it
 /// can send again (WatchTask sends what the client has not seen, WatchEvents reads on from
 /// its last position), so nothing piles up in memory for a slow client.
 ///

@@ -108,6 +108,20 @@ async fn concurrent_creates_share_commits_and_each_gets_its_own_answer() {
         .collect();
     assert_eq!(retried.len(), 1, "one task for the retried request id");
     assert_eq!(ids.len(), CALLS - 3, "one task per distinct request id");
+    // The bad call's group was split, not undone: its other calls still shared commits.
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM tasks \
+         WHERE tenant_id = $1::uuid AND request_id NOT LIKE 'shared-%'",
+    )
+    .bind(&ws)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert!(
+        (transactions as usize) < ids.len(),
+        "{} tasks in {transactions} transactions",
+        ids.len()
+    );
 
     // Each task has its own transcript and one `task.created` event with its request id.
     let created: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(

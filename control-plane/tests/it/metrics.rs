@@ -128,6 +128,17 @@ async fn metrics_endpoints_of_both_binaries_expose_series_that_move() {
     has(&cp, "agentplane_db_pool_connections", &["state=\"in_use\""]);
     has(&cp, "agentplane_db_pool_connections", &["state=\"idle\""]);
 
+    // A watcher takes the notifications about the second task: the fan-out's lag moves.
+    let lag_before = sample(&cp_before, "agentplane_fanout_lag_seconds_count", &[]).unwrap_or(0.0);
+    let mut watch = c
+        .tasks
+        .watch_task(pb::WatchTaskRequest {
+            workspace_id: ws.clone(),
+            id: second.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     // A worker with its own endpoint runs them.
     let worker = app
         .worker_with(&db, 2, Duration::from_millis(1), |config| {
@@ -154,6 +165,15 @@ async fn metrics_endpoints_of_both_binaries_expose_series_that_move() {
     assert!(has(&cp, "agentplane_grpc_server_in_flight", &session) >= 1.0);
     assert!(has(&cp, "agentplane_fanout_subscribers", &[]) >= 1.0);
     has(&cp, "agentplane_fanout_backlog_notices", &[]);
+    while let Some(message) = watch.message().await.unwrap() {
+        if let Some(pb::watch_task_response::Kind::Task(task)) = message.kind
+            && task.status == pb::TaskStatus::Succeeded as i32
+        {
+            break;
+        }
+    }
+    let after_watch = scrape(cp_metrics).await;
+    assert!(has(&after_watch, "agentplane_fanout_lag_seconds_count", &[]) > lag_before);
 
     let wk = scrape(worker_metrics).await;
     assert!(has(&wk, "agentplane_worker_claim_duration_seconds_count", &[]) >= 1.0);

@@ -13,9 +13,10 @@
 //! traceparent on the task, its request id (a second call with a request id already in the
 //! group waits for the group and then answers with the task it created, as a retry would).
 //! If the group's transaction fails (a missing agent, a request id committed concurrently
-//! by another replica, a deleted workspace), its calls are retried one by one, each in its
-//! own transaction, so one bad call answers with its own error and fails none of its
-//! neighbours.
+//! by another replica, a deleted workspace), it is split in halves and each tried again,
+//! down to single calls in their own transactions, so one bad call answers with its own
+//! error and fails none of its neighbours. A group whose outcome is unknown (its COMMIT
+//! failed, or no transaction could start) is not retried: its calls answer UNAVAILABLE.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -164,7 +165,7 @@ fn split_group(calls: &mut Vec<Pending>) -> Vec<Pending> {
     calls.split_off(keep)
 }
 
-/// Commits one workspace's calls together, or one by one if together fails.
+/// Commits one workspace's calls together, splitting the group where that fails.
 async fn commit_group(store: &Store, tenant: TenantId, group: Vec<Pending>) {
     // A request id seen twice in one group: the later call waits and then finds the task.
     let mut request_ids = HashSet::new();
@@ -174,30 +175,36 @@ async fn commit_group(store: &Store, tenant: TenantId, group: Vec<Pending>) {
             .as_deref()
             .is_none_or(|id| request_ids.insert(id.to_owned()))
     });
-    if together.len() == 1 {
-        answer_alone(store, together).await;
-    } else {
-        let items: Vec<(&NewTask, &str)> = together
-            .iter()
-            .map(|p| (&p.task, p.actor.as_str()))
-            .collect();
+    // A group whose transaction fails is split in halves and each tried again, down to
+    // single calls in their own transactions: one bad call costs its group about twice the
+    // logarithm of its size in transactions, and answers with its own error.
+    let mut groups = vec![together];
+    while let Some(mut group) = groups.pop() {
+        if group.len() <= 1 {
+            answer_alone(store, group).await;
+            continue;
+        }
+        let items: Vec<(&NewTask, &str)> =
+            group.iter().map(|p| (&p.task, p.actor.as_str())).collect();
         match create_together(store, tenant, &items).await {
             Ok(rows) => {
-                for (pending, row) in together.into_iter().zip(rows) {
+                for (pending, row) in group.into_iter().zip(rows) {
                     // The caller may have gone; its task stays created, as a retry would find.
                     let _ = pending.answer.send(Ok(row));
                 }
             }
             Err(GroupError::Statement(error)) => {
-                tracing::debug!(%error, tenant_id = %tenant, calls = together.len(), "group commit failed; creating one by one");
-                answer_alone(store, together).await;
+                tracing::debug!(%error, tenant_id = %tenant, calls = group.len(), "group commit failed; splitting the group");
+                let second = group.split_off(group.len() / 2);
+                groups.push(second);
+                groups.push(group);
             }
             Err(GroupError::Unsettled(error)) => {
-                // No transaction, or a COMMIT whose outcome is unknown: creating one by one
-                // could create tasks twice (calls without a request id), so every call gets
-                // the error and its client decides.
-                tracing::warn!(%error, tenant_id = %tenant, calls = together.len(), "group commit could not be settled");
-                for pending in together {
+                // No transaction, or a COMMIT whose outcome is unknown: trying again could
+                // create tasks twice (calls without a request id), so every call gets the
+                // error and its client decides.
+                tracing::warn!(%error, tenant_id = %tenant, calls = group.len(), "group commit could not be settled");
+                for pending in group {
                     let unsettled = sqlx::Error::Protocol(format!(
                         "creating the task could not be settled ({error}); \
                          retry with a request_id to be sure it is created once"
