@@ -10,6 +10,7 @@ pub mod columns;
 pub mod credential;
 pub mod generation;
 pub mod ids;
+pub mod labels;
 pub mod limits;
 pub mod notify;
 pub mod page;

@@ -6,14 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use tonic_types::FieldViolation;
 use uuid::Uuid;
 
+use agentplane_core::labels;
+
 use crate::error::ApiError;
 
-/// Most labels a resource may carry.
-pub const MAX_LABELS: usize = 64;
-/// Longest label key.
-pub const MAX_LABEL_KEY: usize = 63;
-/// Longest label value.
-pub const MAX_LABEL_VALUE: usize = 256;
+pub use agentplane_core::labels::{MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS};
 /// Longest idempotency key.
 pub const MAX_REQUEST_ID: usize = 128;
 /// Largest page a list call returns.
@@ -132,18 +129,13 @@ impl Violations {
             self.add(field, format!("at most {MAX_LABELS} labels are allowed"));
         }
         for (key, value) in labels {
-            let key_ok = !key.is_empty()
-                && key.len() <= MAX_LABEL_KEY
-                && key.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-                });
-            if !key_ok {
+            if !labels::is_valid_key(key) {
                 self.add(
                     &format!("{field}[{}]", truncate(key, 64)),
                     format!("label keys must be 1 to {MAX_LABEL_KEY} characters of [a-z0-9_.-]"),
                 );
             }
-            if value.chars().count() > MAX_LABEL_VALUE || value.contains('\0') {
+            if !labels::is_valid_value(value) {
                 self.add(
                     &format!("{field}[{}]", truncate(key, 64)),
                     format!(

@@ -13,6 +13,7 @@ use std::fmt;
 use std::time::Duration;
 
 use agentplane_core::ids::{AgentId, TaskId, TenantId};
+use agentplane_core::labels::{self, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS};
 use agentplane_core::notify::Notification;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -25,11 +26,6 @@ pub use reap::reap_expired_leases;
 /// of agents whose required labels are all among them, with equal values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerLabels(BTreeMap<String, String>);
-
-/// At most this many labels, as for an agent's labels.
-const MAX_WORKER_LABELS: usize = 64;
-const MAX_LABEL_KEY: usize = 63;
-const MAX_LABEL_VALUE: usize = 256;
 
 /// Why a worker's labels were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +44,7 @@ impl WorkerLabels {
     /// `[a-z0-9_.-]` and values at most 256 characters without `,` or NUL, the rules an
     /// agent's required labels are checked against.
     pub fn parse(text: &str) -> Result<Self, LabelsError> {
-        let mut labels = BTreeMap::new();
+        let mut parsed = BTreeMap::new();
         for pair in text
             .split(',')
             .map(str::trim)
@@ -58,31 +54,26 @@ impl WorkerLabels {
                 return Err(LabelsError(format!("label {pair:?} is not key=value")));
             };
             let (key, value) = (key.trim(), value.trim());
-            let key_ok = !key.is_empty()
-                && key.len() <= MAX_LABEL_KEY
-                && key.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-                });
-            if !key_ok {
+            if !labels::is_valid_key(key) {
                 return Err(LabelsError(format!(
                     "label key {key:?} must be 1 to {MAX_LABEL_KEY} characters of [a-z0-9_.-]"
                 )));
             }
-            if value.chars().count() > MAX_LABEL_VALUE || value.contains('\0') {
+            if !labels::is_valid_value(value) {
                 return Err(LabelsError(format!(
                     "label {key:?} must have a value of at most {MAX_LABEL_VALUE} characters"
                 )));
             }
-            if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            if parsed.insert(key.to_owned(), value.to_owned()).is_some() {
                 return Err(LabelsError(format!("label {key:?} is given twice")));
             }
         }
-        if labels.len() > MAX_WORKER_LABELS {
+        if parsed.len() > MAX_LABELS {
             return Err(LabelsError(format!(
-                "at most {MAX_WORKER_LABELS} labels are allowed"
+                "at most {MAX_LABELS} labels are allowed"
             )));
         }
-        Ok(Self(labels))
+        Ok(Self(parsed))
     }
 
     /// The labels as the JSON object `tasks.required_labels` is compared with (`<@`).
