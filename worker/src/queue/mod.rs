@@ -7,6 +7,7 @@
 mod choose;
 mod claim;
 mod reap;
+mod round;
 
 use std::collections::BTreeMap;
 use std::fmt;
