@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::app::{TestApp, user};
+use crate::app::{Clients, TestApp, user};
 use crate::pg::TestDb;
 
 /// An OTLP/gRPC trace collector that keeps every span it receives.
@@ -81,6 +81,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Creates a task inside a client span ("client submits"), sending its W3C trace context in
+/// the call's metadata as a traced client would; returns the task and the trace id.
+async fn create_traced(c: &mut Clients, request: pb::CreateTaskRequest) -> (pb::Task, String) {
+    let client_span = tracing::info_span!("client submits", trace_id = tracing::field::Empty);
+    let trace_id = propagation::trace_id_of(&client_span).expect("the client span is exported");
+    let mut request = tonic::Request::new(request);
+    propagation::inject_into_metadata(&client_span, request.metadata_mut());
+    let task = c
+        .tasks
+        .create_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    (task, trace_id)
+}
+
 #[tokio::test]
 async fn one_trace_follows_a_task_from_client_to_provider_call() {
     let (collector, telemetry) = collector();
@@ -92,25 +110,17 @@ async fn one_trace_follows_a_task_from_client_to_provider_call() {
     let agent = c.echo_agent(&ws, "coder").await;
 
     // The client's own span, sent as W3C trace context in the call's metadata.
-    let client_span = tracing::info_span!("client submits", trace_id = tracing::field::Empty);
-    let trace_id = propagation::trace_id_of(&client_span).expect("the client span is exported");
-    let mut request = tonic::Request::new(pb::CreateTaskRequest {
-        workspace_id: ws.clone(),
-        agent_id: agent.id.clone(),
-        input: vec![user("trace me")],
-        request_id: "traced-1".to_owned(),
-        ..Default::default()
-    });
-    propagation::inject_into_metadata(&client_span, request.metadata_mut());
-    let task = c
-        .tasks
-        .create_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
-    drop(client_span);
+    let (task, trace_id) = create_traced(
+        &mut c,
+        pb::CreateTaskRequest {
+            workspace_id: ws.clone(),
+            agent_id: agent.id.clone(),
+            input: vec![user("trace me")],
+            request_id: "traced-1".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await;
     let done = c.wait_terminal(&ws, &task.id).await;
     assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
 
@@ -195,24 +205,16 @@ async fn a_retried_attempt_is_in_the_same_trace_and_links_to_the_attempt_before(
     let mut c = app.admin().await;
     let ws = c.workspace("retraced").await;
     let agent = c.echo_agent(&ws, "coder").await;
-    let client_span = tracing::info_span!("client retries", trace_id = tracing::field::Empty);
-    let trace_id = propagation::trace_id_of(&client_span).expect("the client span is exported");
-    let mut request = tonic::Request::new(pb::CreateTaskRequest {
-        workspace_id: ws.clone(),
-        agent_id: agent.id.clone(),
-        input: vec![user("twice")],
-        ..Default::default()
-    });
-    propagation::inject_into_metadata(&client_span, request.metadata_mut());
-    let task = c
-        .tasks
-        .create_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
-    drop(client_span);
+    let (task, trace_id) = create_traced(
+        &mut c,
+        pb::CreateTaskRequest {
+            workspace_id: ws.clone(),
+            agent_id: agent.id.clone(),
+            input: vec![user("twice")],
+            ..Default::default()
+        },
+    )
+    .await;
 
     // Attempt 1 is claimed and its lease lapses; attempt 2 runs on a real worker.
     let pool = sqlx::PgPool::connect(&db.worker_url()).await.unwrap();
@@ -359,25 +361,16 @@ async fn the_provider_http_call_carries_the_tasks_trace_context() {
         .into_inner()
         .agent
         .unwrap();
-    let client_span =
-        tracing::info_span!("client calls a vendor", trace_id = tracing::field::Empty);
-    let trace_id = propagation::trace_id_of(&client_span).expect("the client span is exported");
-    let mut request = tonic::Request::new(pb::CreateTaskRequest {
-        workspace_id: ws.clone(),
-        agent_id: agent.id.clone(),
-        input: vec![user("trace the vendor")],
-        ..Default::default()
-    });
-    propagation::inject_into_metadata(&client_span, request.metadata_mut());
-    let task = c
-        .tasks
-        .create_task(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
-    drop(client_span);
+    let (task, trace_id) = create_traced(
+        &mut c,
+        pb::CreateTaskRequest {
+            workspace_id: ws.clone(),
+            agent_id: agent.id.clone(),
+            input: vec![user("trace the vendor")],
+            ..Default::default()
+        },
+    )
+    .await;
     let done = c.wait_terminal(&ws, &task.id).await;
     assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
 
