@@ -283,6 +283,7 @@ impl Target {
             input: vec![pb::Message {
                 role: pb::Role::User.into(),
                 content: format!("task {index}"),
+                ..Default::default()
             }],
             request_id: format!("bench-{index}"),
             ..Default::default()

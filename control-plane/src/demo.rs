@@ -129,6 +129,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             input: vec![pb::Message {
                 role: pb::Role::User.into(),
                 content: args.prompt.clone(),
+                ..Default::default()
             }],
             request_id: format!("demo-{}", uuid::Uuid::now_v7()),
             ..Default::default()
@@ -157,6 +158,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
             Some(Kind::Delta(delta)) => print!("{}", delta.text),
             Some(Kind::Task(task)) => last = Some(task),
+            Some(Kind::Reset(reset)) => print!("\n[output withdrawn: {}]\n", reset.reason),
             None => {}
         }
         let _ = stdout.flush();

@@ -111,6 +111,8 @@ text_enum!(
         Failed => "failed",
         /// Stopped by a client.
         Canceled => "canceled",
+        /// Waiting for the caller to submit the outputs of the tools its model called.
+        RequiresAction => "requires_action",
     }
 );
 
@@ -133,6 +135,8 @@ text_enum!(
         User => "user",
         /// The model.
         Assistant => "assistant",
+        /// A tool's output, submitted by the caller.
+        Tool => "tool",
     }
 );
 

@@ -488,5 +488,6 @@ pub fn user(content: &str) -> pb::Message {
     pb::Message {
         role: pb::Role::User.into(),
         content: content.to_owned(),
+        ..Default::default()
     }
 }

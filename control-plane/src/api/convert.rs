@@ -85,6 +85,9 @@ pub(super) fn agent(row: &AgentRow) -> pb::Agent {
         max_attempts: row.max_attempts,
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
+        tools: Vec::new(),
+        max_steps: 0,
+        fallbacks: Vec::new(),
     }
 }
 
@@ -96,6 +99,7 @@ pub(super) fn task_status(status: TaskStatus) -> pb::TaskStatus {
         TaskStatus::Succeeded => pb::TaskStatus::Succeeded,
         TaskStatus::Failed => pb::TaskStatus::Failed,
         TaskStatus::Canceled => pb::TaskStatus::Canceled,
+        TaskStatus::RequiresAction => pb::TaskStatus::RequiresAction,
     }
 }
 
@@ -108,6 +112,7 @@ pub(super) fn task_status_filter(status: pb::TaskStatus) -> Option<TaskStatus> {
         pb::TaskStatus::Succeeded => Some(TaskStatus::Succeeded),
         pb::TaskStatus::Failed => Some(TaskStatus::Failed),
         pb::TaskStatus::Canceled => Some(TaskStatus::Canceled),
+        pb::TaskStatus::RequiresAction => Some(TaskStatus::RequiresAction),
     }
 }
 
@@ -129,6 +134,7 @@ pub(super) fn task(row: &TaskRow) -> pb::Task {
             input_tokens: row.input_tokens,
             output_tokens: row.output_tokens,
             cost_micros: row.cost_micros,
+            ..pb::Usage::default()
         }),
         error: row.error_code.as_ref().map(|code| pb::TaskError {
             code: code.clone(),
@@ -140,6 +146,8 @@ pub(super) fn task(row: &TaskRow) -> pb::Task {
         update_time: Some(timestamp(row.updated_at)),
         start_time: row.started_at.map(timestamp),
         end_time: row.ended_at.map(timestamp),
+        required_action: None,
+        steps: 0,
     }
 }
 
@@ -149,6 +157,7 @@ pub(super) fn role(role: Role) -> pb::Role {
         Role::System => pb::Role::System,
         Role::User => pb::Role::User,
         Role::Assistant => pb::Role::Assistant,
+        Role::Tool => pb::Role::Tool,
     }
 }
 
@@ -159,9 +168,11 @@ pub(super) fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
         message: Some(pb::Message {
             role: role(row.role).into(),
             content: row.content.clone(),
+            ..pb::Message::default()
         }),
         attempt: row.attempt,
         create_time: Some(timestamp(row.created_at)),
+        step: -1,
     }
 }
 

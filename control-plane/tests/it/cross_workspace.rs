@@ -216,6 +216,7 @@ fn attack(path: &str, ws: &str, b: &Target) -> Option<Attack> {
                     lease,
                     index: 0,
                     text: "forged".into(),
+                    ..Default::default()
                 })),
             };
             Attack {

@@ -61,8 +61,11 @@ impl Session {
                         input_tokens: 3,
                         output_tokens: 2,
                         cost_micros: 0,
+                        ..Default::default()
                     }),
+                    ..Default::default()
                 }],
+                position: 0,
             })),
         }))
         .await;

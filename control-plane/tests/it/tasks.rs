@@ -285,6 +285,7 @@ async fn model_output_with_nul_is_recorded_with_a_replacement_character() {
             lease: Some(lease.clone()),
             index: 0,
             text: "a\0".into(),
+            ..Default::default()
         }))
         .await;
     let ack = session.succeed(lease, "a\0b").await;

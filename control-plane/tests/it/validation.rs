@@ -410,6 +410,7 @@ async fn create_task_rejects_bad_fields() {
             create(vec![pb::Message {
                 role: pb::Role::System.into(),
                 content: "x".into(),
+                ..Default::default()
             }]),
             &["input[0].role"],
         ),
@@ -418,6 +419,7 @@ async fn create_task_rejects_bad_fields() {
             create(vec![pb::Message {
                 role: 42,
                 content: "x".into(),
+                ..Default::default()
             }]),
             &["input[0].role"],
         ),

@@ -42,6 +42,10 @@ impl Seen {
                 }
                 self.last = Some(task);
             }
+            Kind::Reset(reset) => {
+                self.output.clear();
+                self.next_index = reset.index;
+            }
         }
     }
 }

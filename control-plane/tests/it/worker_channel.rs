@@ -48,6 +48,7 @@ pub(crate) fn delta(ws: &str, task: &str, index: i64, text: String) -> In {
         }),
         index,
         text,
+        reset: false,
     })
 }
 

@@ -74,6 +74,7 @@ impl Ledger {
                 lease: Some(lease.to_proto()),
                 index,
                 text,
+                reset: false,
             })),
         };
         entry.outputs.push(message.clone());

@@ -113,6 +113,11 @@ pub(crate) async fn run_attempt(
             message = %failure.message,
             "attempt failed"
         ),
+        Ending::Result(worker_result::Outcome::RequiresAction(action)) => tracing::info!(
+            elapsed_ms,
+            position = action.position,
+            "attempt waits for tool outputs"
+        ),
         Ending::Release => tracing::info!(elapsed_ms, "attempt stopped for shutdown; releasing"),
         Ending::Abandon => tracing::info!(elapsed_ms, "attempt abandoned"),
     }
@@ -237,6 +242,7 @@ fn outcome_label(ending: &Ending) -> &'static str {
             "retryable_failure"
         }
         Ending::Result(worker_result::Outcome::Failure(_)) => "failed",
+        Ending::Result(worker_result::Outcome::RequiresAction(_)) => "requires_action",
         Ending::Release => "released",
         Ending::Abandon => "abandoned",
     }
@@ -341,6 +347,13 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
             }
             Ok(Role::User) => ChatRole::User,
             Ok(Role::Assistant) => ChatRole::Assistant,
+            Ok(Role::Tool) => {
+                return Err(failure(
+                    "invalid_task",
+                    "tool outputs are not supported yet".to_owned(),
+                    false,
+                ));
+            }
             Err(unknown) => {
                 return Err(failure(
                     "invalid_task",
@@ -400,8 +413,11 @@ fn success(response: ModelResponse, step: i32, provider_request_id: String) -> O
                 input_tokens: response.usage.input_tokens,
                 output_tokens: response.usage.output_tokens,
                 cost_micros: response.usage.cost_micros,
+                ..Usage::default()
             }),
+            ..ModelCall::default()
         }],
+        position: 0,
     }))
 }
 

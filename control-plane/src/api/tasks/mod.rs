@@ -171,6 +171,13 @@ impl TaskService for TaskApi {
         }))
     }
 
+    async fn submit_tool_outputs(
+        &self,
+        _request: Request<pb::SubmitToolOutputsRequest>,
+    ) -> Result<Response<pb::SubmitToolOutputsResponse>, Status> {
+        Err(Status::unimplemented("SubmitToolOutputs is being built"))
+    }
+
     async fn list_task_messages(
         &self,
         request: Request<pb::ListTaskMessagesRequest>,

@@ -296,6 +296,7 @@ mod tests {
             input: vec![pb::Message {
                 role: pb::Role::System.into(),
                 content: String::new(),
+                ..Default::default()
             }],
             priority: 5000,
             ..Default::default()

@@ -55,6 +55,8 @@ impl TryFrom<pb::SessionRequest> for Report {
                 v.finish()?;
                 Ok(Report::Release(required(lease, "release.lease")?))
             }
+            Some(In::Step(_)) => Err(ApiError::invalid("step", "not supported yet")),
+            Some(In::Usage(_)) => Err(ApiError::invalid("usage", "not supported yet")),
             None => Err(ApiError::invalid("kind", "is required")),
         }
     }
@@ -171,6 +173,9 @@ fn result_outcome(outcome: Option<pb::worker_result::Outcome>) -> Result<ResultO
                 .into_owned(),
                 retryable: failure.retryable,
             })
+        }
+        Some(pb::worker_result::Outcome::RequiresAction(_)) => {
+            Err("result.requires_action is not supported yet".to_owned())
         }
         None => Err("result.outcome is required".to_owned()),
     }
@@ -313,6 +318,7 @@ mod tests {
                 }),
                 index,
                 text: "x\0".to_owned(),
+                ..Default::default()
             })),
         }
     }
