@@ -70,7 +70,7 @@ fn body(request: &ModelRequest) -> Value {
         .iter()
         .map(|message| {
             let role = match message.role {
-                ChatRole::User => "user",
+                ChatRole::User | ChatRole::Tool => "user",
                 ChatRole::Assistant => "assistant",
             };
             json!({ "role": role, "content": message.content })
@@ -338,15 +338,10 @@ mod tests {
             model: "claude-sonnet-4-5".to_owned(),
             system: Some("Be brief.".to_owned()),
             messages: vec![
-                ChatMessage {
-                    role: ChatRole::User,
-                    content: "hi".to_owned(),
-                },
-                ChatMessage {
-                    role: ChatRole::Assistant,
-                    content: "hello".to_owned(),
-                },
+                ChatMessage::text(ChatRole::User, "hi".to_owned()),
+                ChatMessage::text(ChatRole::Assistant, "hello".to_owned()),
             ],
+            tools: Vec::new(),
             generation: Generation {
                 temperature: Some(0.5),
                 top_p: None,

@@ -93,6 +93,7 @@ impl EchoPlan {
         ModelResponse {
             text: self.pieces.concat(),
             finish_reason: self.finish_reason,
+            tool_calls: Vec::new(),
             model,
             usage: ModelUsage {
                 input_tokens,
@@ -186,11 +187,9 @@ mod tests {
             system: Some("Be brief.".to_owned()),
             messages: messages
                 .iter()
-                .map(|(role, content)| ChatMessage {
-                    role: *role,
-                    content: (*content).to_owned(),
-                })
+                .map(|(role, content)| ChatMessage::text(*role, (*content).to_owned()))
                 .collect(),
+            tools: Vec::new(),
             generation,
             deadline: None,
         }

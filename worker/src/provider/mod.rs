@@ -42,6 +42,44 @@ pub enum ChatRole {
     User,
     /// The model (few-shot history or earlier turns).
     Assistant,
+    /// The caller's outputs of the tools the previous assistant message called.
+    Tool,
+}
+
+/// A tool the model may call (an agent's declared tool).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// Its name, unique within the request.
+    pub name: String,
+    /// What it does, for the model (may be empty).
+    pub description: String,
+    /// JSON Schema of its arguments: always an object schema (`{"type": "object", ...}`).
+    pub parameters: serde_json::Value,
+}
+
+/// A model's call of a tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call's id: the vendor's, or one the adapter makes up (unique within the task:
+    /// derived from the request id and the call's index) when the vendor gives none.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments as JSON text, as the model wrote them.
+    pub arguments: String,
+}
+
+/// The caller's output of one tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    /// The id of the call it answers.
+    pub call_id: String,
+    /// The called tool's name (Gemini matches outputs to calls by name).
+    pub name: String,
+    /// The output text.
+    pub output: String,
+    /// The tool failed (Anthropic's `is_error`; others see only the text).
+    pub is_error: bool,
 }
 
 /// One message of the conversation.
@@ -49,14 +87,32 @@ pub enum ChatRole {
 pub struct ChatMessage {
     /// Its author.
     pub role: ChatRole,
-    /// Its text.
+    /// Its text (may be empty for an assistant message that only calls tools, and is empty
+    /// for a tool message).
     pub content: String,
+    /// For an assistant message: the tools it called, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message: the outputs, one per call of the previous assistant message, in
+    /// the calls' order.
+    pub tool_outputs: Vec<ToolOutput>,
+}
+
+impl ChatMessage {
+    /// A message of plain text.
+    pub fn text(role: ChatRole, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_outputs: Vec::new(),
+        }
+    }
 }
 
 /// One call to a model.
 #[derive(Debug, Clone)]
 pub struct ModelRequest {
-    /// Idempotency id sent to the provider, derived from (task, attempt, step).
+    /// Idempotency id sent to the provider, derived from (task, step).
     pub request_id: String,
     /// The provider's model name.
     pub model: String,
@@ -66,6 +122,8 @@ pub struct ModelRequest {
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters.
     pub generation: Generation,
+    /// The tools the model may call; empty for none.
+    pub tools: Vec<ToolSpec>,
     /// When the attempt's time runs out: no retry is started that could not finish before
     /// it. `None` means no deadline beyond the provider's own timeouts.
     pub deadline: Option<Instant>,
@@ -78,6 +136,8 @@ pub enum FinishReason {
     Stop,
     /// The output token limit was reached.
     MaxTokens,
+    /// The model called tools (`ModelResponse::tool_calls`) and waits for their outputs.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -86,6 +146,7 @@ impl FinishReason {
         match self {
             Self::Stop => "stop",
             Self::MaxTokens => "max_tokens",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }
@@ -119,6 +180,8 @@ pub struct ModelResponse {
     pub text: String,
     /// Why generation stopped.
     pub finish_reason: FinishReason,
+    /// The tools the model called, in order (empty unless `finish_reason` is `ToolCalls`).
+    pub tool_calls: Vec<ToolCall>,
     /// The model that answered, as the provider names it.
     pub model: String,
     /// What the call consumed.
@@ -196,13 +259,11 @@ impl std::fmt::Debug for Providers {
     }
 }
 
-/// The idempotency id of provider call `step` of `attempt` of a task.
-pub fn provider_request_id(
-    task_id: agentplane_core::ids::TaskId,
-    attempt: i32,
-    step: i32,
-) -> String {
-    format!("{task_id}-{attempt}-{step}")
+/// The idempotency id of step `step` of a task: the same for every attempt and fallback of
+/// the step, so that a vendor or gateway that honours idempotency keys answers a repeated
+/// step from its cache instead of charging for it again.
+pub fn provider_request_id(task_id: agentplane_core::ids::TaskId, step: i32) -> String {
+    format!("{task_id}-{step}")
 }
 
 #[cfg(test)]
@@ -210,18 +271,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn provider_request_ids_are_deterministic_per_task_attempt_and_step() {
+    fn provider_request_ids_are_deterministic_per_task_and_step() {
         let task = agentplane_core::ids::TaskId(uuid::Uuid::from_u128(
             0x0192_0000_0000_7000_8000_0000_0000_0001,
         ));
         assert_eq!(
-            provider_request_id(task, 2, 0),
-            "01920000-0000-7000-8000-000000000001-2-0"
+            provider_request_id(task, 2),
+            "01920000-0000-7000-8000-000000000001-2"
         );
-        assert_ne!(
-            provider_request_id(task, 2, 0),
-            provider_request_id(task, 3, 0)
-        );
+        assert_ne!(provider_request_id(task, 2), provider_request_id(task, 3));
     }
 
     #[test]

@@ -362,18 +362,16 @@ fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
                 ));
             }
         };
-        messages.push(ChatMessage {
-            role,
-            content: message.content.clone(),
-        });
+        messages.push(ChatMessage::text(role, message.content.clone()));
     }
     let system = system.join("\n\n");
     Ok(ModelRequest {
-        request_id: provider_request_id(task.task_id, task.attempt, 0),
+        request_id: provider_request_id(task.task_id, 0),
         model: task.agent.model.clone(),
         system: (!system.is_empty()).then_some(system),
         messages,
         generation,
+        tools: Vec::new(),
         deadline: Some(Instant::now() + task.agent.task_timeout),
     })
 }

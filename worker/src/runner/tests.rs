@@ -92,6 +92,7 @@ fn nul_is_replaced_in_answers_and_failure_messages() {
     let response = ModelResponse {
         text: "a\0b".to_owned(),
         finish_reason: crate::provider::FinishReason::Stop,
+        tool_calls: Vec::new(),
         model: "m".to_owned(),
         usage: crate::provider::ModelUsage::default(),
         vendor_request_id: None,
@@ -157,6 +158,7 @@ mod attempts {
                     Then::Answer => Ok(ModelResponse {
                         text: self.pieces.concat(),
                         finish_reason: FinishReason::Stop,
+                        tool_calls: Vec::new(),
                         model: request.model,
                         usage: ModelUsage::default(),
                         vendor_request_id: None,
@@ -329,6 +331,7 @@ async fn a_finished_call_counts_its_tokens_and_cost_per_provider_and_model() {
     let response = ModelResponse {
         text: "hi".to_owned(),
         finish_reason: crate::provider::FinishReason::Stop,
+        tool_calls: Vec::new(),
         model: "metrics-test-model-2026".to_owned(),
         usage: crate::provider::ModelUsage {
             input_tokens: 100,

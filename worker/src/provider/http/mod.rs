@@ -385,6 +385,7 @@ impl<W: WireFormat> HttpProvider<W> {
             return ModelResponse {
                 text,
                 finish_reason: finished.finish_reason,
+                tool_calls: Vec::new(),
                 model,
                 usage,
                 vendor_request_id: vendor_request_id
@@ -413,6 +414,7 @@ impl<W: WireFormat> HttpProvider<W> {
         ModelResponse {
             text,
             finish_reason: finished.finish_reason,
+            tool_calls: Vec::new(),
             model,
             usage,
             vendor_request_id: vendor_request_id

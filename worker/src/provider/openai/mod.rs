@@ -60,7 +60,7 @@ impl OpenAi {
             .map(|system| json!({ "role": "system", "content": system }));
         let conversation = request.messages.iter().map(|message| {
             let role = match message.role {
-                ChatRole::User => "user",
+                ChatRole::User | ChatRole::Tool => "user",
                 ChatRole::Assistant => "assistant",
             };
             json!({ "role": role, "content": message.content })

@@ -13,10 +13,8 @@ fn request() -> ModelRequest {
         request_id: "t-1-0".to_owned(),
         model: "gpt-4o-mini".to_owned(),
         system: Some("Be brief.".to_owned()),
-        messages: vec![ChatMessage {
-            role: ChatRole::User,
-            content: "hi".to_owned(),
-        }],
+        messages: vec![ChatMessage::text(ChatRole::User, "hi".to_owned())],
+        tools: Vec::new(),
         generation: Generation {
             temperature: None,
             top_p: Some(0.9),

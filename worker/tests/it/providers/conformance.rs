@@ -51,11 +51,9 @@ fn request(messages: &[(ChatRole, &str)]) -> ModelRequest {
         system: Some("Be brief.".to_owned()),
         messages: messages
             .iter()
-            .map(|(role, content)| ChatMessage {
-                role: *role,
-                content: (*content).to_owned(),
-            })
+            .map(|(role, content)| ChatMessage::text(*role, (*content).to_owned()))
             .collect(),
+        tools: Vec::new(),
         generation: Generation {
             temperature: Some(0.3),
             max_output_tokens: Some(256),
