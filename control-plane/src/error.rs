@@ -67,6 +67,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(what) => ApiError::AlreadyExists(what),
             StoreError::FailedPrecondition(what) => ApiError::FailedPrecondition(what),
             StoreError::InvalidInput(what) => ApiError::invalid("request", what),
+            StoreError::InvalidField(field, what) => ApiError::invalid(field, what),
             StoreError::Timeout => {
                 ApiError::DeadlineExceeded("the database statement took too long")
             }

@@ -16,3 +16,4 @@ pub mod notify;
 pub mod page;
 pub mod retry;
 pub mod text;
+pub mod tools;

@@ -46,6 +46,19 @@ pub(super) fn workspace(row: &WorkspaceRow) -> pb::Workspace {
     }
 }
 
+/// Protobuf enum → the provider's stored name (`None` for unspecified).
+pub(super) fn provider_name(provider: pb::Provider) -> Option<&'static str> {
+    let known = match provider {
+        pb::Provider::Unspecified => return None,
+        pb::Provider::Echo => Provider::Echo,
+        pb::Provider::Anthropic => Provider::Anthropic,
+        pb::Provider::Openai => Provider::OpenAi,
+        pb::Provider::Gemini => Provider::Gemini,
+        pb::Provider::OpenaiCompatible => Provider::OpenAiCompatible,
+    };
+    Some(known.as_str())
+}
+
 /// Provider → protobuf enum.
 pub(super) fn provider(provider: Provider) -> pb::Provider {
     match provider {
@@ -85,9 +98,28 @@ pub(super) fn agent(row: &AgentRow) -> pb::Agent {
         max_attempts: row.max_attempts,
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
-        tools: Vec::new(),
-        max_steps: 0,
-        fallbacks: Vec::new(),
+        tools: row
+            .tools
+            .0
+            .iter()
+            .map(|tool| pb::Tool {
+                name: tool.name.clone(),
+                description: tool.description.clone(),
+                parameters: json_to_struct(&tool.parameters),
+            })
+            .collect(),
+        max_steps: row.max_steps,
+        fallbacks: row
+            .fallbacks
+            .0
+            .iter()
+            .map(|choice| pb::ModelChoice {
+                provider: Provider::parse(&choice.provider)
+                    .map_or(pb::Provider::Unspecified, provider)
+                    .into(),
+                model: choice.model.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -146,8 +178,13 @@ pub(super) fn task(row: &TaskRow) -> pb::Task {
         update_time: Some(timestamp(row.updated_at)),
         start_time: row.started_at.map(timestamp),
         end_time: row.ended_at.map(timestamp),
-        required_action: None,
-        steps: 0,
+        required_action: row
+            .required_action
+            .as_ref()
+            .map(|action| pb::RequiredAction {
+                step: action.0.step,
+                tool_calls: action.0.tool_calls.iter().map(tool_call).collect(),
+            }),
     }
 }
 
@@ -161,6 +198,15 @@ pub(super) fn role(role: Role) -> pb::Role {
     }
 }
 
+/// Stored tool call → protobuf.
+pub(super) fn tool_call(call: &agentplane_core::tools::ToolCallRecord) -> pb::ToolCall {
+    pb::ToolCall {
+        id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+    }
+}
+
 /// Stored transcript message → protobuf.
 pub(super) fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
     pb::TaskMessage {
@@ -168,11 +214,16 @@ pub(super) fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
         message: Some(pb::Message {
             role: role(row.role).into(),
             content: row.content.clone(),
-            ..pb::Message::default()
+            tool_calls: row
+                .tool_calls
+                .as_ref()
+                .map(|calls| calls.0.iter().map(tool_call).collect())
+                .unwrap_or_default(),
+            tool_call_id: row.tool_call_id.clone().unwrap_or_default(),
         }),
         attempt: row.attempt,
         create_time: Some(timestamp(row.created_at)),
-        step: -1,
+        step: row.step.unwrap_or(-1),
     }
 }
 

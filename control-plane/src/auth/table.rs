@@ -113,6 +113,10 @@ pub const METHODS: &[(&str, Access)] = &[
         Workspace(WriteTasks),
     ),
     (
+        "/agentplane.v1.TaskService/SubmitToolOutputs",
+        Workspace(WriteTasks),
+    ),
+    (
         "/agentplane.v1.TaskService/ListTaskMessages",
         Workspace(Read),
     ),

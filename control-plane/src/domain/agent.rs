@@ -35,6 +35,8 @@ pub const MIN_TASK_TIMEOUT_MS: i64 = 1000;
 pub const MAX_TASK_TIMEOUT_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub use agentplane_core::columns::Provider;
+use agentplane_core::tools as tool_rules;
+pub use agentplane_core::tools::{ModelChoice, ToolDefinition};
 /// Everything about an agent a client can set, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentSpec {
@@ -58,6 +60,12 @@ pub struct AgentSpec {
     pub task_timeout_ms: i64,
     /// Attempts per task.
     pub max_attempts: i32,
+    /// Tools the model may call.
+    pub tools: Vec<ToolDefinition>,
+    /// Model calls one task may make.
+    pub max_steps: i32,
+    /// (provider, model) pairs tried in order when the primary fails.
+    pub fallbacks: Vec<ModelChoice>,
 }
 
 impl AgentSpec {
@@ -70,6 +78,9 @@ impl AgentSpec {
         check_max_concurrency(v, self.max_concurrency);
         check_task_timeout(v, self.task_timeout_ms);
         check_max_attempts(v, self.max_attempts);
+        check_tools(v, &self.tools);
+        check_max_steps(v, self.max_steps);
+        check_fallbacks(v, &self.fallbacks);
     }
 
     /// The spec with `changes` made, checked again as a whole: a spec saved under older
@@ -87,6 +98,9 @@ impl AgentSpec {
                 AgentChange::MaxConcurrency(max) => self.max_concurrency = max,
                 AgentChange::TaskTimeoutMs(timeout) => self.task_timeout_ms = timeout,
                 AgentChange::MaxAttempts(max) => self.max_attempts = max,
+                AgentChange::Tools(tools) => self.tools = tools,
+                AgentChange::MaxSteps(max) => self.max_steps = max,
+                AgentChange::Fallbacks(fallbacks) => self.fallbacks = fallbacks,
             }
         }
         let mut v = Violations::new();
@@ -119,6 +133,12 @@ pub enum AgentChange {
     TaskTimeoutMs(i64),
     /// New attempt limit.
     MaxAttempts(i32),
+    /// New tools, replacing all of the old ones.
+    Tools(Vec<ToolDefinition>),
+    /// New step limit.
+    MaxSteps(i32),
+    /// New fallbacks, replacing all of the old ones.
+    Fallbacks(Vec<ModelChoice>),
 }
 
 impl AgentChange {
@@ -133,6 +153,9 @@ impl AgentChange {
             AgentChange::MaxConcurrency(max) => check_max_concurrency(v, *max),
             AgentChange::TaskTimeoutMs(timeout) => check_task_timeout(v, *timeout),
             AgentChange::MaxAttempts(max) => check_max_attempts(v, *max),
+            AgentChange::Tools(tools) => check_tools(v, tools),
+            AgentChange::MaxSteps(max) => check_max_steps(v, *max),
+            AgentChange::Fallbacks(fallbacks) => check_fallbacks(v, fallbacks),
             AgentChange::Provider(_) | AgentChange::Labels(_) | AgentChange::RequiredLabels(_) => {}
         }
     }
@@ -189,6 +212,91 @@ pub struct DeleteAgent {
     pub agent: AgentRef,
     /// Idempotency key.
     pub request_id: Option<String>,
+}
+
+fn check_tools(v: &mut Violations, tools: &[ToolDefinition]) {
+    if tools.len() > tool_rules::MAX_TOOLS {
+        v.add(
+            "agent.tools",
+            format!("at most {} tools", tool_rules::MAX_TOOLS),
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, tool) in tools.iter().enumerate() {
+        if !tool_rules::is_valid_tool_name(&tool.name) {
+            v.add(
+                &format!("agent.tools[{i}].name"),
+                format!(
+                    "must be 1 to {} characters of [a-zA-Z0-9_-]",
+                    tool_rules::MAX_TOOL_NAME_CHARS
+                ),
+            );
+        } else if !names.insert(tool.name.as_str()) {
+            v.add(
+                &format!("agent.tools[{i}].name"),
+                "is declared twice; tool names are unique within an agent",
+            );
+        }
+        if tool.description.len() > tool_rules::MAX_TOOL_DESCRIPTION_BYTES
+            || tool.description.contains('\0')
+        {
+            v.add(
+                &format!("agent.tools[{i}].description"),
+                format!(
+                    "must be at most {} bytes, without NUL",
+                    tool_rules::MAX_TOOL_DESCRIPTION_BYTES
+                ),
+            );
+        }
+        let schema_type = tool.parameters.get("type").and_then(|t| t.as_str());
+        if !tool.parameters.is_object() || schema_type != Some("object") {
+            v.add(
+                &format!("agent.tools[{i}].parameters"),
+                "must be a JSON Schema of an object: {\"type\": \"object\", ...}",
+            );
+        } else if tool.parameters.to_string().len() > tool_rules::MAX_TOOL_SCHEMA_BYTES {
+            v.add(
+                &format!("agent.tools[{i}].parameters"),
+                format!(
+                    "must be at most {} bytes as JSON",
+                    tool_rules::MAX_TOOL_SCHEMA_BYTES
+                ),
+            );
+        }
+    }
+}
+
+fn check_max_steps(v: &mut Violations, max: i32) {
+    if !(1..=tool_rules::MAX_MAX_STEPS).contains(&max) {
+        v.add(
+            "agent.max_steps",
+            format!("must be 1 to {}", tool_rules::MAX_MAX_STEPS),
+        );
+    }
+}
+
+fn check_fallbacks(v: &mut Violations, fallbacks: &[ModelChoice]) {
+    if fallbacks.len() > tool_rules::MAX_FALLBACKS {
+        v.add(
+            "agent.fallbacks",
+            format!("at most {} fallbacks", tool_rules::MAX_FALLBACKS),
+        );
+    }
+    for (i, choice) in fallbacks.iter().enumerate() {
+        if Provider::parse(&choice.provider).is_err() {
+            v.add(
+                &format!("agent.fallbacks[{i}].provider"),
+                "must be a supported provider",
+            );
+        }
+        let chars = choice.model.chars().count();
+        if !(1..=MAX_MODEL_CHARS).contains(&chars) || choice.model.contains('\0') {
+            v.add(
+                &format!("agent.fallbacks[{i}].model"),
+                format!("must be 1 to {MAX_MODEL_CHARS} characters"),
+            );
+        }
+    }
 }
 
 fn check_name(v: &mut Violations, name: &str) {
@@ -290,7 +398,71 @@ mod tests {
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             task_timeout_ms: DEFAULT_TASK_TIMEOUT_MS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            tools: Vec::new(),
+            max_steps: tool_rules::DEFAULT_MAX_STEPS,
+            fallbacks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn tools_fallbacks_and_step_limits_are_checked() {
+        let tool = |name: &str, parameters: serde_json::Value| ToolDefinition {
+            name: name.to_owned(),
+            description: String::new(),
+            parameters,
+        };
+        let object = serde_json::json!({"type": "object", "properties": {}});
+        let bad = AgentSpec {
+            tools: vec![
+                tool("get_weather", object.clone()),
+                tool("get_weather", object.clone()),
+                tool("has space", object),
+                tool("list", serde_json::json!({"type": "array"})),
+            ],
+            max_steps: 0,
+            fallbacks: vec![
+                ModelChoice {
+                    provider: String::new(),
+                    model: "m".to_owned(),
+                },
+                ModelChoice {
+                    provider: "openai".to_owned(),
+                    model: String::new(),
+                },
+            ],
+            ..spec()
+        };
+        let mut v = Violations::new();
+        bad.check(&mut v);
+        let fields: Vec<String> = match v.finish() {
+            Err(ApiError::InvalidArgument(violations)) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
+            other => panic!("expected violations, got {other:?}"),
+        };
+        assert_eq!(
+            fields,
+            [
+                "agent.tools[1].name",
+                "agent.tools[2].name",
+                "agent.tools[3].parameters",
+                "agent.max_steps",
+                "agent.fallbacks[0].provider",
+                "agent.fallbacks[1].model",
+            ]
+        );
+        let good = AgentSpec {
+            tools: vec![tool("now", tool_rules::empty_object_schema())],
+            max_steps: tool_rules::MAX_MAX_STEPS,
+            fallbacks: vec![ModelChoice {
+                provider: "anthropic".to_owned(),
+                model: "claude-haiku-4-5".to_owned(),
+            }],
+            ..spec()
+        };
+        let mut v = Violations::new();
+        good.check(&mut v);
+        assert!(v.finish().is_ok());
     }
 
     #[test]

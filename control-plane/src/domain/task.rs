@@ -95,6 +95,28 @@ pub struct CancelTask {
     pub request_id: Option<String>,
 }
 
+/// A validated SubmitToolOutputs request.
+#[derive(Clone, Debug)]
+pub struct SubmitToolOutputs {
+    /// Task that waits for them.
+    pub task: TaskRef,
+    /// The outputs, ids unique.
+    pub outputs: Vec<ToolOutputInput>,
+    /// Idempotency key (recorded in the event log).
+    pub request_id: Option<String>,
+}
+
+/// One tool output of a SubmitToolOutputs request, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolOutputInput {
+    /// The call it answers.
+    pub call_id: String,
+    /// The output, NUL-free.
+    pub output: String,
+    /// The tool failed.
+    pub is_error: bool,
+}
+
 /// A validated RetryTask request.
 #[derive(Clone, Debug)]
 pub struct RetryTask {

@@ -28,18 +28,56 @@ pub struct Hello {
 /// One model call reported by a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelCallRecord {
+    /// The worker's id of the call: its usage record's id (a fresh one for workers that
+    /// send none).
+    pub id: uuid::Uuid,
     /// Agent-loop step.
     pub step: i32,
     /// Idempotency id sent to the provider.
     pub provider_request_id: String,
+    /// Provider called; empty for workers that send none (the agent's is recorded).
+    pub provider: String,
     /// Model.
     pub model: String,
     /// Prompt tokens.
     pub input_tokens: i64,
     /// Generated tokens.
     pub output_tokens: i64,
+    /// Prompt tokens read from the vendor's cache.
+    pub cache_read_input_tokens: i64,
+    /// Prompt tokens written to the vendor's cache.
+    pub cache_write_input_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
     /// Cost.
     pub cost_micros: i64,
+    /// The model had no price.
+    pub unpriced: bool,
+    /// The vendor's id of the response, if any.
+    pub vendor_request_id: Option<String>,
+    /// Milliseconds the call took, if known.
+    pub latency_ms: Option<i64>,
+    /// Milliseconds to the first output, if any came.
+    pub first_token_ms: Option<i64>,
+    /// `ok`, or the failure code.
+    pub outcome: String,
+}
+
+/// A completed model call of an attempt: the step it adds to the task's transcript.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The step, from 0.
+    pub step: i32,
+    /// Transcript position of its assistant message.
+    pub position: i32,
+    /// The answer text, NUL-free.
+    pub text: String,
+    /// The tools the model called.
+    pub tool_calls: Vec<agentplane_core::tools::ToolCallRecord>,
+    /// Why generation stopped.
+    pub finish_reason: String,
+    /// The call that produced it.
+    pub call: ModelCallRecord,
 }
 
 /// How an attempt ended.
@@ -51,8 +89,15 @@ pub enum ResultOutcome {
         output: String,
         /// Why generation stopped.
         finish_reason: String,
-        /// Provider calls made.
+        /// Provider calls not reported as steps or usage.
         calls: Vec<ModelCallRecord>,
+        /// Transcript position of the step it answers with; 0 to append the answer.
+        position: i32,
+    },
+    /// The model called tools; the task waits for their outputs.
+    RequiresAction {
+        /// Transcript position of the recorded step with the calls.
+        position: i32,
     },
     /// Without one.
     Failure {
@@ -105,6 +150,20 @@ pub enum Report {
     },
     /// An attempt given back unfinished.
     Release(Lease),
+    /// A completed model call.
+    Step {
+        /// The attempt that made it.
+        lease: Lease,
+        /// The step.
+        step: StepRecord,
+    },
+    /// Model calls that failed after consuming tokens.
+    Usage {
+        /// The attempt that made them.
+        lease: Lease,
+        /// The calls.
+        calls: Vec<ModelCallRecord>,
+    },
 }
 
 impl Report {
@@ -116,6 +175,8 @@ impl Report {
             | Report::Event { lease, .. }
             | Report::Result { lease, .. }
             | Report::MalformedResult { lease, .. }
+            | Report::Step { lease, .. }
+            | Report::Usage { lease, .. }
             | Report::Release(lease) => Some(*lease),
         }
     }

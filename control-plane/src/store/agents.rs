@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use super::{NewEvent, StoreError, StoreResult, TenantTx};
-use crate::domain::agent::{AgentSpec, Generation, Provider};
+use crate::domain::agent::{AgentSpec, Generation, ModelChoice, Provider, ToolDefinition};
 use crate::ids::{AgentId, TenantId};
 
 /// An agent as stored.
@@ -36,6 +36,12 @@ pub struct AgentRow {
     pub task_timeout_ms: i64,
     /// Attempts per task.
     pub max_attempts: i32,
+    /// Tools the model may call.
+    pub tools: Json<Vec<ToolDefinition>>,
+    /// Model calls one task may make.
+    pub max_steps: i32,
+    /// Fallback (provider, model) pairs.
+    pub fallbacks: Json<Vec<ModelChoice>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -56,6 +62,9 @@ impl AgentRow {
             max_concurrency: self.max_concurrency,
             task_timeout_ms: self.task_timeout_ms,
             max_attempts: self.max_attempts,
+            tools: self.tools.0.clone(),
+            max_steps: self.max_steps,
+            fallbacks: self.fallbacks.0.clone(),
         }
     }
 }
@@ -71,12 +80,12 @@ struct ByRequestId {
 macro_rules! columns {
     () => {
         "tenant_id, id, name, provider, model, system_prompt, generation, labels, \
-         required_labels, max_concurrency, task_timeout_ms, max_attempts, created_at, \
-         updated_at"
+         required_labels, max_concurrency, task_timeout_ms, max_attempts, tools, max_steps, \
+         fallbacks, created_at, updated_at"
     };
 }
 
-/// Binds an agent spec as parameters $3 to $12, in the order of the spec's fields.
+/// Binds an agent spec as parameters $3 to $15, in the order of the spec's fields.
 fn bind_spec<'q>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, AgentRow, sqlx::postgres::PgArguments>,
     spec: &'q AgentSpec,
@@ -92,6 +101,9 @@ fn bind_spec<'q>(
         .bind(spec.task_timeout_ms)
         .bind(spec.max_attempts)
         .bind(Json(&spec.required_labels))
+        .bind(Json(&spec.tools))
+        .bind(spec.max_steps)
+        .bind(Json(&spec.fallbacks))
 }
 
 impl TenantTx {
@@ -110,9 +122,10 @@ impl TenantTx {
         let id = AgentId::generate();
         let insert = self.query_as::<AgentRow>(concat!(
             "INSERT INTO agents (tenant_id, id, name, provider, model, system_prompt, generation, \
-             labels, max_concurrency, task_timeout_ms, max_attempts, required_labels, \
-             request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ",
+             labels, max_concurrency, task_timeout_ms, max_attempts, required_labels, tools, \
+             max_steps, fallbacks, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             RETURNING ",
             columns!()
         ))
         .bind(id);
@@ -220,7 +233,8 @@ impl TenantTx {
             .query_as::<AgentRow>(concat!(
                 "UPDATE agents SET name = $3, provider = $4, model = $5, system_prompt = $6, \
              generation = $7, labels = $8, max_concurrency = $9, task_timeout_ms = $10, \
-             max_attempts = $11, required_labels = $12, updated_at = now() \
+             max_attempts = $11, required_labels = $12, tools = $13, max_steps = $14, \
+             fallbacks = $15, updated_at = now() \
              WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING ",
                 columns!()
             ))

@@ -156,7 +156,10 @@ fn judge_lost_report(task: &TaskRow, worker: WorkerId, attempt: i32) -> LeaseChe
     let same_holder = task.attempt == attempt && task.worker_id == Some(worker);
     let reported = matches!(
         task.status,
-        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Pending
+        TaskStatus::Succeeded
+            | TaskStatus::Failed
+            | TaskStatus::Pending
+            | TaskStatus::RequiresAction
     ) && task.error_code.as_deref() != Some(LEASE_EXPIRED_CODE);
     if same_holder && reported {
         return LeaseCheck::AlreadyRecorded;

@@ -12,9 +12,11 @@ mod queue_stats;
 mod results;
 mod retention;
 mod retry;
+mod steps;
 mod task_batch;
 mod tasks;
 mod tenant;
+mod tool_outputs;
 mod worker_credentials;
 mod workers;
 mod workspaces;
@@ -54,6 +56,10 @@ pub enum StoreError {
     /// The database refused a value as malformed.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A request field does not fit the stored state (e.g. tool outputs that do not answer
+    /// the calls a task waits on).
+    #[error("{0}: {1}")]
+    InvalidField(&'static str, String),
     /// A statement ran past the session's `statement_timeout` and was cancelled.
     #[error("the database statement took too long")]
     Timeout,

@@ -10,14 +10,15 @@ use uuid::Uuid;
 
 use super::{LeaseCheck, StoreResult, TenantTx};
 use crate::domain::worker::{Lease, ModelCallRecord, ResultOutcome};
-use crate::ids::{AgentId, TaskId, WorkerId};
+use crate::ids::{TaskId, WorkerId};
+use agentplane_core::tools::{RequiredAction, ToolCallRecord};
+use sqlx::types::Json;
 
 /// The fencing columns of an attempt a worker holds, locked for the batch.
 #[derive(sqlx::FromRow)]
 struct Held {
     id: TaskId,
     attempt: i32,
-    agent_id: AgentId,
     releases: i32,
     max_attempts: i32,
 }
@@ -28,12 +29,12 @@ struct Columns<'a> {
     done_ids: Vec<TaskId>,
     outputs: Vec<&'a str>,
     finish_reasons: Vec<&'a str>,
-    input_tokens: Vec<i64>,
-    output_tokens: Vec<i64>,
-    costs: Vec<i64>,
     message_ids: Vec<Uuid>,
     message_attempts: Vec<i32>,
-    calls: Vec<(TaskId, i32, AgentId, &'a ModelCallRecord)>,
+    message_positions: Vec<i32>,
+    calls: Vec<(Lease, &'a ModelCallRecord)>,
+    waiting_ids: Vec<TaskId>,
+    waiting_actions: Vec<String>,
     failed_ids: Vec<TaskId>,
     codes: Vec<&'a str>,
     messages: Vec<&'a str>,
@@ -48,7 +49,8 @@ struct Columns<'a> {
 impl TenantTx {
     /// Records how these attempts ended, each only if `worker` still holds it, all in this
     /// transaction: task rows, assistant messages, usage records, events and notifications.
-    /// Returns one check per ending, in order.
+    /// An attempt that waits for tool outputs needs its step (with the calls) recorded
+    /// first. Returns one check per ending, in order.
     pub async fn record_results(
         &mut self,
         worker: WorkerId,
@@ -64,7 +66,7 @@ impl TenantTx {
             .unzip();
         let held: HashMap<(TaskId, i32), Held> = self
             .query_as::<Held>(
-                "SELECT id, attempt, agent_id, releases, max_attempts FROM tasks \
+                "SELECT id, attempt, releases, max_attempts FROM tasks \
                  WHERE tenant_id = $1 AND (id, attempt) IN \
                        (SELECT * FROM unnest($2::uuid[], $3::int[])) \
                    AND status = 'running' AND worker_id = $4 \
@@ -79,25 +81,49 @@ impl TenantTx {
             .map(|held| ((held.id, held.attempt), held))
             .collect();
 
+        let waits = self.recorded_tool_calls(endings).await?;
+
         // The first ending of each held attempt is recorded; a repeat in the same batch is
         // judged afterwards, like any report about an attempt no longer held.
         let mut recorded = HashSet::new();
+        let mut refused: HashMap<(TaskId, i32), String> = HashMap::new();
         let mut columns = Columns::default();
         for (lease, outcome) in endings {
             let key = (lease.task, lease.attempt);
             let Some(held) = held.get(&key) else { continue };
-            if !recorded.insert(key) {
+            if recorded.contains(&key) || refused.contains_key(&key) {
                 continue;
             }
-            columns.add(lease, held, outcome);
+            let wait = match outcome {
+                ResultOutcome::RequiresAction { position } => {
+                    match waits.get(&(lease.task, *position)) {
+                        Some(wait) => Some(wait),
+                        None => {
+                            refused.insert(
+                                key,
+                                format!(
+                                    "no step with tool calls is recorded at position {position}"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            recorded.insert(key);
+            columns.add(lease, held, outcome, wait);
         }
+        self.record_usage(&columns.calls).await?;
         self.write_successes(&columns).await?;
         self.write_failures(&columns).await?;
+        self.write_waits(&columns).await?;
         self.write_events(&columns, actor).await?;
         let finished: Vec<TaskId> = columns
             .done_ids
             .iter()
             .chain(&columns.failed_ids)
+            .chain(&columns.waiting_ids)
             .copied()
             .collect();
         if !finished.is_empty() {
@@ -122,6 +148,8 @@ impl TenantTx {
             let key = (lease.task, lease.attempt);
             if recorded.contains(&key) && answered.insert(key) {
                 checks.push(LeaseCheck::Accepted);
+            } else if let Some(reason) = refused.get(&key) {
+                checks.push(LeaseCheck::Rejected(reason.clone()));
             } else {
                 checks.push(self.explain_lost_attempt(worker, *lease).await?);
             }
@@ -129,83 +157,108 @@ impl TenantTx {
         Ok(checks)
     }
 
+    /// The recorded steps with tool calls that these endings wait on, by (task, position).
+    async fn recorded_tool_calls(
+        &mut self,
+        endings: &[(Lease, ResultOutcome)],
+    ) -> StoreResult<HashMap<(TaskId, i32), RequiredAction>> {
+        let (tasks, positions): (Vec<TaskId>, Vec<i32>) = endings
+            .iter()
+            .filter_map(|(lease, outcome)| match outcome {
+                ResultOutcome::RequiresAction { position } => Some((lease.task, *position)),
+                _ => None,
+            })
+            .unzip();
+        if tasks.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(TaskId, i32, i32, Json<Vec<ToolCallRecord>>)> = self
+            .query_as(
+                "SELECT task_id, position, step, tool_calls FROM task_messages \
+                 WHERE tenant_id = $1 AND (task_id, position) IN \
+                       (SELECT * FROM unnest($2::uuid[], $3::int[])) \
+                   AND step IS NOT NULL AND tool_calls IS NOT NULL",
+            )
+            .bind(&tasks)
+            .bind(&positions)
+            .fetch_all(self.executor())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(task, position, step, calls)| {
+                let action = RequiredAction {
+                    step,
+                    tool_calls: calls.0,
+                };
+                ((task, position), action)
+            })
+            .collect())
+    }
+
     async fn write_successes(&mut self, c: &Columns<'_>) -> StoreResult<()> {
         if c.done_ids.is_empty() {
             return Ok(());
         }
+        // The task's usage is every call it made, across attempts, steps and fallbacks
+        // (metered as each call was reported, and in this transaction for the calls the
+        // result itself carries).
         self.query(
             "UPDATE tasks t SET status = 'succeeded', output = s.output, \
-                    finish_reason = s.finish_reason, input_tokens = s.input_tokens, \
-                    output_tokens = s.output_tokens, cost_micros = s.cost_micros, \
+                    finish_reason = s.finish_reason, input_tokens = u.input_tokens, \
+                    output_tokens = u.output_tokens, cost_micros = u.cost_micros, \
                     lease_expires_at = NULL, ended_at = now(), updated_at = now(), \
                     error_code = NULL, error_message = NULL \
-             FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
-                         $7::bigint[]) \
-                  AS s(id, output, finish_reason, input_tokens, output_tokens, cost_micros) \
+             FROM unnest($2::uuid[], $3::text[], $4::text[]) AS s(id, output, finish_reason) \
+             CROSS JOIN LATERAL ( \
+                 SELECT coalesce(sum(r.input_tokens), 0)::bigint AS input_tokens, \
+                        coalesce(sum(r.output_tokens), 0)::bigint AS output_tokens, \
+                        coalesce(sum(r.cost_micros), 0)::bigint AS cost_micros \
+                 FROM usage_records r WHERE r.tenant_id = $1 AND r.task_id = s.id) u \
              WHERE t.tenant_id = $1 AND t.id = s.id",
         )
         .bind(&c.done_ids)
         .bind(&c.outputs)
         .bind(&c.finish_reasons)
-        .bind(&c.input_tokens)
-        .bind(&c.output_tokens)
-        .bind(&c.costs)
         .execute(self.executor())
         .await?;
+        // The answer's assistant message is normally in the transcript already (its step was
+        // reported before the result); this writes it only if that report was lost, and for
+        // workers that report no position.
         self.query(
             "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content, attempt) \
              SELECT $1, m.id, m.task_id, \
-                    (SELECT coalesce(max(p.position), -1) + 1 FROM task_messages p \
-                     WHERE p.tenant_id = $1 AND p.task_id = m.task_id), \
+                    CASE WHEN m.position > 0 THEN m.position \
+                         ELSE (SELECT coalesce(max(p.position), -1) + 1 FROM task_messages p \
+                               WHERE p.tenant_id = $1 AND p.task_id = m.task_id) END, \
                     'assistant', m.content, m.attempt \
-             FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::int[]) \
-                  AS m(id, task_id, content, attempt)",
+             FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::int[]) \
+                  AS m(id, task_id, content, attempt, position) \
+             ON CONFLICT (tenant_id, task_id, position) DO NOTHING",
         )
         .bind(&c.message_ids)
         .bind(&c.done_ids)
         .bind(&c.outputs)
         .bind(&c.message_attempts)
+        .bind(&c.message_positions)
         .execute(self.executor())
         .await?;
-        if c.calls.is_empty() {
+        Ok(())
+    }
+
+    /// Tasks whose model called tools wait for their outputs, holding no worker.
+    async fn write_waits(&mut self, c: &Columns<'_>) -> StoreResult<()> {
+        if c.waiting_ids.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = c.calls.iter().map(|_| Uuid::now_v7()).collect();
-        let tasks: Vec<TaskId> = c.calls.iter().map(|call| call.0).collect();
-        let attempts: Vec<i32> = c.calls.iter().map(|call| call.1).collect();
-        let agents: Vec<AgentId> = c.calls.iter().map(|call| call.2).collect();
-        let steps: Vec<i32> = c.calls.iter().map(|call| call.3.step).collect();
-        let models: Vec<&str> = c.calls.iter().map(|call| call.3.model.as_str()).collect();
-        let request_ids: Vec<&str> = c
-            .calls
-            .iter()
-            .map(|call| call.3.provider_request_id.as_str())
-            .collect();
-        let inputs: Vec<i64> = c.calls.iter().map(|call| call.3.input_tokens).collect();
-        let outputs: Vec<i64> = c.calls.iter().map(|call| call.3.output_tokens).collect();
-        let costs: Vec<i64> = c.calls.iter().map(|call| call.3.cost_micros).collect();
         self.query(
-            "INSERT INTO usage_records (tenant_id, id, task_id, attempt, step, provider, \
-             model, provider_request_id, input_tokens, output_tokens, cost_micros) \
-             SELECT $1, c.id, c.task_id, c.attempt, c.step, a.provider, c.model, c.request_id, \
-                    c.input_tokens, c.output_tokens, c.cost_micros \
-             FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::uuid[], $6::int[], $7::text[], \
-                         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
-                  AS c(id, task_id, attempt, agent_id, step, model, request_id, input_tokens, \
-                       output_tokens, cost_micros) \
-             JOIN agents a ON a.tenant_id = $1 AND a.id = c.agent_id \
-             ON CONFLICT (tenant_id, provider_request_id) DO NOTHING",
+            "UPDATE tasks t SET status = 'requires_action', required_action = w.action::jsonb, \
+                    lease_expires_at = NULL, updated_at = now(), \
+                    error_code = NULL, error_message = NULL \
+             FROM unnest($2::uuid[], $3::text[]) AS w(id, action) \
+             WHERE t.tenant_id = $1 AND t.id = w.id",
         )
-        .bind(&ids)
-        .bind(&tasks)
-        .bind(&attempts)
-        .bind(&agents)
-        .bind(&steps)
-        .bind(&models)
-        .bind(&request_ids)
-        .bind(&inputs)
-        .bind(&outputs)
-        .bind(&costs)
+        .bind(&c.waiting_ids)
+        .bind(&c.waiting_actions)
         .execute(self.executor())
         .await?;
         Ok(())
@@ -258,43 +311,49 @@ impl TenantTx {
 }
 
 impl<'a> Columns<'a> {
-    /// Adds one held attempt's ending to the batch.
-    fn add(&mut self, lease: &Lease, held: &Held, outcome: &'a ResultOutcome) {
+    /// Adds one held attempt's ending to the batch (`wait`: the recorded calls of a
+    /// requires-action ending).
+    fn add(
+        &mut self,
+        lease: &Lease,
+        held: &Held,
+        outcome: &'a ResultOutcome,
+        wait: Option<&RequiredAction>,
+    ) {
         let data = match outcome {
             ResultOutcome::Success {
                 output,
                 finish_reason,
                 calls,
+                position,
             } => {
-                let sum = |f: fn(&ModelCallRecord) -> i64| {
-                    calls.iter().map(f).fold(0i64, i64::saturating_add)
-                };
-                let (input, output_tokens, cost) = (
-                    sum(|c| c.input_tokens),
-                    sum(|c| c.output_tokens),
-                    sum(|c| c.cost_micros),
-                );
                 self.done_ids.push(lease.task);
                 self.outputs.push(output);
                 self.finish_reasons.push(finish_reason);
-                self.input_tokens.push(input);
-                self.output_tokens.push(output_tokens);
-                self.costs.push(cost);
                 self.message_ids.push(Uuid::now_v7());
                 self.message_attempts.push(lease.attempt);
-                self.calls.extend(
-                    calls
-                        .iter()
-                        .map(|call| (lease.task, lease.attempt, held.agent_id, call)),
-                );
+                self.message_positions.push(*position);
+                self.calls.extend(calls.iter().map(|call| (*lease, call)));
                 self.event_actions.push("task.succeeded");
                 serde_json::json!({
                     "attempt": lease.attempt,
                     "finish_reason": finish_reason,
-                    "input_tokens": input,
-                    "output_tokens": output_tokens,
-                    "cost_micros": cost,
-                    "provider_request_ids": calls.iter().map(|c| &c.provider_request_id).collect::<Vec<_>>(),
+                })
+            }
+            ResultOutcome::RequiresAction { .. } => {
+                let action = wait.cloned().unwrap_or(RequiredAction {
+                    step: 0,
+                    tool_calls: Vec::new(),
+                });
+                self.waiting_ids.push(lease.task);
+                self.waiting_actions
+                    .push(serde_json::to_string(&action).unwrap_or_default());
+                self.event_actions.push("task.requires_action");
+                serde_json::json!({
+                    "attempt": lease.attempt,
+                    "step": action.step,
+                    "tool_call_ids": action.tool_calls.iter().map(|c| &c.id).collect::<Vec<_>>(),
+                    "tools": action.tool_calls.iter().map(|c| &c.name).collect::<Vec<_>>(),
                 })
             }
             ResultOutcome::Failure {

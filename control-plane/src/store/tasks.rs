@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use agentplane_core::notify::Notification;
+use agentplane_core::tools::{RequiredAction, ToolCallRecord};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -59,13 +60,16 @@ pub struct TaskRow {
     pub started_at: Option<DateTime<Utc>>,
     /// End time.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The tool calls it waits on, while `requires_action`.
+    pub required_action: Option<Json<RequiredAction>>,
 }
 
 macro_rules! columns {
     () => {
         "tenant_id, id, agent_id, status, priority, run_at, labels, attempt, \
     max_attempts, worker_id, output, finish_reason, input_tokens, output_tokens, cost_micros, \
-    error_code, error_message, request_id, created_at, updated_at, started_at, ended_at"
+    error_code, error_message, request_id, created_at, updated_at, started_at, ended_at, \
+    required_action"
     };
 }
 pub(super) use columns;
@@ -85,6 +89,14 @@ pub struct TaskMessageRow {
     pub attempt: i32,
     /// When recorded.
     pub created_at: DateTime<Utc>,
+    /// For a model step's assistant message, the step.
+    pub step: Option<i32>,
+    /// For an assistant message, the tools it called.
+    pub tool_calls: Option<Json<Vec<ToolCallRecord>>>,
+    /// For a tool output, the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a tool output, whether the tool failed.
+    pub is_error: bool,
 }
 
 /// One stored output delta.
@@ -286,7 +298,7 @@ impl TenantTx {
             .query_scalar(
                 "SELECT id FROM tasks WHERE tenant_id = $1 \
                  AND ($2::uuid IS NULL OR agent_id = $2) \
-                 AND (status = 'pending' OR ($3 AND status = 'running')) \
+                 AND (status IN ('pending', 'requires_action') OR ($3 AND status = 'running')) \
                  ORDER BY id FOR UPDATE",
             )
             .bind(agent)
@@ -296,8 +308,8 @@ impl TenantTx {
         self.cancel_tasks(&ids, reason, actor, request_id).await
     }
 
-    /// The guarded cancel of a set of tasks: only pending or running rows change; running
-    /// ones get their worker told to stop.
+    /// The guarded cancel of a set of tasks: only pending, running or requires-action rows
+    /// change; running ones get their worker told to stop.
     async fn cancel_tasks(
         &mut self,
         ids: &[TaskId],
@@ -311,11 +323,12 @@ impl TenantTx {
         let changed: Vec<(TaskId, TaskStatus, i32, Option<WorkerId>)> = self
             .query_as(
                 "UPDATE tasks t SET status = 'canceled', lease_expires_at = NULL, \
-                        ended_at = now(), updated_at = now(), \
+                        required_action = NULL, ended_at = now(), updated_at = now(), \
                         error_code = 'canceled', error_message = $3 \
                  FROM (SELECT id, status AS old_status FROM tasks \
                        WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE) old \
-                 WHERE t.tenant_id = $1 AND t.id = old.id AND t.status IN ('pending', 'running') \
+                 WHERE t.tenant_id = $1 AND t.id = old.id \
+                   AND t.status IN ('pending', 'running', 'requires_action') \
                  RETURNING t.id, old.old_status, t.attempt, t.worker_id",
             )
             .bind(ids)
@@ -382,7 +395,8 @@ impl TenantTx {
         self.get_task(task).await?;
         Ok(self
             .query_as::<TaskMessageRow>(
-                "SELECT id, position, role, content, attempt, created_at FROM task_messages \
+                "SELECT id, position, role, content, attempt, created_at, step, tool_calls, \
+                        tool_call_id, is_error FROM task_messages \
                  WHERE tenant_id = $1 AND task_id = $2 AND ($3::int IS NULL OR position > $3) \
                  ORDER BY position LIMIT $4",
             )

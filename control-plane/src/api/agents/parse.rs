@@ -5,15 +5,17 @@ use std::fmt::Display;
 
 use agentplane_proto::v1 as pb;
 
+use crate::api::convert::{provider_name, struct_to_json};
 use crate::api::mask::update_paths;
 use crate::api::paging::page_after;
 use crate::domain::agent::{
     self as rules, AgentChange, AgentQuery, AgentRef, AgentSpec, AgentUpdate, DeleteAgent,
-    Generation, NewAgent, Provider,
+    Generation, ModelChoice, NewAgent, Provider, ToolDefinition,
 };
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
 use crate::ids::{AgentId, TenantId};
+use agentplane_core::tools::{DEFAULT_MAX_STEPS, empty_object_schema};
 
 /// Fields UpdateAgent may change.
 const UPDATABLE: &[&str] = &[
@@ -27,6 +29,9 @@ const UPDATABLE: &[&str] = &[
     "max_concurrency",
     "task_timeout",
     "max_attempts",
+    "tools",
+    "max_steps",
+    "fallbacks",
 ];
 
 /// The page-token kind of a workspace's agent list.
@@ -55,6 +60,9 @@ impl TryFrom<pb::CreateAgentRequest> for NewAgent {
                 .as_ref()
                 .map_or(rules::DEFAULT_TASK_TIMEOUT_MS, |d| duration_ms(&mut v, d)),
             max_attempts: or_default(agent.max_attempts, rules::DEFAULT_MAX_ATTEMPTS),
+            tools: tools(&agent.tools),
+            max_steps: or_default(agent.max_steps, DEFAULT_MAX_STEPS),
+            fallbacks: fallbacks(&agent.fallbacks),
             name: agent.name,
             model: agent.model,
             system_prompt: agent.system_prompt,
@@ -164,6 +172,9 @@ fn change(v: &mut Violations, path: &str, agent: &pb::Agent) -> Option<AgentChan
             None => rules::DEFAULT_TASK_TIMEOUT_MS,
         }),
         "max_attempts" => AgentChange::MaxAttempts(agent.max_attempts),
+        "tools" => AgentChange::Tools(tools(&agent.tools)),
+        "max_steps" => AgentChange::MaxSteps(or_default(agent.max_steps, DEFAULT_MAX_STEPS)),
+        "fallbacks" => AgentChange::Fallbacks(fallbacks(&agent.fallbacks)),
         _ => return None,
     };
     change.check(v);
@@ -190,6 +201,37 @@ fn provider(v: &mut Violations, value: i32) -> Provider {
             Provider::Echo
         }
     }
+}
+
+/// The declared tools as stored (checked by `AgentSpec::check`).
+fn tools(tools: &[pb::Tool]) -> Vec<ToolDefinition> {
+    tools
+        .iter()
+        .map(|tool| ToolDefinition {
+            name: tool.name.clone(),
+            description: tool.description.clone(),
+            parameters: tool
+                .parameters
+                .as_ref()
+                .map_or_else(empty_object_schema, struct_to_json),
+        })
+        .collect()
+}
+
+/// The fallbacks as stored (checked by `AgentSpec::check`: an unspecified or unknown
+/// provider becomes an empty name, which the check refuses).
+fn fallbacks(choices: &[pb::ModelChoice]) -> Vec<ModelChoice> {
+    choices
+        .iter()
+        .map(|choice| ModelChoice {
+            provider: pb::Provider::try_from(choice.provider)
+                .ok()
+                .and_then(provider_name)
+                .unwrap_or_default()
+                .to_owned(),
+            model: choice.model.clone(),
+        })
+        .collect()
 }
 
 fn generation(config: Option<&pb::GenerationConfig>) -> Generation {

@@ -18,7 +18,8 @@ use super::{ResponseStream, STREAM_BUFFER, State, convert};
 use crate::auth::caller;
 use crate::domain::page;
 use crate::domain::task::{
-    CancelTask, MessageQuery, NewTask, NewTaskBatch, RetryTask, TaskQuery, TaskRef, TaskStatus,
+    CancelTask, MessageQuery, NewTask, NewTaskBatch, RetryTask, SubmitToolOutputs, TaskQuery,
+    TaskRef, TaskStatus,
 };
 use crate::fanout::Topic;
 use crate::spawn::spawn_named;
@@ -173,9 +174,27 @@ impl TaskService for TaskApi {
 
     async fn submit_tool_outputs(
         &self,
-        _request: Request<pb::SubmitToolOutputsRequest>,
+        request: Request<pb::SubmitToolOutputsRequest>,
     ) -> Result<Response<pb::SubmitToolOutputsResponse>, Status> {
-        Err(Status::unimplemented("SubmitToolOutputs is being built"))
+        let caller = caller(&request)?;
+        let request: SubmitToolOutputs = request.into_inner().try_into()?;
+        record_task(request.task.task);
+        let actor = caller
+            .authorize(&self.state.store, request.task.tenant)
+            .await?;
+        let mut tx = self.state.store.tenant(request.task.tenant).await?;
+        let task = tx
+            .submit_tool_outputs(
+                request.task.task,
+                &request.outputs,
+                request.request_id.as_deref(),
+                &actor,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Response::new(pb::SubmitToolOutputsResponse {
+            task: Some(convert::task(&task)),
+        }))
     }
 
     async fn list_task_messages(

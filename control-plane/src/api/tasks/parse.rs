@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 
+use agentplane_core::text::without_nul;
+use agentplane_core::tools;
 use agentplane_proto::v1 as pb;
 use chrono::Utc;
 
@@ -12,7 +14,7 @@ use crate::api::paging::page_after;
 use crate::domain::page;
 use crate::domain::task::{
     self as rules, CancelTask, InputMessage, MessageQuery, NewTask, NewTaskBatch, RetryTask, Role,
-    TaskQuery, TaskRef,
+    SubmitToolOutputs, TaskQuery, TaskRef, ToolOutputInput,
 };
 use crate::domain::validate::Violations;
 use crate::error::ApiError;
@@ -56,6 +58,70 @@ impl TryFrom<pb::CancelTaskRequest> for CancelTask {
         let task = task_ref(&mut v, &request.workspace_id, "id", &request.id);
         let request_id = v.request_id("request_id", &request.request_id);
         v.finish_with(task.map(|task| CancelTask { task, request_id }))
+    }
+}
+
+impl TryFrom<pb::SubmitToolOutputsRequest> for SubmitToolOutputs {
+    type Error = ApiError;
+
+    fn try_from(request: pb::SubmitToolOutputsRequest) -> Result<Self, ApiError> {
+        let mut v = Violations::new();
+        let task = task_ref(&mut v, &request.workspace_id, "task_id", &request.task_id);
+        let request_id = v.request_id("request_id", &request.request_id);
+        let count = request.tool_outputs.len();
+        if !(1..=tools::MAX_TOOL_CALLS).contains(&count) {
+            v.add(
+                "tool_outputs",
+                format!("must hold 1 to {} outputs", tools::MAX_TOOL_CALLS),
+            );
+        }
+        let total: usize = request.tool_outputs.iter().map(|o| o.output.len()).sum();
+        if total > tools::MAX_TOOL_OUTPUTS_TOTAL_BYTES {
+            v.add(
+                "tool_outputs",
+                format!(
+                    "must together be at most {} bytes of output",
+                    tools::MAX_TOOL_OUTPUTS_TOTAL_BYTES
+                ),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut outputs = Vec::with_capacity(count.min(tools::MAX_TOOL_CALLS));
+        for (i, output) in request
+            .tool_outputs
+            .into_iter()
+            .take(tools::MAX_TOOL_CALLS)
+            .enumerate()
+        {
+            let id_chars = output.tool_call_id.chars().count();
+            if !(1..=tools::MAX_TOOL_CALL_ID_CHARS).contains(&id_chars) {
+                v.add(
+                    &format!("tool_outputs[{i}].tool_call_id"),
+                    format!("must be 1 to {} characters", tools::MAX_TOOL_CALL_ID_CHARS),
+                );
+            } else if !seen.insert(output.tool_call_id.clone()) {
+                v.add(
+                    &format!("tool_outputs[{i}].tool_call_id"),
+                    "answers a call another output already answers",
+                );
+            }
+            if output.output.len() > tools::MAX_TOOL_OUTPUT_BYTES {
+                v.add(
+                    &format!("tool_outputs[{i}].output"),
+                    format!("must be at most {} bytes", tools::MAX_TOOL_OUTPUT_BYTES),
+                );
+            }
+            outputs.push(ToolOutputInput {
+                call_id: output.tool_call_id,
+                output: without_nul(&output.output).into_owned(),
+                is_error: output.is_error,
+            });
+        }
+        v.finish_with(task.map(|task| SubmitToolOutputs {
+            task,
+            outputs,
+            request_id,
+        }))
     }
 }
 

@@ -4,12 +4,13 @@
 
 use agentplane_core::limits;
 use agentplane_core::text::{truncate_bytes, without_nul};
+use agentplane_core::tools::{self, ToolCallRecord};
 use agentplane_proto::v1 as pb;
 use pb::session_request::Kind as In;
 
 use crate::api::convert;
 use crate::domain::validate::Violations;
-use crate::domain::worker::{Hello, Lease, ModelCallRecord, Report, ResultOutcome};
+use crate::domain::worker::{Hello, Lease, ModelCallRecord, Report, ResultOutcome, StepRecord};
 use crate::error::ApiError;
 use crate::ids::WorkerId;
 
@@ -55,8 +56,8 @@ impl TryFrom<pb::SessionRequest> for Report {
                 v.finish()?;
                 Ok(Report::Release(required(lease, "release.lease")?))
             }
-            Some(In::Step(_)) => Err(ApiError::invalid("step", "not supported yet")),
-            Some(In::Usage(_)) => Err(ApiError::invalid("usage", "not supported yet")),
+            Some(In::Step(step)) => step_report(step),
+            Some(In::Usage(usage)) => usage_report(usage),
             None => Err(ApiError::invalid("kind", "is required")),
         }
     }
@@ -174,8 +175,13 @@ fn result_outcome(outcome: Option<pb::worker_result::Outcome>) -> Result<ResultO
                 retryable: failure.retryable,
             })
         }
-        Some(pb::worker_result::Outcome::RequiresAction(_)) => {
-            Err("result.requires_action is not supported yet".to_owned())
+        Some(pb::worker_result::Outcome::RequiresAction(action)) => {
+            if action.position < 1 {
+                return Err("result.requires_action.position must be at least 1".to_owned());
+            }
+            Ok(ResultOutcome::RequiresAction {
+                position: action.position,
+            })
         }
         None => Err("result.outcome is required".to_owned()),
     }
@@ -201,39 +207,15 @@ fn success_outcome(success: &pb::WorkerSuccess) -> Result<ResultOutcome, String>
             limits::MAX_MODEL_CALLS
         ));
     }
-    let max_chars = limits::MAX_MODEL_CALL_FIELD_CHARS;
-    let fits = |text: &str| (1..=max_chars).contains(&text.chars().count()) && !text.contains('\0');
-    let mut calls = Vec::with_capacity(success.calls.len().min(limits::MAX_MODEL_CALLS));
-    for (i, call) in success
+    let calls = success
         .calls
         .iter()
         .enumerate()
         .take(limits::MAX_MODEL_CALLS)
-    {
-        let usage = call.usage.unwrap_or_default();
-        if !fits(&call.provider_request_id) || !fits(&call.model) {
-            problems.push(format!(
-                "result.success.calls[{i}]: provider_request_id and model must be 1 to \
-                 {max_chars} characters without NUL"
-            ));
-        }
-        if call.step < 0
-            || usage.input_tokens < 0
-            || usage.output_tokens < 0
-            || usage.cost_micros < 0
-        {
-            problems.push(format!(
-                "result.success.calls[{i}]: step and usage must not be negative"
-            ));
-        }
-        calls.push(ModelCallRecord {
-            step: call.step,
-            provider_request_id: call.provider_request_id.clone(),
-            model: call.model.clone(),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            cost_micros: usage.cost_micros,
-        });
+        .map(|(i, call)| model_call(&format!("result.success.calls[{i}]"), call, &mut problems))
+        .collect();
+    if success.position < 0 {
+        problems.push("result.success.position must not be negative".to_owned());
     }
     if !problems.is_empty() {
         return Err(problems.join("; "));
@@ -242,7 +224,186 @@ fn success_outcome(success: &pb::WorkerSuccess) -> Result<ResultOutcome, String>
         output,
         finish_reason: without_nul(&success.finish_reason).into_owned(),
         calls,
+        position: success.position,
     })
+}
+
+/// Parses one reported model call, recording what is wrong with it in `problems`.
+fn model_call(field: &str, call: &pb::ModelCall, problems: &mut Vec<String>) -> ModelCallRecord {
+    let max_chars = limits::MAX_MODEL_CALL_FIELD_CHARS;
+    let fits = |text: &str| (1..=max_chars).contains(&text.chars().count()) && !text.contains('\0');
+    let optional_fits = |text: &str| text.is_empty() || fits(text);
+    let usage = call.usage.unwrap_or_default();
+    if !fits(&call.provider_request_id) || !fits(&call.model) {
+        problems.push(format!(
+            "{field}: provider_request_id and model must be 1 to {max_chars} characters \
+             without NUL"
+        ));
+    }
+    if !optional_fits(&call.provider)
+        || !optional_fits(&call.outcome)
+        || !optional_fits(&call.vendor_request_id)
+    {
+        problems.push(format!(
+            "{field}: provider, outcome and vendor_request_id must be at most {max_chars} \
+             characters without NUL"
+        ));
+    }
+    if call.step < 0
+        || usage.input_tokens < 0
+        || usage.output_tokens < 0
+        || usage.cost_micros < 0
+        || usage.cache_read_input_tokens < 0
+        || usage.cache_write_input_tokens < 0
+        || usage.reasoning_tokens < 0
+        || call.latency_ms < 0
+        || call.first_token_ms < 0
+    {
+        problems.push(format!(
+            "{field}: step, usage and timings must not be negative"
+        ));
+    }
+    let id = if call.id.is_empty() {
+        uuid::Uuid::now_v7()
+    } else if let Ok(id) = uuid::Uuid::try_parse(&call.id) {
+        id
+    } else {
+        problems.push(format!("{field}.id must be a UUID"));
+        uuid::Uuid::nil()
+    };
+    let positive = |ms: i64| (ms > 0).then_some(ms);
+    ModelCallRecord {
+        id,
+        step: call.step,
+        provider_request_id: call.provider_request_id.clone(),
+        provider: call.provider.clone(),
+        model: call.model.clone(),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cache_read_input_tokens: usage.cache_read_input_tokens,
+        cache_write_input_tokens: usage.cache_write_input_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        cost_micros: usage.cost_micros,
+        unpriced: call.unpriced,
+        vendor_request_id: (!call.vendor_request_id.is_empty())
+            .then(|| call.vendor_request_id.clone()),
+        latency_ms: positive(call.latency_ms),
+        first_token_ms: positive(call.first_token_ms),
+        outcome: if call.outcome.is_empty() {
+            "ok".to_owned()
+        } else {
+            call.outcome.clone()
+        },
+    }
+}
+
+/// A reported step, or what is wrong with it. The lease must parse; the rest of a bad step
+/// is refused as a whole (its session goes on).
+fn step_report(step: pb::WorkerStep) -> Result<Report, ApiError> {
+    let mut v = Violations::new();
+    let lease = lease(&mut v, "step.lease", step.lease.as_ref());
+    let mut problems = Vec::new();
+    let text = without_nul(&step.text).into_owned();
+    if text.len() > limits::MAX_OUTPUT_BYTES {
+        problems.push("step.text must be at most 1 MiB".to_owned());
+    }
+    if step.step < 0 || step.position < 1 {
+        problems
+            .push("step.step must not be negative and step.position must be at least 1".to_owned());
+    }
+    if step.finish_reason.chars().count() > limits::MAX_CODE_CHARS {
+        problems.push(format!(
+            "step.finish_reason must be at most {} characters",
+            limits::MAX_CODE_CHARS
+        ));
+    }
+    if step.tool_calls.len() > tools::MAX_TOOL_CALLS {
+        problems.push(format!(
+            "step.tool_calls: at most {}",
+            tools::MAX_TOOL_CALLS
+        ));
+    }
+    let mut tool_calls = Vec::with_capacity(step.tool_calls.len().min(tools::MAX_TOOL_CALLS));
+    let mut ids = std::collections::HashSet::new();
+    for (i, call) in step
+        .tool_calls
+        .iter()
+        .take(tools::MAX_TOOL_CALLS)
+        .enumerate()
+    {
+        let id_chars = call.id.chars().count();
+        if !(1..=tools::MAX_TOOL_CALL_ID_CHARS).contains(&id_chars)
+            || call.id.contains('\0')
+            || !ids.insert(call.id.as_str())
+        {
+            problems.push(format!(
+                "step.tool_calls[{i}].id must be 1 to {} characters without NUL, unique in the step",
+                tools::MAX_TOOL_CALL_ID_CHARS
+            ));
+        }
+        if !tools::is_valid_tool_name(&call.name) {
+            problems.push(format!(
+                "step.tool_calls[{i}].name is not a valid tool name"
+            ));
+        }
+        if call.arguments.len() > tools::MAX_TOOL_ARGUMENTS_BYTES {
+            problems.push(format!(
+                "step.tool_calls[{i}].arguments must be at most {} bytes",
+                tools::MAX_TOOL_ARGUMENTS_BYTES
+            ));
+        }
+        tool_calls.push(ToolCallRecord {
+            id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: without_nul(&call.arguments).into_owned(),
+        });
+    }
+    let call = match &step.call {
+        Some(call) => model_call("step.call", call, &mut problems),
+        None => {
+            problems.push("step.call is required".to_owned());
+            model_call("step.call", &pb::ModelCall::default(), &mut Vec::new())
+        }
+    };
+    v.finish()?;
+    let lease = required(lease, "step.lease")?;
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("step", problems.join("; ")));
+    }
+    Ok(Report::Step {
+        lease,
+        step: StepRecord {
+            step: step.step,
+            position: step.position,
+            text,
+            tool_calls,
+            finish_reason: without_nul(&step.finish_reason).into_owned(),
+            call,
+        },
+    })
+}
+
+/// Reported usage of failed calls.
+fn usage_report(usage: pb::WorkerUsage) -> Result<Report, ApiError> {
+    let mut v = Violations::new();
+    let lease = lease(&mut v, "usage.lease", usage.lease.as_ref());
+    let max = 100;
+    if usage.calls.len() > max {
+        v.add("usage.calls", format!("at most {max} calls"));
+    }
+    v.finish()?;
+    let lease = required(lease, "usage.lease")?;
+    let mut problems = Vec::new();
+    let calls = usage
+        .calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| model_call(&format!("usage.calls[{i}]"), call, &mut problems))
+        .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("usage", problems.join("; ")));
+    }
+    Ok(Report::Usage { lease, calls })
 }
 
 /// Parses a lease reference, recording what is wrong with it.

@@ -257,6 +257,20 @@ impl Session {
             // a cancel tells the worker to stop.
             let chains = tx.append_outputs(self.worker, &deltas).await?;
             let mut results: Vec<(Lease, ResultOutcome)> = Vec::new();
+            let mut steps = Vec::new();
+            let mut usage = Vec::new();
+            for report in &reports {
+                match report {
+                    Report::Step { lease, step } => steps.push((*lease, step)),
+                    Report::Usage { lease, calls } => {
+                        usage.extend(calls.iter().map(|call| (*lease, call)));
+                    }
+                    _ => {}
+                }
+            }
+            // Steps first: a result that waits for tool outputs needs its step recorded.
+            tx.record_steps(self.worker, &steps).await?;
+            tx.record_usage(&usage).await?;
             for report in reports {
                 match report {
                     Report::Event {
@@ -284,7 +298,10 @@ impl Session {
                         let check = tx.release_attempt(self.worker, lease, &self.actor).await?;
                         acks.push((lease, check));
                     }
-                    Report::Heartbeat(_) | Report::Output { .. } => {}
+                    Report::Heartbeat(_)
+                    | Report::Output { .. }
+                    | Report::Step { .. }
+                    | Report::Usage { .. } => {}
                 }
             }
             let checks = tx
