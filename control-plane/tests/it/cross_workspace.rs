@@ -161,6 +161,16 @@ fn attack(path: &str, ws: &str, b: &Target) -> Option<Attack> {
             id: b.task.clone(),
             request_id: String::new(),
         }),
+        "/agentplane.v1.TaskService/SubmitToolOutputs" => one(pb::SubmitToolOutputsRequest {
+            workspace_id: ws,
+            task_id: b.task.clone(),
+            tool_outputs: vec![pb::ToolOutput {
+                tool_call_id: "call-1".into(),
+                output: "forged".into(),
+                is_error: false,
+            }],
+            request_id: String::new(),
+        }),
         "/agentplane.v1.TaskService/ListTaskMessages" => one(pb::ListTaskMessagesRequest {
             workspace_id: ws,
             task_id: b.task.clone(),

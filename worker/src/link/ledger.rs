@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentplane_proto::v1::{
-    LeaseRef, SessionRequest, WorkerOutput, WorkerRelease, WorkerResult, session_request,
+    LeaseRef, SessionRequest, WorkerOutput, WorkerRelease, WorkerResult, WorkerStep,
+    session_request,
     worker_result,
 };
 
@@ -31,6 +32,9 @@ struct Entry {
     attempt: Arc<Attempt>,
     /// Output sent while the attempt runs; cleared when it ends.
     outputs: Vec<SessionRequest>,
+    /// Completed model calls (steps), kept with the ending: a result that waits for tool
+    /// outputs needs its step recorded first, so a resend carries both, step first.
+    steps: Vec<SessionRequest>,
     /// The result or release, kept until acknowledged; `None` while the attempt runs.
     ending: Option<SessionRequest>,
     /// When the lease lapses unless renewed.
@@ -52,6 +56,7 @@ impl Ledger {
             Entry {
                 attempt,
                 outputs: Vec::new(),
+                steps: Vec::new(),
                 ending: None,
                 deadline,
             },
@@ -78,6 +83,19 @@ impl Ledger {
             })),
         };
         entry.outputs.push(message.clone());
+        Some(message)
+    }
+
+    /// Records a completed model call of a running attempt; returns the message to send,
+    /// or `None` if the attempt is no longer wanted or has already ended.
+    pub(crate) fn step(&mut self, lease: LeaseKey, step: WorkerStep) -> Option<SessionRequest> {
+        let entry = self
+            .live_entry(lease)
+            .filter(|entry| entry.ending.is_none())?;
+        let message = SessionRequest {
+            kind: Some(session_request::Kind::Step(step)),
+        };
+        entry.steps.push(message.clone());
         Some(message)
     }
 
@@ -185,7 +203,14 @@ impl Ledger {
         self.entries
             .values()
             .filter(|entry| !entry.attempt.is_abandoned())
-            .flat_map(|entry| entry.outputs.iter().chain(entry.ending.iter()).cloned())
+            .flat_map(|entry| {
+                entry
+                    .steps
+                    .iter()
+                    .chain(&entry.outputs)
+                    .chain(entry.ending.iter())
+                    .cloned()
+            })
             .collect()
     }
 

@@ -17,7 +17,9 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentplane_proto::v1::{SessionRequest, WorkerEvent, session_request};
+use agentplane_proto::v1::{
+    ModelCall, SessionRequest, WorkerEvent, WorkerStep, WorkerUsage, session_request,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -65,6 +67,18 @@ pub(crate) enum Outbound {
         attempt: Arc<Attempt>,
         action: &'static str,
         data: prost_types::Struct,
+    },
+    /// A completed model call (a step), sent before the attempt's ending and again with it
+    /// after a reconnect.
+    Step {
+        attempt: Arc<Attempt>,
+        step: WorkerStep,
+    },
+    /// Model calls that failed after consuming tokens: sent once if connected, even for an
+    /// attempt no longer held (its spend is metered all the same).
+    Usage {
+        attempt: Arc<Attempt>,
+        calls: Vec<ModelCall>,
     },
     /// The attempt ended; its capacity slot is free.
     Finish {
@@ -286,6 +300,13 @@ impl Link {
                         data: Some(data),
                     })),
                 }),
+            Outbound::Step { attempt, step } => self.ledger.step(attempt.lease, step),
+            Outbound::Usage { attempt, calls } => Some(SessionRequest {
+                kind: Some(session_request::Kind::Usage(WorkerUsage {
+                    lease: Some(attempt.lease.to_proto()),
+                    calls,
+                })),
+            }),
             Outbound::Finish { attempt, ending } => {
                 let outgoing = self.ledger.finish(attempt.lease, ending);
                 self.settle_drains();

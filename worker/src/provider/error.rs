@@ -108,6 +108,12 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// What the call had consumed before it failed, if the vendor said (the adapters fill
+    /// this in as they learn to read usage from failed streams).
+    pub fn spent(&self) -> Option<super::ModelUsage> {
+        None
+    }
+
     /// A permanent failure.
     pub fn rejected(reason: Rejection, message: impl Into<String>) -> Self {
         Self::Rejected {

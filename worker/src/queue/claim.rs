@@ -297,6 +297,9 @@ struct AgentRow {
     model: String,
     generation: serde_json::Value,
     task_timeout_ms: i64,
+    tools: serde_json::Value,
+    max_steps: i32,
+    fallbacks: serde_json::Value,
     max_concurrency: i32,
     deleted: bool,
     running: i64,
@@ -313,7 +316,7 @@ async fn read_agents(
     let (tenants, agent_ids) = unzip_pairs(agents.iter().copied());
     let rows: Vec<AgentRow> = sqlx::query_as(
         "SELECT a.tenant_id, a.id, a.provider, a.model, a.generation, a.task_timeout_ms, \
-                a.max_concurrency, a.deleted_at IS NOT NULL AS deleted, \
+                a.tools, a.max_steps, a.fallbacks, a.max_concurrency, a.deleted_at IS NOT NULL AS deleted, \
                 (SELECT count(*) FROM tasks AS t \
                  WHERE t.tenant_id = a.tenant_id AND t.agent_id = a.id \
                    AND t.status = 'running') AS running \
@@ -336,6 +339,9 @@ async fn read_agents(
                 task_timeout: Duration::from_millis(
                     u64::try_from(row.task_timeout_ms).unwrap_or(0),
                 ),
+                tools: row.tools,
+                max_steps: row.max_steps,
+                fallbacks: row.fallbacks,
             },
             max_concurrency: i64::from(row.max_concurrency),
             deleted: row.deleted,
@@ -407,13 +413,27 @@ async fn record_started(
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
+struct TranscriptRow {
+    tenant_id: Uuid,
+    task_id: Uuid,
+    position: i32,
+    role: String,
+    content: String,
+    step: Option<i32>,
+    tool_calls: Option<serde_json::Value>,
+    tool_call_id: Option<String>,
+    is_error: bool,
+}
+
 async fn load_transcripts(
     connection: &mut PgConnection,
     started: &[StartedTask],
 ) -> Result<HashMap<(Uuid, Uuid), Vec<TranscriptMessage>>, sqlx::Error> {
     let (tenants, task_ids) = unzip_pairs(started.iter().map(|task| (task.tenant_id, task.id)));
-    let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
-        "SELECT m.tenant_id, m.task_id, m.role, m.content \
+    let rows: Vec<TranscriptRow> = sqlx::query_as(
+        "SELECT m.tenant_id, m.task_id, m.position, m.role, m.content, m.step, m.tool_calls, \
+                m.tool_call_id, m.is_error \
          FROM task_messages AS m \
          JOIN unnest($1::uuid[], $2::uuid[]) AS k(tenant_id, task_id) \
            ON m.tenant_id = k.tenant_id AND m.task_id = k.task_id \
@@ -424,11 +444,19 @@ async fn load_transcripts(
     .fetch_all(connection)
     .await?;
     let mut transcripts: HashMap<(Uuid, Uuid), Vec<TranscriptMessage>> = HashMap::new();
-    for (tenant_id, task_id, role, content) in rows {
+    for row in rows {
         transcripts
-            .entry((tenant_id, task_id))
+            .entry((row.tenant_id, row.task_id))
             .or_default()
-            .push(TranscriptMessage { role, content });
+            .push(TranscriptMessage {
+                position: row.position,
+                role: row.role,
+                content: row.content,
+                step: row.step,
+                tool_calls: row.tool_calls,
+                tool_call_id: row.tool_call_id,
+                is_error: row.is_error,
+            });
     }
     Ok(transcripts)
 }

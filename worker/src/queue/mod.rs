@@ -139,15 +139,34 @@ pub struct AgentSettings {
     pub generation: serde_json::Value,
     /// How long one attempt may run.
     pub task_timeout: Duration,
+    /// The tools the model may call, as stored (`[{"name", "description", "parameters"}]`);
+    /// parsed by the runner.
+    pub tools: serde_json::Value,
+    /// Model calls one task may make.
+    pub max_steps: i32,
+    /// Fallback (provider, model) pairs as stored (`[{"provider", "model"}]`); parsed by the
+    /// runner.
+    pub fallbacks: serde_json::Value,
 }
 
-/// One message of a task's transcript.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message of a task's transcript: the input, and the steps recorded so far.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TranscriptMessage {
-    /// `system`, `user` or `assistant`, as stored; checked by the runner.
+    /// Its position in the transcript.
+    pub position: i32,
+    /// `system`, `user`, `assistant` or `tool`, as stored; checked by the runner.
     pub role: String,
     /// The text.
     pub content: String,
+    /// For an assistant message recorded by a model call, its step.
+    pub step: Option<i32>,
+    /// For an assistant message, the tools it called, as stored
+    /// (`[{"id", "name", "arguments"}]`).
+    pub tool_calls: Option<serde_json::Value>,
+    /// For a tool output, the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a tool output, whether the tool failed.
+    pub is_error: bool,
 }
 
 /// Notifications to send when a transaction commits.

@@ -1,33 +1,30 @@
 //! Running one attempt: build the model request from the claimed task, call the provider
 //! under the agent's timeout, stream its output to the link, and report how it ended.
 
+mod call;
 mod output;
 #[cfg(test)]
 mod tests;
+mod transcript;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use agentplane_proto::v1::{ModelCall, Usage, WorkerFailure, WorkerSuccess, worker_result};
+use agentplane_proto::v1::{WorkerFailure, worker_result};
 use prost_types::value::Kind;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::lease::{Attempt, StopReason};
 use crate::link::{Ending, LinkHandle, Outbound};
 use crate::metrics::METRICS;
-use crate::provider::{
-    ChatMessage, ChatRole, ModelRequest, ModelResponse, ProviderError, Providers,
-    provider_request_id,
-};
+use crate::provider::{ModelResponse, ProviderError, Providers};
 use crate::queue::ClaimedTask;
-use agentplane_core::columns::{Provider, Role};
-use agentplane_core::generation::Generation;
-use agentplane_core::limits::{MAX_FAILURE_MESSAGE_BYTES, MAX_OUTPUT_BYTES};
+use agentplane_core::columns::Provider;
+use agentplane_core::limits::MAX_FAILURE_MESSAGE_BYTES;
 use agentplane_core::text::{truncate_owned, without_nul};
-use output::{OutputTooLarge, forward_output};
+use transcript::Plan;
 
 /// Provider pieces buffered before the provider waits for the link.
 const PIECE_BUFFER: usize = 256;
@@ -140,97 +137,28 @@ pub(crate) async fn run_attempt(
 }
 
 async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt>) -> Outcome {
-    // The stored name is parsed here, not in the claim, so that one agent of a provider this
-    // build does not know fails its own tasks instead of every claim.
-    let provider = match Provider::parse(&task.agent.provider) {
-        Ok(name) => match context.providers.get(name) {
-            Some(provider) => provider,
-            None => {
-                // Retryable: in a fleet where only some workers hold this vendor's key, the
-                // next attempt may land on one that does (route with worker labels to make
-                // sure, e.g. AGENTPLANE_WORKER_LABELS=provider-anthropic=yes and the agent's
-                // required_worker_labels). With none, the task fails after max_attempts.
-                return failure(
-                    "provider_not_configured",
-                    format!(
-                        "this worker has no credentials for provider {:?} ({})",
-                        task.agent.provider,
-                        configuration_hint(name)
-                    ),
-                    true,
-                );
-            }
-        },
-        Err(_) => {
-            return failure(
-                "unsupported_provider",
-                format!("this worker has no provider {:?}", task.agent.provider),
-                false,
-            );
+    let next = match transcript::plan(task) {
+        Ok(Plan::Call(next)) => next,
+        Ok(Plan::Replay(outcome)) => {
+            tracing::info!("the step this attempt would run is recorded; reporting it again");
+            return Outcome::Reported(outcome);
         }
-    };
-    let request = match build_request(task) {
-        Ok(request) => request,
-        Err(reported) => return reported,
-    };
-    let step = 0;
-    let request_id = request.request_id.clone();
-    let event = Outbound::Event {
-        attempt: Arc::clone(attempt),
-        action: "task.model_call_started",
-        data: struct_of([
-            ("step", Kind::NumberValue(f64::from(step))),
-            ("provider", Kind::StringValue(task.agent.provider.clone())),
-            ("model", Kind::StringValue(request.model.clone())),
-            ("provider_request_id", Kind::StringValue(request_id.clone())),
-        ]),
-    };
-    let _ = context.link.send(event).await;
-
-    let (sink, pieces) = mpsc::channel(PIECE_BUFFER);
-    let call_cancel = attempt.cancellation().child_token();
-    let _stop_call_on_exit = call_cancel.clone().drop_guard();
-    let first_piece = OnceLock::new();
-    let call = observe_call(
-        provider.generate(request, sink, call_cancel.clone()),
-        &task.agent.provider,
-        &task.agent.model,
-        &request_id,
-        &first_piece,
-    );
-    let forward = forward_output(pieces, &context.link, attempt, &call_cancel, &first_piece);
-    let work = async {
-        let (result, forwarded) = tokio::join!(call, forward);
-        forwarded.map(|()| result)
+        Err(failed) => return failed,
     };
     let timeout = task.agent.task_timeout;
-    let result = tokio::select! {
+    tokio::select! {
         biased;
-        () = attempt.cancellation().cancelled() => return Outcome::Stopped,
-        result = tokio::time::timeout(timeout, work) => result,
-    };
-    match result {
-        Err(_elapsed) => failure(
-            "timeout",
-            format!(
-                "the attempt ran longer than the agent's task timeout of {}",
-                describe(timeout)
-            ),
-            true,
-        ),
-        Ok(Err(OutputTooLarge { streamed })) => failure(
-            "output_too_large",
-            format!(
-                "the answer passed the {MAX_OUTPUT_BYTES}-byte limit while streaming \
-                 ({streamed} bytes received)"
-            ),
-            false,
-        ),
-        Ok(Ok(Ok(response))) => success(response, step, request_id),
-        Ok(Ok(Err(ProviderError::Canceled))) if attempt.cancellation().is_cancelled() => {
-            Outcome::Stopped
+        () = attempt.cancellation().cancelled() => Outcome::Stopped,
+        result = tokio::time::timeout(timeout, call::call_step(context, attempt, next)) => {
+            result.unwrap_or_else(|_elapsed| failure(
+                "timeout",
+                format!(
+                    "the attempt ran longer than the agent's task timeout of {}",
+                    describe(timeout)
+                ),
+                true,
+            ))
         }
-        Ok(Ok(Err(error))) => failure(error.code(), error.to_string(), error.is_retryable()),
     }
 }
 
@@ -328,54 +256,6 @@ where
     result
 }
 
-/// Turns the claimed transcript and agent settings into the model request.
-fn build_request(task: &ClaimedTask) -> Result<ModelRequest, Outcome> {
-    let generation = Generation::from_json(&task.agent.generation).map_err(|error| {
-        failure(
-            "invalid_agent",
-            format!("the agent's generation settings are invalid: {error}"),
-            false,
-        )
-    })?;
-    let mut system = Vec::new();
-    let mut messages = Vec::with_capacity(task.messages.len());
-    for message in &task.messages {
-        let role = match Role::parse(&message.role) {
-            Ok(Role::System) => {
-                system.push(message.content.as_str());
-                continue;
-            }
-            Ok(Role::User) => ChatRole::User,
-            Ok(Role::Assistant) => ChatRole::Assistant,
-            Ok(Role::Tool) => {
-                return Err(failure(
-                    "invalid_task",
-                    "tool outputs are not supported yet".to_owned(),
-                    false,
-                ));
-            }
-            Err(unknown) => {
-                return Err(failure(
-                    "invalid_task",
-                    format!("the transcript has a message with an {unknown}"),
-                    false,
-                ));
-            }
-        };
-        messages.push(ChatMessage::text(role, message.content.clone()));
-    }
-    let system = system.join("\n\n");
-    Ok(ModelRequest {
-        request_id: provider_request_id(task.task_id, 0),
-        model: task.agent.model.clone(),
-        system: (!system.is_empty()).then_some(system),
-        messages,
-        generation,
-        tools: Vec::new(),
-        deadline: Some(Instant::now() + task.agent.task_timeout),
-    })
-}
-
 /// What an operator sets so that workers run `provider`.
 fn configuration_hint(provider: Provider) -> &'static str {
     match provider {
@@ -385,38 +265,6 @@ fn configuration_hint(provider: Provider) -> &'static str {
         Provider::Gemini => "set GEMINI_API_KEY on the worker",
         Provider::OpenAiCompatible => "set AGENTPLANE_OPENAI_COMPATIBLE_BASE_URL on the worker",
     }
-}
-
-/// The successful outcome of `response`, or a failure if it is too large to store.
-fn success(response: ModelResponse, step: i32, provider_request_id: String) -> Outcome {
-    let output = without_nul(&response.text).into_owned();
-    if output.len() > MAX_OUTPUT_BYTES {
-        return failure(
-            "output_too_large",
-            format!(
-                "the answer is {} bytes, over the {MAX_OUTPUT_BYTES}-byte limit",
-                output.len()
-            ),
-            false,
-        );
-    }
-    Outcome::Reported(worker_result::Outcome::Success(WorkerSuccess {
-        output,
-        finish_reason: response.finish_reason.as_str().to_owned(),
-        calls: vec![ModelCall {
-            step,
-            provider_request_id,
-            model: response.model,
-            usage: Some(Usage {
-                input_tokens: response.usage.input_tokens,
-                output_tokens: response.usage.output_tokens,
-                cost_micros: response.usage.cost_micros,
-                ..Usage::default()
-            }),
-            ..ModelCall::default()
-        }],
-        position: 0,
-    }))
 }
 
 /// A failed outcome; the message is made storable (no NUL) and cut to the wire limit.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentplane_proto::v1::{WorkerResult, session_request::Kind, worker_result};
+use agentplane_proto::v1::{WorkerResult, WorkerStep, session_request::Kind, worker_result};
 use agentplane_worker::{Worker, WorkerConfig};
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -33,19 +33,22 @@ fn config(
     }
 }
 
-/// Reads messages until a result, returning the `(index, text)` outputs seen before it.
+/// Reads messages until a result, returning the `(index, text)` outputs and the steps seen
+/// before it.
 async fn outputs_until_result(
     cp: &mut FakeControlPlane,
     session: usize,
-) -> (Vec<(i64, String)>, WorkerResult) {
+) -> (Vec<(i64, String)>, Vec<WorkerStep>, WorkerResult) {
     let mut outputs = Vec::new();
+    let mut steps = Vec::new();
     loop {
         let (on, kind) = cp.next().await;
         assert_eq!(on, session, "message on an unexpected stream: {kind:?}");
         match kind {
             Kind::Output(output) => outputs.push((output.index, output.text)),
             Kind::Event(event) => assert_eq!(event.action, "task.model_call_started"),
-            Kind::Result(result) => return (outputs, result),
+            Kind::Step(step) => steps.push(step),
+            Kind::Result(result) => return (outputs, steps, result),
             other => panic!("unexpected message {other:?}"),
         }
     }
@@ -63,7 +66,7 @@ async fn results_are_sent_again_after_a_reconnect_until_acknowledged() {
         .await
         .unwrap();
 
-    let (outputs, result) = outputs_until_result(&mut cp, 1).await;
+    let (outputs, steps, result) = outputs_until_result(&mut cp, 1).await;
     let indexes: Vec<i64> = outputs.iter().map(|(index, _)| *index).collect();
     assert_eq!(
         indexes,
@@ -86,16 +89,27 @@ async fn results_are_sent_again_after_a_reconnect_until_acknowledged() {
     };
     assert_eq!(success.output, text);
     assert_eq!(success.finish_reason, "stop");
-    let call = &success.calls[0];
-    assert_eq!(call.provider_request_id, format!("{task_id}-1-0"));
+    assert!(success.calls.is_empty(), "the call is reported with its step");
+    // The completed call came first, as the task's step 0, after its system prompt and its
+    // input message.
+    let [step] = steps.as_slice() else {
+        panic!("expected one step before the result: {steps:?}");
+    };
+    assert_eq!((step.step, step.position), (0, 2));
+    assert_eq!(success.position, step.position);
+    assert_eq!(step.text, text);
+    let call = step.call.as_ref().unwrap();
+    assert_eq!(call.provider_request_id, format!("{task_id}-0"));
+    assert_eq!((call.provider.as_str(), call.outcome.as_str()), ("echo", "ok"));
     let usage = call.usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (7 + 8, 5));
 
-    // The result is not acknowledged and the stream breaks: it comes again, without the
-    // output it supersedes.
+    // The result is not acknowledged and the stream breaks: it comes again, with its step
+    // and without the output it supersedes.
     cp.break_stream();
-    let (replayed, again) = outputs_until_result(&mut cp, 2).await;
+    let (replayed, steps_again, again) = outputs_until_result(&mut cp, 2).await;
     assert_eq!(replayed, []);
+    assert_eq!(steps_again, steps);
     assert_eq!(again, result);
     cp.ack(lease);
 
@@ -137,7 +151,7 @@ async fn shutdown_releases_attempts_still_running_after_the_grace_period() {
     let release = loop {
         match cp.next().await {
             (_, Kind::Release(release)) => break release,
-            (_, Kind::Output(_) | Kind::Event(_)) => {}
+            (_, Kind::Output(_) | Kind::Event(_) | Kind::Step(_)) => {}
             (_, other) => panic!("unexpected message {other:?}"),
         }
     };
@@ -186,7 +200,7 @@ async fn a_lost_lease_stops_its_attempt_silently_and_frees_the_slot() {
     let result = loop {
         match cp.next().await {
             (_, Kind::Result(result)) => break result,
-            (_, Kind::Output(_) | Kind::Event(_)) => {}
+            (_, Kind::Output(_) | Kind::Event(_) | Kind::Step(_)) => {}
             (_, other) => panic!("unexpected message {other:?}"),
         }
     };

@@ -1,0 +1,341 @@
+//! One step's model call: the agent's provider and model, then its fallbacks in order while
+//! calls fail in ways another provider may not (rate limits, overload, outages). Every call
+//! that consumed tokens is reported for metering; the call that answers is reported as the
+//! step, before the attempt's result, so that a later attempt replays it instead of paying
+//! for it again.
+
+use std::sync::{Arc, OnceLock};
+
+use agentplane_core::columns::Provider;
+use agentplane_core::limits::MAX_OUTPUT_BYTES;
+use agentplane_core::text::without_nul;
+use agentplane_core::tools::MAX_TOOL_CALLS;
+use agentplane_proto::v1::{
+    ModelCall, ToolCall as WireToolCall, Usage, WorkerRequiresAction, WorkerStep, WorkerSuccess,
+    worker_result,
+};
+use prost_types::value::Kind;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::output::{OutputTooLarge, forward_output};
+use super::transcript::NextStep;
+use super::{Outcome, PIECE_BUFFER, RunContext, configuration_hint, failure, observe_call, struct_of};
+use crate::lease::Attempt;
+use crate::link::Outbound;
+use crate::provider::{ModelResponse, ModelUsage, ProviderError};
+
+/// How one call ended.
+enum Called {
+    /// The model answered.
+    Answered(ModelResponse),
+    /// The call failed.
+    Failed(ProviderError),
+    /// The answer passed the output limit while streaming.
+    TooLarge(OutputTooLarge),
+}
+
+/// Runs the step's call, falling back as the agent allows, and reports how it ended.
+pub(super) async fn call_step(
+    context: &RunContext,
+    attempt: &Arc<Attempt>,
+    next: NextStep,
+) -> Outcome {
+    let NextStep {
+        step,
+        position,
+        mut request,
+        choices,
+        tool_names,
+    } = next;
+    let request_id = request.request_id.clone();
+    for (index, (provider_name, model)) in choices.iter().enumerate() {
+        let fallback = choices.get(index + 1);
+        let Some(provider) = context.providers.get(*provider_name) else {
+            // Retryable: in a fleet where only some workers hold this vendor's key, the
+            // next attempt may land on one that does (route with worker labels to make
+            // sure, e.g. AGENTPLANE_WORKER_LABELS=provider-anthropic=yes and the agent's
+            // required_worker_labels). With none, the task fails after max_attempts.
+            let message = format!(
+                "this worker has no credentials for provider {:?} ({})",
+                provider_name.as_str(),
+                configuration_hint(*provider_name)
+            );
+            if let Some(to) = fallback {
+                fall_back(context, attempt, (*provider_name, model), to, "provider_not_configured")
+                    .await;
+                continue;
+            }
+            return failure("provider_not_configured", message, true);
+        };
+        request.model.clone_from(model);
+        let started_event = Outbound::Event {
+            attempt: Arc::clone(attempt),
+            action: "task.model_call_started",
+            data: struct_of([
+                ("step", Kind::NumberValue(f64::from(step))),
+                ("provider", Kind::StringValue(provider_name.as_str().to_owned())),
+                ("model", Kind::StringValue(model.clone())),
+                ("provider_request_id", Kind::StringValue(request_id.clone())),
+            ]),
+        };
+        let _ = context.link.send(started_event).await;
+
+        let (sink, pieces) = mpsc::channel(PIECE_BUFFER);
+        let call_cancel = attempt.cancellation().child_token();
+        let _stop_call_on_exit = call_cancel.clone().drop_guard();
+        let first_piece = OnceLock::new();
+        let started = Instant::now();
+        let call = observe_call(
+            provider.generate(request.clone(), sink, call_cancel.clone()),
+            provider_name.as_str(),
+            model,
+            &request_id,
+            &first_piece,
+        );
+        let forward = forward_output(pieces, &context.link, attempt, &call_cancel, &first_piece);
+        let (result, forwarded) = tokio::join!(call, forward);
+        let timing = Timing {
+            latency_ms: millis(started.elapsed()),
+            first_token_ms: first_piece
+                .get()
+                .map_or(0, |first| millis(first.saturating_duration_since(started))),
+        };
+        let called = match (result, forwarded) {
+            (_, Err(too_large)) => Called::TooLarge(too_large),
+            (Ok(response), Ok(())) => Called::Answered(response),
+            (Err(error), Ok(())) => Called::Failed(error),
+        };
+        let streamed = first_piece.get().is_some();
+        let record = CallRecord {
+            step,
+            request_id: &request_id,
+            provider: *provider_name,
+            model,
+            timing,
+        };
+        match called {
+            Called::Answered(response) => {
+                return answered(context, attempt, record, position, &tool_names, response).await;
+            }
+            Called::TooLarge(OutputTooLarge { streamed }) => {
+                return failure(
+                    "output_too_large",
+                    format!(
+                        "the answer passed the {MAX_OUTPUT_BYTES}-byte limit while streaming \
+                         ({streamed} bytes received)"
+                    ),
+                    false,
+                );
+            }
+            Called::Failed(ProviderError::Canceled) if attempt.cancellation().is_cancelled() => {
+                return Outcome::Stopped;
+            }
+            Called::Failed(error) => {
+                if let Some(spent) = error.spent() {
+                    let call = record.call(&spent, None, error.code());
+                    let usage = Outbound::Usage {
+                        attempt: Arc::clone(attempt),
+                        calls: vec![call],
+                    };
+                    let _ = context.link.send(usage).await;
+                }
+                // Output already streamed cannot be taken back from watchers here, so a
+                // fallback only follows a call that streamed nothing; otherwise the attempt
+                // fails (retryable) and the next attempt starts its output afresh.
+                if let Some(to) = fallback.filter(|_| error.is_retryable() && !streamed) {
+                    fall_back(context, attempt, (*provider_name, model), to, error.code()).await;
+                    continue;
+                }
+                return failure(error.code(), error.to_string(), error.is_retryable());
+            }
+        }
+    }
+    // Unreachable: the last choice always returns.
+    failure(
+        "provider_error",
+        "no provider was left to try".to_owned(),
+        true,
+    )
+}
+
+/// Milliseconds of a duration, saturating.
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// When a call's answer came.
+#[derive(Clone, Copy)]
+struct Timing {
+    latency_ms: i64,
+    first_token_ms: i64,
+}
+
+/// What identifies a call in its usage record.
+struct CallRecord<'a> {
+    step: i32,
+    request_id: &'a str,
+    provider: Provider,
+    model: &'a str,
+    timing: Timing,
+}
+
+impl CallRecord<'_> {
+    /// The usage record of the call: `answered_by` is the model the vendor named, if it
+    /// answered.
+    fn call(&self, usage: &ModelUsage, answered_by: Option<&str>, outcome: &str) -> ModelCall {
+        ModelCall {
+            step: self.step,
+            provider_request_id: self.request_id.to_owned(),
+            model: answered_by
+                .filter(|m| !m.is_empty())
+                .unwrap_or(self.model)
+                .to_owned(),
+            usage: Some(Usage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost_micros: usage.cost_micros,
+                cache_read_input_tokens: usage.cache_read_input_tokens,
+                cache_write_input_tokens: usage.cache_write_input_tokens,
+                reasoning_tokens: usage.reasoning_tokens,
+            }),
+            id: uuid::Uuid::now_v7().to_string(),
+            provider: self.provider.as_str().to_owned(),
+            vendor_request_id: String::new(),
+            latency_ms: self.timing.latency_ms,
+            first_token_ms: self.timing.first_token_ms,
+            outcome: outcome.to_owned(),
+            unpriced: usage.unpriced,
+        }
+    }
+}
+
+/// Records a switch to the next (provider, model) as an event.
+async fn fall_back(
+    context: &RunContext,
+    attempt: &Arc<Attempt>,
+    from: (Provider, &String),
+    to: &(Provider, String),
+    code: &str,
+) {
+    tracing::warn!(
+        from_provider = from.0.as_str(),
+        from_model = %from.1,
+        to_provider = to.0.as_str(),
+        to_model = %to.1,
+        code,
+        "falling back to the next provider"
+    );
+    let event = Outbound::Event {
+        attempt: Arc::clone(attempt),
+        action: "task.provider_fallback",
+        data: struct_of([
+            ("from_provider", Kind::StringValue(from.0.as_str().to_owned())),
+            ("from_model", Kind::StringValue(from.1.clone())),
+            ("to_provider", Kind::StringValue(to.0.as_str().to_owned())),
+            ("to_model", Kind::StringValue(to.1.clone())),
+            ("code", Kind::StringValue(code.to_owned())),
+        ]),
+    };
+    let _ = context.link.send(event).await;
+}
+
+/// The model answered: report the step, then end the attempt with the answer, or waiting
+/// for the outputs of the tools it called.
+async fn answered(
+    context: &RunContext,
+    attempt: &Arc<Attempt>,
+    record: CallRecord<'_>,
+    position: i32,
+    tool_names: &[String],
+    response: ModelResponse,
+) -> Outcome {
+    let mut call = record.call(&response.usage, Some(&response.model), "ok");
+    call.vendor_request_id = response
+        .vendor_request_id
+        .clone()
+        .unwrap_or_default();
+    let text = without_nul(&response.text).into_owned();
+    // A step that cannot be stored is not reported: the call is metered and the attempt
+    // fails.
+    let refused = if text.len() > MAX_OUTPUT_BYTES {
+        Some(failure(
+            "output_too_large",
+            format!(
+                "the answer is {} bytes, over the {MAX_OUTPUT_BYTES}-byte limit",
+                text.len()
+            ),
+            false,
+        ))
+    } else if response.tool_calls.len() > MAX_TOOL_CALLS {
+        Some(failure(
+            "too_many_tool_calls",
+            format!(
+                "the model called {} tools at once; at most {MAX_TOOL_CALLS} are allowed",
+                response.tool_calls.len()
+            ),
+            true,
+        ))
+    } else if let Some(unknown) = response
+        .tool_calls
+        .iter()
+        .find(|call| !tool_names.contains(&call.name))
+    {
+        Some(failure(
+            "unknown_tool",
+            format!("the model called {:?}, which the agent does not declare", unknown.name),
+            true,
+        ))
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        call.outcome = "refused".to_owned();
+        let usage = Outbound::Usage {
+            attempt: Arc::clone(attempt),
+            calls: vec![call],
+        };
+        let _ = context.link.send(usage).await;
+        return refused;
+    }
+    let waits = !response.tool_calls.is_empty();
+    let finish_reason = if waits {
+        "tool_calls".to_owned()
+    } else {
+        response.finish_reason.as_str().to_owned()
+    };
+    let step = WorkerStep {
+        lease: Some(attempt.lease.to_proto()),
+        step: record.step,
+        position,
+        text: text.clone(),
+        tool_calls: response
+            .tool_calls
+            .iter()
+            .map(|call| WireToolCall {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: without_nul(&call.arguments).into_owned(),
+            })
+            .collect(),
+        finish_reason: finish_reason.clone(),
+        call: Some(call),
+    };
+    let _ = context
+        .link
+        .send(Outbound::Step {
+            attempt: Arc::clone(attempt),
+            step,
+        })
+        .await;
+    Outcome::Reported(if waits {
+        worker_result::Outcome::RequiresAction(WorkerRequiresAction { position })
+    } else {
+        worker_result::Outcome::Success(WorkerSuccess {
+            output: text,
+            finish_reason,
+            calls: Vec::new(),
+            position,
+        })
+    })
+}
