@@ -26,6 +26,11 @@ ALTER TABLE tasks ADD CONSTRAINT tasks_status_check
     CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'canceled',
                       'requires_action')) NOT VALID;
 ALTER TABLE tasks ADD COLUMN required_action jsonb;
+-- The task's usage totals gain the cached and reasoning parts (summed from its calls).
+ALTER TABLE tasks
+    ADD COLUMN cache_read_input_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN cache_write_input_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD CONSTRAINT tasks_required_action_waiting
     CHECK ((required_action IS NOT NULL) = (status = 'requires_action')) NOT VALID;
 

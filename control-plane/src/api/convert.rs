@@ -166,7 +166,9 @@ pub(super) fn task(row: &TaskRow) -> pb::Task {
             input_tokens: row.input_tokens,
             output_tokens: row.output_tokens,
             cost_micros: row.cost_micros,
-            ..pb::Usage::default()
+            cache_read_input_tokens: row.cache_read_input_tokens,
+            cache_write_input_tokens: row.cache_write_input_tokens,
+            reasoning_tokens: row.reasoning_tokens,
         }),
         error: row.error_code.as_ref().map(|code| pb::TaskError {
             code: code.clone(),

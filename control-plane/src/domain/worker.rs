@@ -155,7 +155,7 @@ pub enum Report {
         /// The attempt that made it.
         lease: Lease,
         /// The step.
-        step: StepRecord,
+        step: Box<StepRecord>,
     },
     /// Model calls that failed after consuming tokens.
     Usage {

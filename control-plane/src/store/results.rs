@@ -206,13 +206,19 @@ impl TenantTx {
             "UPDATE tasks t SET status = 'succeeded', output = s.output, \
                     finish_reason = s.finish_reason, input_tokens = u.input_tokens, \
                     output_tokens = u.output_tokens, cost_micros = u.cost_micros, \
+                    cache_read_input_tokens = u.cache_read, \
+                    cache_write_input_tokens = u.cache_write, \
+                    reasoning_tokens = u.reasoning, \
                     lease_expires_at = NULL, ended_at = now(), updated_at = now(), \
                     error_code = NULL, error_message = NULL \
              FROM unnest($2::uuid[], $3::text[], $4::text[]) AS s(id, output, finish_reason) \
              CROSS JOIN LATERAL ( \
                  SELECT coalesce(sum(r.input_tokens), 0)::bigint AS input_tokens, \
                         coalesce(sum(r.output_tokens), 0)::bigint AS output_tokens, \
-                        coalesce(sum(r.cost_micros), 0)::bigint AS cost_micros \
+                        coalesce(sum(r.cost_micros), 0)::bigint AS cost_micros, \
+                        coalesce(sum(r.cache_read_input_tokens), 0)::bigint AS cache_read, \
+                        coalesce(sum(r.cache_write_input_tokens), 0)::bigint AS cache_write, \
+                        coalesce(sum(r.reasoning_tokens), 0)::bigint AS reasoning \
                  FROM usage_records r WHERE r.tenant_id = $1 AND r.task_id = s.id) u \
              WHERE t.tenant_id = $1 AND t.id = s.id",
         )

@@ -46,6 +46,12 @@ pub struct TaskRow {
     pub output_tokens: i64,
     /// Cost of the successful attempt.
     pub cost_micros: i64,
+    /// Prompt tokens read from vendors' caches, over every call.
+    pub cache_read_input_tokens: i64,
+    /// Prompt tokens written to vendors' caches, over every call.
+    pub cache_write_input_tokens: i64,
+    /// Reasoning tokens, over every call.
+    pub reasoning_tokens: i64,
     /// Last failure reason.
     pub error_code: Option<String>,
     /// Last failure detail.
@@ -69,7 +75,7 @@ macro_rules! columns {
         "tenant_id, id, agent_id, status, priority, run_at, labels, attempt, \
     max_attempts, worker_id, output, finish_reason, input_tokens, output_tokens, cost_micros, \
     error_code, error_message, request_id, created_at, updated_at, started_at, ended_at, \
-    required_action"
+    required_action, cache_read_input_tokens, cache_write_input_tokens, reasoning_tokens"
     };
 }
 pub(super) use columns;

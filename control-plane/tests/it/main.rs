@@ -34,6 +34,7 @@ mod metrics;
 mod reflection;
 mod retention;
 mod routing;
+mod steps;
 mod tasks;
 mod tracing_e2e;
 mod validation;

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use agentplane_proto::v1::{
     LeaseRef, SessionRequest, WorkerOutput, WorkerRelease, WorkerResult, WorkerStep,
-    session_request,
-    worker_result,
+    session_request, worker_result,
 };
 
 use crate::lease::{Attempt, LeaseKey, StopReason};

@@ -72,7 +72,7 @@ pub(crate) enum Outbound {
     /// after a reconnect.
     Step {
         attempt: Arc<Attempt>,
-        step: WorkerStep,
+        step: Box<WorkerStep>,
     },
     /// Model calls that failed after consuming tokens: sent once if connected, even for an
     /// attempt no longer held (its spend is metered all the same).
@@ -300,7 +300,7 @@ impl Link {
                         data: Some(data),
                     })),
                 }),
-            Outbound::Step { attempt, step } => self.ledger.step(attempt.lease, step),
+            Outbound::Step { attempt, step } => self.ledger.step(attempt.lease, *step),
             Outbound::Usage { attempt, calls } => Some(SessionRequest {
                 kind: Some(session_request::Kind::Usage(WorkerUsage {
                     lease: Some(attempt.lease.to_proto()),

@@ -20,7 +20,9 @@ use tokio::time::Instant;
 
 use super::output::{OutputTooLarge, forward_output};
 use super::transcript::NextStep;
-use super::{Outcome, PIECE_BUFFER, RunContext, configuration_hint, failure, observe_call, struct_of};
+use super::{
+    Outcome, PIECE_BUFFER, RunContext, configuration_hint, failure, observe_call, struct_of,
+};
 use crate::lease::Attempt;
 use crate::link::Outbound;
 use crate::provider::{ModelResponse, ModelUsage, ProviderError};
@@ -62,8 +64,14 @@ pub(super) async fn call_step(
                 configuration_hint(*provider_name)
             );
             if let Some(to) = fallback {
-                fall_back(context, attempt, (*provider_name, model), to, "provider_not_configured")
-                    .await;
+                fall_back(
+                    context,
+                    attempt,
+                    (*provider_name, model),
+                    to,
+                    "provider_not_configured",
+                )
+                .await;
                 continue;
             }
             return failure("provider_not_configured", message, true);
@@ -74,7 +82,10 @@ pub(super) async fn call_step(
             action: "task.model_call_started",
             data: struct_of([
                 ("step", Kind::NumberValue(f64::from(step))),
-                ("provider", Kind::StringValue(provider_name.as_str().to_owned())),
+                (
+                    "provider",
+                    Kind::StringValue(provider_name.as_str().to_owned()),
+                ),
                 ("model", Kind::StringValue(model.clone())),
                 ("provider_request_id", Kind::StringValue(request_id.clone())),
             ]),
@@ -230,7 +241,10 @@ async fn fall_back(
         attempt: Arc::clone(attempt),
         action: "task.provider_fallback",
         data: struct_of([
-            ("from_provider", Kind::StringValue(from.0.as_str().to_owned())),
+            (
+                "from_provider",
+                Kind::StringValue(from.0.as_str().to_owned()),
+            ),
             ("from_model", Kind::StringValue(from.1.clone())),
             ("to_provider", Kind::StringValue(to.0.as_str().to_owned())),
             ("to_model", Kind::StringValue(to.1.clone())),
@@ -251,10 +265,7 @@ async fn answered(
     response: ModelResponse,
 ) -> Outcome {
     let mut call = record.call(&response.usage, Some(&response.model), "ok");
-    call.vendor_request_id = response
-        .vendor_request_id
-        .clone()
-        .unwrap_or_default();
+    call.vendor_request_id = response.vendor_request_id.clone().unwrap_or_default();
     let text = without_nul(&response.text).into_owned();
     // A step that cannot be stored is not reported: the call is metered and the attempt
     // fails.
@@ -276,18 +287,21 @@ async fn answered(
             ),
             true,
         ))
-    } else if let Some(unknown) = response
-        .tool_calls
-        .iter()
-        .find(|call| !tool_names.contains(&call.name))
-    {
-        Some(failure(
-            "unknown_tool",
-            format!("the model called {:?}, which the agent does not declare", unknown.name),
-            true,
-        ))
     } else {
-        None
+        response
+            .tool_calls
+            .iter()
+            .find(|call| !tool_names.contains(&call.name))
+            .map(|unknown| {
+                failure(
+                    "unknown_tool",
+                    format!(
+                        "the model called {:?}, which the agent does not declare",
+                        unknown.name
+                    ),
+                    true,
+                )
+            })
     };
     if let Some(refused) = refused {
         call.outcome = "refused".to_owned();
@@ -325,7 +339,7 @@ async fn answered(
         .link
         .send(Outbound::Step {
             attempt: Arc::clone(attempt),
-            step,
+            step: Box::new(step),
         })
         .await;
     Outcome::Reported(if waits {

@@ -119,7 +119,11 @@ fn recorded_steps_and_tool_outputs_become_the_conversation() {
     assert_eq!(next.position, 4);
     assert_eq!(next.request.request_id, format!("{}-1", task.task_id));
     let messages = &next.request.messages;
-    assert_eq!(messages.len(), 3, "the two outputs travel in one tool message");
+    assert_eq!(
+        messages.len(),
+        3,
+        "the two outputs travel in one tool message"
+    );
     assert_eq!(messages[1].tool_calls.len(), 2);
     assert_eq!(messages[1].tool_calls[1].arguments, "{\"city\":\"Rome\"}");
     assert_eq!(messages[2].role, ChatRole::Tool);
@@ -127,9 +131,17 @@ fn recorded_steps_and_tool_outputs_become_the_conversation() {
     assert_eq!(
         outputs
             .iter()
-            .map(|o| (o.call_id.as_str(), o.name.as_str(), o.output.as_str(), o.is_error))
+            .map(|o| (
+                o.call_id.as_str(),
+                o.name.as_str(),
+                o.output.as_str(),
+                o.is_error
+            ))
             .collect::<Vec<_>>(),
-        [("c1", "weather", "18C", false), ("c2", "weather", "24C", true)]
+        [
+            ("c1", "weather", "18C", false),
+            ("c2", "weather", "24C", true)
+        ]
     );
     assert_eq!(next.request.tools.len(), 1);
     assert_eq!(
@@ -148,7 +160,10 @@ fn recorded_steps_and_tool_outputs_become_the_conversation() {
 
 #[test]
 fn a_recorded_last_step_is_replayed_instead_of_called_again() {
-    let mut answered = task(&[("user", "hi"), ("assistant", "hello")], serde_json::json!({}));
+    let mut answered = task(
+        &[("user", "hi"), ("assistant", "hello")],
+        serde_json::json!({}),
+    );
     recorded_step(&mut answered, 1, 0, serde_json::json!([]));
     match transcript::plan(&answered) {
         Ok(Plan::Replay(worker_result::Outcome::Success(success))) => {

@@ -79,7 +79,9 @@ pub(super) fn plan(task: &ClaimedTask) -> Result<Plan, Outcome> {
         .last()
         .map_or(0, |m| m.position.saturating_add(1));
     let generation = Generation::from_json(&task.agent.generation).map_err(|error| {
-        invalid_agent(format!("the agent's generation settings are invalid: {error}"))
+        invalid_agent(format!(
+            "the agent's generation settings are invalid: {error}"
+        ))
     })?;
     let tools: Vec<ToolDefinition> = serde_json::from_value(task.agent.tools.clone())
         .map_err(|error| invalid_agent(format!("the agent's tools are invalid: {error}")))?;

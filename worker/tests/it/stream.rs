@@ -89,7 +89,10 @@ async fn results_are_sent_again_after_a_reconnect_until_acknowledged() {
     };
     assert_eq!(success.output, text);
     assert_eq!(success.finish_reason, "stop");
-    assert!(success.calls.is_empty(), "the call is reported with its step");
+    assert!(
+        success.calls.is_empty(),
+        "the call is reported with its step"
+    );
     // The completed call came first, as the task's step 0, after its system prompt and its
     // input message.
     let [step] = steps.as_slice() else {
@@ -100,7 +103,10 @@ async fn results_are_sent_again_after_a_reconnect_until_acknowledged() {
     assert_eq!(step.text, text);
     let call = step.call.as_ref().unwrap();
     assert_eq!(call.provider_request_id, format!("{task_id}-0"));
-    assert_eq!((call.provider.as_str(), call.outcome.as_str()), ("echo", "ok"));
+    assert_eq!(
+        (call.provider.as_str(), call.outcome.as_str()),
+        ("echo", "ok")
+    );
     let usage = call.usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (7 + 8, 5));
 

@@ -372,14 +372,14 @@ fn step_report(step: pb::WorkerStep) -> Result<Report, ApiError> {
     }
     Ok(Report::Step {
         lease,
-        step: StepRecord {
+        step: Box::new(StepRecord {
             step: step.step,
             position: step.position,
             text,
             tool_calls,
             finish_reason: without_nul(&step.finish_reason).into_owned(),
             call,
-        },
+        }),
     })
 }
 

@@ -261,7 +261,7 @@ impl Session {
             let mut usage = Vec::new();
             for report in &reports {
                 match report {
-                    Report::Step { lease, step } => steps.push((*lease, step)),
+                    Report::Step { lease, step } => steps.push((*lease, &**step)),
                     Report::Usage { lease, calls } => {
                         usage.extend(calls.iter().map(|call| (*lease, call)));
                     }

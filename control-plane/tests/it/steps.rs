@@ -1,0 +1,539 @@
+//! Durable steps and tool calls: a completed model call is recorded as a step as soon as the
+//! worker reports it, a later attempt replays it instead of calling the model again, every
+//! call is metered whatever became of its attempt, and a task whose model called tools waits
+//! for SubmitToolOutputs.
+
+use std::time::Duration;
+
+use agentplane_proto::v1 as pb;
+use pb::session_request::Kind as In;
+use pb::session_response::Kind as Out;
+use sqlx::PgPool;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::app::{Clients, TestApp};
+use crate::pg::TestDb;
+use crate::session::Session;
+
+/// A task of an echo agent, queued while no worker runs, then claimed by `worker` as its
+/// attempt 1 (what the claim does, written by hand so that the test plays the worker).
+async fn claimed_task(
+    clients: &mut Clients,
+    owner: &PgPool,
+    worker: Uuid,
+    tools: Vec<pb::Tool>,
+) -> (String, pb::Task, i32) {
+    let ws = clients.workspace("steps").await;
+    let agent = clients
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            workspace_id: ws.clone(),
+            agent: Some(pb::Agent {
+                name: "stepper".into(),
+                provider: pb::Provider::Echo.into(),
+                model: "echo-1".into(),
+                system_prompt: "Be brief.".into(),
+                tools,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let task = clients.task(&ws, &agent.id, "what is the weather?").await;
+    sqlx::query(
+        "UPDATE tasks SET status = 'running', attempt = 1, worker_id = $2, \
+                lease_expires_at = now() + interval '60 seconds', started_at = now() \
+         WHERE id = $1::uuid",
+    )
+    .bind(&task.id)
+    .bind(worker)
+    .execute(owner)
+    .await
+    .unwrap();
+    let next_position: i32 =
+        sqlx::query_scalar("SELECT max(position) + 1 FROM task_messages WHERE task_id = $1::uuid")
+            .bind(&task.id)
+            .fetch_one(owner)
+            .await
+            .unwrap();
+    (ws, task, next_position)
+}
+
+fn lease(ws: &str, task: &str, attempt: i32) -> pb::LeaseRef {
+    pb::LeaseRef {
+        workspace_id: ws.to_owned(),
+        task_id: task.to_owned(),
+        attempt,
+    }
+}
+
+fn call(task: &str, step: i32, id: Uuid, outcome: &str) -> pb::ModelCall {
+    pb::ModelCall {
+        step,
+        provider_request_id: format!("{task}-{step}"),
+        model: "echo-1".into(),
+        usage: Some(pb::Usage {
+            input_tokens: 30,
+            output_tokens: 20,
+            cost_micros: 7,
+            cache_read_input_tokens: 10,
+            cache_write_input_tokens: 0,
+            reasoning_tokens: 4,
+        }),
+        id: id.to_string(),
+        provider: "echo".into(),
+        vendor_request_id: "req_42".into(),
+        latency_ms: 120,
+        first_token_ms: 30,
+        outcome: outcome.into(),
+        unpriced: false,
+    }
+}
+
+fn step(
+    lease: pb::LeaseRef,
+    number: i32,
+    position: i32,
+    text: &str,
+    tool_calls: Vec<pb::ToolCall>,
+) -> In {
+    let task = lease.task_id.clone();
+    In::Step(pb::WorkerStep {
+        lease: Some(lease),
+        step: number,
+        position,
+        text: text.into(),
+        finish_reason: if tool_calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }
+        .into(),
+        tool_calls,
+        call: Some(call(&task, number, Uuid::now_v7(), "ok")),
+    })
+}
+
+/// Waits until `sql` (one bigint) returns `want`.
+async fn wait_count(owner: &PgPool, sql: &'static str, task: &str, want: i64) {
+    for _ in 0..200 {
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(task)
+            .fetch_one(owner)
+            .await
+            .unwrap();
+        if n == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{sql} never reached {want}");
+}
+
+async fn usage_rows(owner: &PgPool, task: &str) -> Vec<(i32, String, i64, i64, String)> {
+    sqlx::query_as(
+        "SELECT attempt, outcome, cache_read_input_tokens, reasoning_tokens, vendor_request_id \
+         FROM usage_records WHERE task_id = $1::uuid ORDER BY created_at, id",
+    )
+    .bind(task)
+    .fetch_all(owner)
+    .await
+    .unwrap()
+}
+
+async fn next_ack(session: &mut Session) -> pb::ResultAck {
+    loop {
+        match session.recv.message().await.unwrap().unwrap().kind {
+            Some(Out::ResultAck(ack)) => return ack,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_step_recorded_before_a_crash_is_replayed_by_the_next_attempt_not_paid_again() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let owner = db.owner_pool().await;
+    let mut clients = app.admin().await;
+    let credential = app.worker_credential().await;
+    let session = Session::open(&app, &credential).await;
+    let (ws, task, position) = claimed_task(&mut clients, &owner, credential.0, vec![]).await;
+
+    // Attempt 1 completes its model call and reports the step ...
+    session
+        .send(step(
+            lease(&ws, &task.id, 1),
+            0,
+            position,
+            "sunny, 21C",
+            vec![],
+        ))
+        .await;
+    wait_count(
+        &owner,
+        "SELECT count(*) FROM task_messages WHERE task_id = $1::uuid AND step = 0",
+        &task.id,
+        1,
+    )
+    .await;
+    // ... and dies before its result: the session ends and the lease lapses.
+    drop(session);
+    sqlx::query(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&task.id)
+    .execute(&owner)
+    .await
+    .unwrap();
+
+    // A real worker reaps the lease, claims attempt 2, and answers with the recorded step.
+    let worker = app.worker(&db, 2, Duration::ZERO).await;
+    let done = clients.wait_terminal(&ws, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.output, "sunny, 21C");
+    let usage = done.usage.unwrap();
+    assert_eq!(
+        (usage.input_tokens, usage.output_tokens, usage.cost_micros),
+        (30, 20, 7),
+        "the task paid for one call: attempt 1's"
+    );
+    assert_eq!(
+        (usage.cache_read_input_tokens, usage.reasoning_tokens),
+        (10, 4)
+    );
+    assert_eq!(
+        usage_rows(&owner, &task.id).await,
+        [(1, "ok".to_owned(), 10, 4, "req_42".to_owned())]
+    );
+    let calls_started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE resource_id = $1::uuid \
+         AND action = 'task.model_call_started'",
+    )
+    .bind(&task.id)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(calls_started, 0, "attempt 2 called no model");
+    let transcript = clients
+        .tasks
+        .list_task_messages(pb::ListTaskMessagesRequest {
+            workspace_id: ws.clone(),
+            task_id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let last = transcript.last().unwrap();
+    assert_eq!(last.message.as_ref().unwrap().content, "sunny, 21C");
+    assert_eq!((last.step, last.attempt), (0, 1));
+    assert_eq!(
+        transcript.len(),
+        3,
+        "system, user, one answer: {transcript:?}"
+    );
+    worker.shutdown().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_call_is_metered_once_but_only_the_current_attempt_records_steps() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let owner = db.owner_pool().await;
+    let mut clients = app.admin().await;
+    let credential = app.worker_credential().await;
+    let session = Session::open(&app, &credential).await;
+    let (ws, task, position) = claimed_task(&mut clients, &owner, credential.0, vec![]).await;
+
+    // The lease lapsed and the reaper requeued the task: attempt 1 is fenced out.
+    sqlx::query("UPDATE tasks SET status = 'pending', lease_expires_at = NULL WHERE id = $1::uuid")
+        .bind(&task.id)
+        .execute(&owner)
+        .await
+        .unwrap();
+    // Its completed call and a call that failed after consuming tokens still cost money.
+    let failed = Uuid::now_v7();
+    let usage = In::Usage(pb::WorkerUsage {
+        lease: Some(lease(&ws, &task.id, 1)),
+        calls: vec![call(&task.id, 0, failed, "provider_overloaded")],
+    });
+    session.send(usage.clone()).await;
+    session
+        .send(step(
+            lease(&ws, &task.id, 1),
+            0,
+            position,
+            "late answer",
+            vec![],
+        ))
+        .await;
+    // A resend (after a reconnect) is metered once.
+    session.send(usage).await;
+    wait_count(
+        &owner,
+        "SELECT count(*) FROM usage_records WHERE task_id = $1::uuid",
+        &task.id,
+        2,
+    )
+    .await;
+    let outcomes: Vec<String> = usage_rows(&owner, &task.id)
+        .await
+        .into_iter()
+        .map(|row| row.1)
+        .collect();
+    assert_eq!(outcomes, ["provider_overloaded", "ok"]);
+    let steps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_messages WHERE task_id = $1::uuid AND step IS NOT NULL",
+    )
+    .bind(&task.id)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(steps, 0, "a fenced attempt's answer does not count");
+    // Usage for an attempt that never started is refused quietly.
+    session
+        .send(In::Usage(pb::WorkerUsage {
+            lease: Some(lease(&ws, &task.id, 5)),
+            calls: vec![call(&task.id, 0, Uuid::now_v7(), "ok")],
+        }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(usage_rows(&owner, &task.id).await.len(), 2);
+    app.stop().await;
+}
+
+fn weather_tool() -> pb::Tool {
+    pb::Tool {
+        name: "get_weather".into(),
+        description: "Current weather in a city".into(),
+        parameters: Some(prost_types::Struct {
+            fields: [(
+                "type".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue("object".into())),
+                },
+            )]
+            .into(),
+        }),
+    }
+}
+
+fn tool_call(id: &str, city: &str) -> pb::ToolCall {
+    pb::ToolCall {
+        id: id.into(),
+        name: "get_weather".into(),
+        arguments: format!("{{\"city\":\"{city}\"}}"),
+    }
+}
+
+fn output(id: &str, text: &str) -> pb::ToolOutput {
+    pb::ToolOutput {
+        tool_call_id: id.into(),
+        output: text.into(),
+        is_error: false,
+    }
+}
+
+async fn submit(
+    clients: &mut Clients,
+    ws: &str,
+    task: &str,
+    outputs: Vec<pb::ToolOutput>,
+) -> Result<pb::Task, tonic::Status> {
+    clients
+        .tasks
+        .submit_tool_outputs(pb::SubmitToolOutputsRequest {
+            workspace_id: ws.to_owned(),
+            task_id: task.to_owned(),
+            tool_outputs: outputs,
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().task.unwrap())
+}
+
+#[tokio::test]
+async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let owner = db.owner_pool().await;
+    let mut clients = app.admin().await;
+    let credential = app.worker_credential().await;
+    let mut session = Session::open(&app, &credential).await;
+    let (ws, task, position) =
+        claimed_task(&mut clients, &owner, credential.0, vec![weather_tool()]).await;
+    let held = lease(&ws, &task.id, 1);
+
+    // A result that waits on a step nobody recorded is refused.
+    let requires_action = |position| {
+        In::Result(pb::WorkerResult {
+            lease: Some(held.clone()),
+            outcome: Some(pb::worker_result::Outcome::RequiresAction(
+                pb::WorkerRequiresAction { position },
+            )),
+        })
+    };
+    session.send(requires_action(position)).await;
+    let ack = next_ack(&mut session).await;
+    assert!(!ack.accepted, "{ack:?}");
+    assert!(ack.reason.contains("no step with tool calls"), "{ack:?}");
+
+    // The model calls two tools: the step, then the result.
+    let calls = vec![tool_call("call_1", "Paris"), tool_call("call_2", "Rome")];
+    session
+        .send(step(held.clone(), 0, position, "Checking.", calls.clone()))
+        .await;
+    session.send(requires_action(position)).await;
+    let ack = next_ack(&mut session).await;
+    assert!(ack.accepted, "{ack:?}");
+
+    let waiting = clients.get_task(&ws, &task.id).await;
+    assert_eq!(waiting.status, pb::TaskStatus::RequiresAction as i32);
+    assert_eq!(
+        waiting.required_action,
+        Some(pb::RequiredAction {
+            step: 0,
+            tool_calls: calls.clone()
+        })
+    );
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE id = $1::uuid AND lease_expires_at IS NOT NULL",
+    )
+    .bind(&task.id)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(running, 0, "a waiting task holds no lease");
+
+    // Every call needs exactly one output.
+    let error = submit(&mut clients, &ws, &task.id, vec![output("call_1", "18C")])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(
+        format!("{error:?}").contains("call_2"),
+        "the violation names the missing call"
+    );
+    let error = submit(
+        &mut clients,
+        &ws,
+        &task.id,
+        vec![output("call_1", "18C"), output("call_9", "?")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let error = submit(
+        &mut clients,
+        &ws,
+        &task.id,
+        vec![output("call_1", "18C"), output("call_1", "19C")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::InvalidArgument,
+        "duplicate ids: {error:?}"
+    );
+
+    let outputs = vec![output("call_2", "24C"), output("call_1", "18C")];
+    let resumed = submit(&mut clients, &ws, &task.id, outputs.clone())
+        .await
+        .unwrap();
+    assert_eq!(resumed.status, pb::TaskStatus::Pending as i32);
+    assert_eq!(resumed.required_action, None);
+    // Idempotent per call id: the same outputs again return the task as it is.
+    let again = submit(&mut clients, &ws, &task.id, outputs).await.unwrap();
+    assert_eq!(again.id, resumed.id);
+    // Outputs for calls it never made, on a task that waits for none.
+    let error = submit(&mut clients, &ws, &task.id, vec![output("call_7", "x")])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+
+    // The transcript holds the step and the outputs in the calls' order.
+    let transcript = clients
+        .tasks
+        .list_task_messages(pb::ListTaskMessagesRequest {
+            workspace_id: ws.clone(),
+            task_id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let tail: Vec<(i32, String, String, Vec<pb::ToolCall>)> = transcript[2..]
+        .iter()
+        .map(|m| {
+            let message = m.message.clone().unwrap();
+            (
+                message.role,
+                message.content,
+                message.tool_call_id,
+                message.tool_calls,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (
+                pb::Role::Assistant as i32,
+                "Checking.".into(),
+                String::new(),
+                calls
+            ),
+            (pb::Role::Tool as i32, "18C".into(), "call_1".into(), vec![]),
+            (pb::Role::Tool as i32, "24C".into(), "call_2".into(), vec![]),
+        ]
+    );
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM events WHERE resource_id = $1::uuid ORDER BY seq")
+            .bind(&task.id)
+            .fetch_all(&owner)
+            .await
+            .unwrap();
+    assert!(
+        actions.ends_with(&[
+            "task.requires_action".to_owned(),
+            "task.tool_outputs_submitted".to_owned()
+        ]),
+        "{actions:?}"
+    );
+
+    // Waiting again, then canceled: a waiting task can be canceled.
+    sqlx::query(
+        "UPDATE tasks SET status = 'requires_action', \
+                required_action = '{\"step\": 1, \"tool_calls\": []}' WHERE id = $1::uuid",
+    )
+    .bind(&task.id)
+    .execute(&owner)
+    .await
+    .unwrap();
+    let canceled = clients
+        .tasks
+        .cancel_task(pb::CancelTaskRequest {
+            workspace_id: ws.clone(),
+            id: task.id.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(canceled.status, pb::TaskStatus::Canceled as i32);
+    assert_eq!(canceled.required_action, None);
+    app.stop().await;
+}
