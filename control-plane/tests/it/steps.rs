@@ -537,3 +537,152 @@ async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
     assert_eq!(canceled.required_action, None);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_provider_this_worker_cannot_run_falls_back_to_the_next_choice() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let owner = db.owner_pool().await;
+    let mut clients = app.admin().await;
+    let ws = clients.workspace("fallbacks").await;
+    // The test worker has no Anthropic key: the primary cannot run here, echo can.
+    let agent = clients
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            workspace_id: ws.clone(),
+            agent: Some(pb::Agent {
+                name: "careful".into(),
+                provider: pb::Provider::Anthropic.into(),
+                model: "claude-haiku-4-5".into(),
+                fallbacks: vec![pb::ModelChoice {
+                    provider: pb::Provider::Echo.into(),
+                    model: "echo-1".into(),
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(
+        agent.fallbacks.len(),
+        1,
+        "fallbacks are stored and returned"
+    );
+    assert_eq!(agent.max_steps, 16, "the default step limit");
+    let worker = app.worker(&db, 2, Duration::ZERO).await;
+    let task = clients.task(&ws, &agent.id, "hello there").await;
+    let done = clients.wait_terminal(&ws, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
+    assert_eq!(done.attempt, 1, "the fallback ran in the same attempt");
+    let fallback: serde_json::Value = sqlx::query_scalar(
+        "SELECT data FROM events WHERE resource_id = $1::uuid AND action = 'task.provider_fallback'",
+    )
+    .bind(&task.id)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(fallback["from_provider"], "anthropic");
+    assert_eq!(fallback["to_provider"], "echo");
+    assert_eq!(fallback["code"], "provider_not_configured");
+    let (provider, model): (String, String) =
+        sqlx::query_as("SELECT provider, model FROM usage_records WHERE task_id = $1::uuid")
+            .bind(&task.id)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert_eq!((provider.as_str(), model.as_str()), ("echo", "echo-1"));
+    worker.shutdown().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn agents_keep_their_tools_step_limit_and_fallbacks_and_refuse_bad_ones() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut clients = app.admin().await;
+    let ws = clients.workspace("tools").await;
+    let create = |agent: pb::Agent| pb::CreateAgentRequest {
+        workspace_id: ws.clone(),
+        agent: Some(agent),
+        request_id: String::new(),
+    };
+    let base = pb::Agent {
+        name: "tooled".into(),
+        provider: pb::Provider::Echo.into(),
+        model: "echo-1".into(),
+        ..Default::default()
+    };
+    let agent = clients
+        .agents
+        .create_agent(create(pb::Agent {
+            tools: vec![weather_tool()],
+            max_steps: 5,
+            ..base.clone()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(agent.tools, [weather_tool()]);
+    assert_eq!(agent.max_steps, 5);
+
+    let bad = pb::Agent {
+        name: "bad".into(),
+        tools: vec![
+            pb::Tool {
+                name: "no spaces".into(),
+                ..weather_tool()
+            },
+            pb::Tool {
+                parameters: None,
+                ..weather_tool()
+            },
+        ],
+        max_steps: 101,
+        fallbacks: vec![pb::ModelChoice {
+            provider: pb::Provider::Unspecified.into(),
+            model: "m".into(),
+        }],
+        ..base.clone()
+    };
+    let error = clients.agents.create_agent(create(bad)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let details = format!("{error:?}");
+    for field in [
+        "agent.tools[0].name",
+        "agent.max_steps",
+        "agent.fallbacks[0].provider",
+    ] {
+        assert!(details.contains(field), "{field} in {details}");
+    }
+
+    // UpdateAgent replaces the tools named in the mask.
+    let updated = clients
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            workspace_id: ws.clone(),
+            agent: Some(pb::Agent {
+                id: agent.id.clone(),
+                tools: vec![],
+                max_steps: 0,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["tools".into(), "max_steps".into()],
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert!(updated.tools.is_empty());
+    assert_eq!(updated.max_steps, 16, "0 means the default");
+    app.stop().await;
+}
