@@ -387,6 +387,15 @@ async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
     assert!(!ack.accepted, "{ack:?}");
     assert!(ack.reason.contains("no step with tool calls"), "{ack:?}");
 
+    let mut watch = clients
+        .tasks
+        .watch_task(pb::WatchTaskRequest {
+            workspace_id: ws.clone(),
+            id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     // The model calls two tools: the step, then the result.
     let calls = vec![tool_call("call_1", "Paris"), tool_call("call_2", "Rome")];
     session
@@ -396,6 +405,20 @@ async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
     let ack = next_ack(&mut session).await;
     assert!(ack.accepted, "{ack:?}");
 
+    // A watcher sees the wait, with the calls.
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let message = watch.message().await.unwrap().unwrap();
+            if let Some(pb::watch_task_response::Kind::Task(task)) = message.kind
+                && task.status == pb::TaskStatus::RequiresAction as i32
+            {
+                return task;
+            }
+        }
+    })
+    .await
+    .expect("the watcher sees REQUIRES_ACTION");
+    assert_eq!(seen.required_action.unwrap().tool_calls.len(), 2);
     let waiting = clients.get_task(&ws, &task.id).await;
     assert_eq!(waiting.status, pb::TaskStatus::RequiresAction as i32);
     assert_eq!(
