@@ -227,7 +227,9 @@ mod tests {
     /// The CHECK constraints in the migrations list the same names.
     #[test]
     fn the_schema_checks_the_same_names() {
-        let schema = include_str!("../../migrations/20261123000001_initial.sql");
+        // The latest migration that (re)defines tasks_status_check and
+        // task_messages_role_check.
+        let schema = include_str!("../../migrations/20261124900000_durable_steps.sql");
         for name in TaskStatus::ALL
             .iter()
             .map(|s| s.as_str())

@@ -51,7 +51,7 @@ mod tests {
             format!("1 to {}", thousands(MAX_WORKER_CAPACITY as usize)),
             format!("at most {}", MAX_DELTA_INDEX),
             format!(
-                "Every provider call of the attempt, at most {}.",
+                "reported in a WorkerStep or WorkerUsage, at most\n  // {}",
                 thousands(MAX_MODEL_CALLS)
             ),
         ] {
