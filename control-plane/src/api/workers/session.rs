@@ -211,6 +211,9 @@ impl Session {
                 Report::Output { lease, index, text } => {
                     publish.extend(output.receive(lease, index, text, now));
                 }
+                Report::OutputReset { lease, index } => {
+                    publish.extend(output.receive_reset(lease, index, now));
+                }
                 Report::Heartbeat(_) => {}
                 report => {
                     let Some(lease) = report.lease() else {
@@ -284,7 +287,7 @@ impl Session {
                         let check = tx.release_attempt(self.worker, lease, &self.actor).await?;
                         acks.push((lease, check));
                     }
-                    Report::Heartbeat(_) | Report::Output { .. } => {}
+                    Report::Heartbeat(_) | Report::Output { .. } | Report::OutputReset { .. } => {}
                 }
             }
             let checks = tx
