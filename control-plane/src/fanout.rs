@@ -41,7 +41,8 @@ impl Topic {
     fn of(notification: &Notification) -> Option<Topic> {
         match *notification {
             Notification::TaskState { tenant, task }
-            | Notification::TaskOutput { tenant, task, .. } => Some(Topic::Task(tenant, task)),
+            | Notification::TaskOutput { tenant, task, .. }
+            | Notification::TaskOutputReset { tenant, task, .. } => Some(Topic::Task(tenant, task)),
             Notification::TaskCancel { worker, .. } => Some(Topic::Worker(worker)),
             Notification::Events { tenant } => Some(Topic::Events(tenant)),
             // Workers act on it.

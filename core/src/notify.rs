@@ -3,8 +3,8 @@
 //! three go through [`Notification`], so no side can drift from another.
 //!
 //! Payloads are compact JSON with one-letter keys (`t` tenant, `k` task, `a` attempt, `i`
-//! delta index, `x` delta text, `w` worker, `s` when it was sent, in microseconds since the
-//! Unix epoch), kept under PostgreSQL's 8000-byte limit.
+//! delta index, `x` delta text, `r` an output reset, `w` worker, `s` when it was sent, in
+//! microseconds since the Unix epoch), kept under PostgreSQL's 8000-byte limit.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,7 @@ pub mod channel {
     pub const TASK_READY: &str = "agentplane_task_ready";
     /// A task changed status.
     pub const TASK_STATE: &str = "agentplane_task_state";
-    /// Output of a running attempt was stored.
+    /// Output of a running attempt was published, stored or withdrawn.
     pub const TASK_OUTPUT: &str = "agentplane_task_output";
     /// A running attempt must stop.
     pub const TASK_CANCEL: &str = "agentplane_task_cancel";
@@ -55,6 +55,19 @@ pub enum Notification {
         /// The text, when it fits in a payload; otherwise listeners read it from the table.
         text: Option<String>,
     },
+    /// The output of a running attempt so far was withdrawn (a model call failed after
+    /// streaming it); its next delta has `index`. Sent on the output channel, so it stays in
+    /// order with the deltas around it.
+    TaskOutputReset {
+        /// Workspace.
+        tenant: TenantId,
+        /// Task.
+        task: TaskId,
+        /// Attempt.
+        attempt: i32,
+        /// Index of the attempt's next delta.
+        index: i64,
+    },
     /// A worker must stop an attempt.
     TaskCancel {
         /// Workspace.
@@ -86,6 +99,8 @@ struct Wire<'a> {
     #[serde(borrow, skip_serializing_if = "Option::is_none")]
     x: Option<std::borrow::Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    r: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     w: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     s: Option<i64>,
@@ -97,7 +112,9 @@ impl Notification {
         match self {
             Notification::TaskReady => channel::TASK_READY,
             Notification::TaskState { .. } => channel::TASK_STATE,
-            Notification::TaskOutput { .. } => channel::TASK_OUTPUT,
+            Notification::TaskOutput { .. } | Notification::TaskOutputReset { .. } => {
+                channel::TASK_OUTPUT
+            }
             Notification::TaskCancel { .. } => channel::TASK_CANCEL,
             Notification::Events { .. } => channel::EVENTS,
         }
@@ -156,6 +173,19 @@ impl Notification {
                 wire.x = None;
                 wire
             }
+            Notification::TaskOutputReset {
+                tenant,
+                task,
+                attempt,
+                index,
+            } => Wire {
+                t: Some(tenant.0),
+                k: Some(task.0),
+                a: Some(*attempt),
+                i: Some(*index),
+                r: Some(true),
+                ..Wire::default()
+            },
             Notification::TaskCancel {
                 tenant,
                 task,
@@ -201,6 +231,12 @@ impl Notification {
             channel::TASK_STATE => Notification::TaskState {
                 tenant,
                 task: TaskId(wire.k?),
+            },
+            channel::TASK_OUTPUT if wire.r == Some(true) => Notification::TaskOutputReset {
+                tenant,
+                task: TaskId(wire.k?),
+                attempt: wire.a?,
+                index: wire.i?,
             },
             channel::TASK_OUTPUT => Notification::TaskOutput {
                 tenant,
@@ -318,6 +354,12 @@ mod tests {
                 attempt: 2,
                 index: 7,
                 text: Some("hé \"quoted\" \n".to_owned()),
+            },
+            Notification::TaskOutputReset {
+                tenant: tenant(),
+                task: task(),
+                attempt: 2,
+                index: 9,
             },
             Notification::TaskCancel {
                 tenant: tenant(),

@@ -10,6 +10,15 @@
 //! past the next expected index means the ones between are not stored yet. The watcher
 //! then re-reads once and, if that does not close the gap, waits for the notification that
 //! says they were stored (a delta notification without text) before reading again.
+//!
+//! A reset withdraws the attempt's output so far (a model call failed after streaming and a
+//! fallback answers): the watcher sends an `OutputReset`, forgets what it sent, and the next
+//! delta has the reset's index. Resets are notified when published and again when stored,
+//! and the table keeps the latest as a marker row; a watcher applies each reset once, by
+//! its index, whichever way it learns of it first. One that missed a reset may have sent
+//! deltas that followed it as if they continued the withdrawn text: the reset reaches it
+//! later (from the store, or the table on a re-read), and it sends them again after it, so
+//! the text a client assembles by the rule still ends as the answer.
 
 use agentplane_proto::v1 as pb;
 use pb::watch_task_response::Kind;
@@ -26,6 +35,10 @@ use agentplane_core::notify::Notification;
 
 type Sender = mpsc::Sender<Result<pb::WatchTaskResponse, Status>>;
 
+/// Why output is withdrawn, as `OutputReset.reason` says it. Workers reset only before a
+/// fallback's answer; the worker channel carries no reason.
+const RESET_REASON: &str = "provider_fallback";
+
 /// Follows a task for one WatchTask stream.
 pub(super) struct TaskWatcher {
     state: State,
@@ -34,7 +47,9 @@ pub(super) struct TaskWatcher {
     attempt: i32,
     status: TaskStatus,
     next_index: i64,
-    /// Output of the current attempt sent so far.
+    /// Index of the latest reset of the current attempt applied (0 if none).
+    reset_index: i64,
+    /// Output of the current attempt sent since its latest reset.
     sent: String,
     /// A delta arrived past a gap and a re-read did not close it: wait for the deltas in
     /// between to be stored rather than re-reading on every later delta.
@@ -68,6 +83,11 @@ impl TaskWatcher {
             attempt: snapshot.task.attempt,
             status: snapshot.task.status,
             next_index,
+            reset_index: snapshot
+                .chunks
+                .first()
+                .filter(|c| c.reset)
+                .map_or(0, |c| c.seq.saturating_add(1)),
             sent: snapshot.chunks.iter().map(|c| c.content.as_str()).collect(),
             awaiting_store: false,
             sender,
@@ -117,6 +137,7 @@ impl TaskWatcher {
                             attempt,
                             seq: index,
                             content: text,
+                            reset: false,
                         };
                         self.send_chunks(vec![chunk]).await
                     }
@@ -133,6 +154,19 @@ impl TaskWatcher {
                     _ => self.sync().await,
                 }
             }
+            Notification::TaskOutputReset { attempt, index, .. } => {
+                if attempt == self.attempt {
+                    if index > self.reset_index {
+                        return self.withdraw(index).await;
+                    }
+                    // Applied already (published, then stored).
+                    return Flow::Continue;
+                }
+                if attempt > self.attempt {
+                    return self.sync().await;
+                }
+                Flow::Continue
+            }
             Notification::TaskState { .. } => self.sync().await,
             _ => Flow::Continue,
         }
@@ -148,6 +182,7 @@ impl TaskWatcher {
                 if task.attempt != self.attempt {
                     self.attempt = task.attempt;
                     self.next_index = 0;
+                    self.reset_index = 0;
                     self.sent.clear();
                 }
                 self.status = status;
@@ -159,7 +194,7 @@ impl TaskWatcher {
                 }
                 let chunks = chunks
                     .into_iter()
-                    .filter(|c| c.attempt == self.attempt && c.seq >= self.next_index)
+                    .filter(|c| c.attempt == self.attempt)
                     .collect();
                 if let Flow::Stop = self.send_chunks(chunks).await {
                     return Flow::Stop;
@@ -167,20 +202,30 @@ impl TaskWatcher {
                 if status.is_terminal() {
                     // Live output is dropped when a task ends; deltas this watcher had not
                     // read by then arrive as one, so the deltas still add up to the answer.
-                    if let Some(rest) = task
+                    if let Some(output) = task
                         .output
                         .as_deref()
                         .filter(|_| status == TaskStatus::Succeeded)
-                        .and_then(|output| output.strip_prefix(self.sent.as_str()))
-                        .filter(|rest| !rest.is_empty())
                     {
-                        let chunk = OutputChunk {
-                            attempt: self.attempt,
-                            seq: self.next_index,
-                            content: rest.to_owned(),
-                        };
-                        if let Flow::Stop = self.send_chunks(vec![chunk]).await {
+                        // What was sent is not where the answer starts: it was withdrawn by a
+                        // reset this watcher never learned of (the attempt ended first).
+                        let missed_reset = !output.starts_with(self.sent.as_str());
+                        if missed_reset && let Flow::Stop = self.withdraw(self.next_index).await {
                             return Flow::Stop;
+                        }
+                        if let Some(rest) = output
+                            .strip_prefix(self.sent.as_str())
+                            .filter(|rest| !rest.is_empty())
+                        {
+                            let chunk = OutputChunk {
+                                attempt: self.attempt,
+                                seq: self.next_index,
+                                content: rest.to_owned(),
+                                reset: false,
+                            };
+                            if let Flow::Stop = self.send_chunks(vec![chunk]).await {
+                                return Flow::Stop;
+                            }
                         }
                     }
                     let _ = self.send(Kind::Task(convert::task(&task))).await;
@@ -208,8 +253,22 @@ impl TaskWatcher {
         Ok((task, chunks))
     }
 
+    /// Sends stored rows the client has not seen: deltas past its index, and the reset
+    /// marker if it is newer than the latest reset applied.
     async fn send_chunks(&mut self, chunks: Vec<OutputChunk>) -> Flow {
         for chunk in chunks {
+            if chunk.reset {
+                let index = chunk.seq.saturating_add(1);
+                if index > self.reset_index
+                    && let Flow::Stop = self.withdraw(index).await
+                {
+                    return Flow::Stop;
+                }
+                continue;
+            }
+            if chunk.seq < self.next_index {
+                continue;
+            }
             self.next_index = chunk.seq.saturating_add(1);
             self.sent.push_str(&chunk.content);
             let delta = pb::OutputDelta {
@@ -222,6 +281,21 @@ impl TaskWatcher {
             }
         }
         Flow::Continue
+    }
+
+    /// Tells the client the attempt's output so far is withdrawn; its next delta has
+    /// `index`.
+    async fn withdraw(&mut self, index: i64) -> Flow {
+        self.reset_index = index;
+        self.next_index = index;
+        self.sent.clear();
+        self.awaiting_store = false;
+        let reset = pb::OutputReset {
+            attempt: self.attempt,
+            index,
+            reason: RESET_REASON.to_owned(),
+        };
+        self.send(Kind::Reset(reset)).await
     }
 
     async fn send(&self, kind: Kind) -> Flow {

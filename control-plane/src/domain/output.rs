@@ -1,7 +1,9 @@
 //! The rules of an attempt's live output: deltas are numbered from 0 without gaps, and
-//! together they hold at most [`MAX_OUTPUT_BYTES`]. Pure, so the store (what may be
-//! written) and the worker session (what may be published before it is written) apply the
-//! same rule, and it is tested without a database.
+//! together they hold at most [`MAX_OUTPUT_BYTES`]. A reset withdraws everything before its
+//! index (a model call failed after streaming it; a fallback answers instead): the next
+//! delta has that index, and only what follows it counts towards the cap. Pure, so the
+//! store (what may be written) and the worker session (what may be published before it is
+//! written) apply the same rule, and it is tested without a database.
 
 use agentplane_core::limits::MAX_OUTPUT_BYTES;
 
@@ -11,8 +13,11 @@ use agentplane_core::limits::MAX_OUTPUT_BYTES;
 pub struct OutputChain {
     /// Index of the next delta.
     pub next_index: i64,
-    /// Bytes of every delta so far (the running total stored with each row).
+    /// Bytes of every delta since the latest reset (the running total stored with each
+    /// row).
     pub bytes: i64,
+    /// Index of the latest reset, 0 if none: the output before it was withdrawn.
+    pub reset_index: i64,
 }
 
 /// What to do with a delta.
@@ -50,6 +55,23 @@ impl OutputChain {
             _ => DeltaStep::Refuse,
         }
     }
+
+    /// Judges a reset to `index` arriving now (withdraw the output before it; the next
+    /// delta has `index`), and moves on if it is taken. Returns whether it is taken: it
+    /// must be past the latest reset and not behind the deltas taken, or it is a repeat
+    /// (ignored, like a repeated delta). It may pass a gap: the deltas it withdraws need
+    /// not arrive.
+    pub fn reset(&mut self, index: i64) -> bool {
+        if index < self.next_index || index <= self.reset_index {
+            return false;
+        }
+        *self = OutputChain {
+            next_index: index,
+            bytes: 0,
+            reset_index: index,
+        };
+        true
+    }
 }
 
 #[cfg(test)]
@@ -68,9 +90,41 @@ mod tests {
             chain,
             OutputChain {
                 next_index: 2,
-                bytes: 5
+                bytes: 5,
+                reset_index: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_reset_withdraws_what_came_before_and_frees_the_cap() {
+        let mut chain = OutputChain::default();
+        assert!(!chain.reset(0), "nothing to withdraw before index 0");
+        assert_eq!(
+            chain.step(0, MAX_OUTPUT_BYTES),
+            DeltaStep::Append {
+                end_offset: MAX_OUTPUT_BYTES as i64
+            }
+        );
+        assert_eq!(chain.step(1, 1), DeltaStep::Refuse);
+        assert!(chain.reset(1));
+        assert_eq!(chain.step(0, 1), DeltaStep::Repeat, "withdrawn, not resent");
+        assert_eq!(chain.step(1, 3), DeltaStep::Append { end_offset: 3 });
+        assert!(!chain.reset(1), "a repeated reset is ignored");
+        assert!(!chain.reset(0), "so is a stale one");
+        assert_eq!(chain.step(2, 1), DeltaStep::Append { end_offset: 4 });
+    }
+
+    #[test]
+    fn a_reset_may_pass_a_gap_of_withdrawn_deltas() {
+        let mut chain = OutputChain::default();
+        assert_eq!(chain.step(0, 1), DeltaStep::Append { end_offset: 1 });
+        assert!(
+            chain.reset(3),
+            "deltas 1 and 2 were withdrawn before they arrived"
+        );
+        assert_eq!(chain.step(2, 1), DeltaStep::Repeat);
+        assert_eq!(chain.step(3, 1), DeltaStep::Append { end_offset: 1 });
     }
 
     #[test]
@@ -103,17 +157,29 @@ mod tests {
     proptest! {
         #[test]
         fn whatever_arrives_what_is_taken_is_gapless_and_within_the_cap(
-            arrivals in proptest::collection::vec((0i64..40, 0usize..100_000), 0..200),
+            arrivals in proptest::collection::vec(
+                (0i64..40, 0usize..100_000, proptest::bool::weighted(0.1)),
+                0..200,
+            ),
         ) {
             let mut chain = OutputChain::default();
-            let mut taken = Vec::new();
-            for (index, len) in arrivals {
-                if let DeltaStep::Append { end_offset } = chain.step(index, len) {
+            // Deltas taken since the latest reset taken, and where that reset put the index.
+            let (mut from, mut taken) = (0i64, Vec::new());
+            let mut last_index = -1i64;
+            for (index, len, reset) in arrivals {
+                if reset {
+                    if chain.reset(index) {
+                        prop_assert!(index > last_index, "a reset never goes back");
+                        (from, taken) = (index, Vec::new());
+                    }
+                } else if let DeltaStep::Append { end_offset } = chain.step(index, len) {
+                    prop_assert!(index > last_index);
+                    last_index = index;
                     taken.push((index, end_offset));
                 }
             }
             for (position, (index, end_offset)) in taken.iter().enumerate() {
-                prop_assert_eq!(*index, position as i64);
+                prop_assert_eq!(*index, from + position as i64);
                 prop_assert!(*end_offset <= MAX_OUTPUT_BYTES as i64);
             }
         }

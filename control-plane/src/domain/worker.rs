@@ -124,6 +124,14 @@ pub enum Report {
         /// The text, NUL-free.
         text: String,
     },
+    /// The attempt's output before `index` is withdrawn (a model call failed after
+    /// streaming it); its next delta has `index`.
+    OutputReset {
+        /// The attempt.
+        lease: Lease,
+        /// Index of the attempt's next delta.
+        index: i64,
+    },
     /// A progress event for the event log.
     Event {
         /// The attempt.
@@ -172,6 +180,7 @@ impl Report {
         match self {
             Report::Heartbeat(_) => None,
             Report::Output { lease, .. }
+            | Report::OutputReset { lease, .. }
             | Report::Event { lease, .. }
             | Report::Result { lease, .. }
             | Report::MalformedResult { lease, .. }

@@ -114,6 +114,9 @@ pub struct OutputChunk {
     pub seq: i64,
     /// Text.
     pub content: String,
+    /// A reset marker, not a delta: the attempt's output before `seq + 1` was withdrawn
+    /// (no text; see `live_output.rs`).
+    pub reset: bool,
 }
 
 /// A task with the output of its current attempt so far.
@@ -420,7 +423,8 @@ impl TenantTx {
         Ok(TaskSnapshotRow { task, chunks })
     }
 
-    /// Stored deltas of one attempt with an index above `after`.
+    /// Stored deltas of one attempt with an index above `after`, after the attempt's reset
+    /// marker if it has one (whatever its index).
     pub async fn output_after(
         &mut self,
         id: TaskId,
@@ -429,7 +433,14 @@ impl TenantTx {
     ) -> StoreResult<Vec<OutputChunk>> {
         Ok(self
             .query_as::<OutputChunk>(
-                "SELECT attempt, seq, content FROM task_output_chunks \
+                // The marker, if any, is the attempt's lowest row: two index probes.
+                "SELECT * FROM ( \
+                     SELECT attempt, seq, content, reset FROM task_output_chunks \
+                     WHERE tenant_id = $1 AND task_id = $2 AND attempt = $3 \
+                     ORDER BY seq LIMIT 1) first \
+                 WHERE first.reset AND first.seq <= $4 \
+                 UNION ALL \
+                 SELECT attempt, seq, content, reset FROM task_output_chunks \
                  WHERE tenant_id = $1 AND task_id = $2 AND attempt = $3 AND seq > $4 \
                  ORDER BY seq",
             )

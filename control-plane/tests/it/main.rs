@@ -31,6 +31,7 @@ mod live_output;
 mod log_hygiene;
 mod members;
 mod metrics;
+mod output_reset;
 mod reflection;
 mod retention;
 mod routing;

@@ -9,17 +9,18 @@ use uuid::Uuid;
 use crate::app::{Clients, TestApp};
 use crate::pg::TestDb;
 
-/// What a watcher has seen so far.
+/// What a watcher has seen so far, assembled by the client's rule: deltas append in
+/// index order, a reset clears the attempt's text and says the next delta's index.
 #[derive(Default, Debug)]
-struct Seen {
-    output: String,
-    next_index: i64,
-    deltas: usize,
-    last: Option<pb::Task>,
+pub(crate) struct Seen {
+    pub(crate) output: String,
+    pub(crate) next_index: i64,
+    pub(crate) deltas: usize,
+    pub(crate) last: Option<pb::Task>,
 }
 
 impl Seen {
-    fn apply(&mut self, message: pb::WatchTaskResponse) {
+    pub(crate) fn apply(&mut self, message: pb::WatchTaskResponse) {
         match message.kind.unwrap() {
             Kind::Snapshot(snapshot) => {
                 self.output = snapshot.output;
@@ -50,7 +51,11 @@ impl Seen {
     }
 }
 
-async fn watch(c: &mut Clients, ws: &str, id: &str) -> tonic::Streaming<pb::WatchTaskResponse> {
+pub(crate) async fn watch(
+    c: &mut Clients,
+    ws: &str,
+    id: &str,
+) -> tonic::Streaming<pb::WatchTaskResponse> {
     c.tasks
         .watch_task(pb::WatchTaskRequest {
             workspace_id: ws.to_owned(),

@@ -1,5 +1,6 @@
 //! What the link remembers about each lease it holds: the output sent so far while the
-//! attempt runs (replayed after a reconnect, where repeated indexes are ignored), the ending
+//! attempt runs (replayed after a reconnect, where repeated indexes are ignored; a reset
+//! replaces the output it withdraws, which is then not replayed), the ending
 //! until it is acknowledged (the output is dropped then: the result carries the whole
 //! answer), and when the lease runs out if it is not renewed.
 
@@ -29,7 +30,7 @@ pub(crate) enum Ending {
 #[derive(Debug)]
 struct Entry {
     attempt: Arc<Attempt>,
-    /// Output sent while the attempt runs; cleared when it ends.
+    /// Output sent while the attempt runs, from its latest reset on; cleared when it ends.
     outputs: Vec<SessionRequest>,
     /// Completed model calls (steps), kept with the ending: a result that waits for tool
     /// outputs needs its step recorded first, so a resend carries both, step first.
@@ -95,6 +96,28 @@ impl Ledger {
             kind: Some(session_request::Kind::Step(step)),
         };
         entry.steps.push(message.clone());
+        Some(message)
+    }
+
+    /// Records a reset: the attempt's output before `index` is withdrawn, and its next
+    /// output has `index`. The output it withdraws is forgotten (a replay sends the reset
+    /// and what follows; the control plane accepts a reset past deltas it never got).
+    /// Returns the message to send, or `None` if the attempt is no longer wanted or has
+    /// already ended.
+    pub(crate) fn reset(&mut self, lease: LeaseKey, index: i64) -> Option<SessionRequest> {
+        let entry = self
+            .live_entry(lease)
+            .filter(|entry| entry.ending.is_none())?;
+        let message = SessionRequest {
+            kind: Some(session_request::Kind::Output(WorkerOutput {
+                lease: Some(lease.to_proto()),
+                index,
+                text: String::new(),
+                reset: true,
+            })),
+        };
+        entry.outputs.clear();
+        entry.outputs.push(message.clone());
         Some(message)
     }
 
@@ -254,7 +277,8 @@ mod tests {
     fn kinds(messages: &[SessionRequest]) -> Vec<&'static str> {
         messages
             .iter()
-            .map(|message| match message.kind {
+            .map(|message| match &message.kind {
+                Some(session_request::Kind::Output(output)) if output.reset => "reset",
                 Some(session_request::Kind::Output(_)) => "output",
                 Some(session_request::Kind::Result(_)) => "result",
                 Some(session_request::Kind::Release(_)) => "release",
@@ -286,6 +310,34 @@ mod tests {
         assert!(ledger.acknowledge(lease));
         assert!(ledger.is_empty());
         assert!(ledger.replay().is_empty());
+    }
+
+    #[test]
+    fn a_reset_replaces_the_output_it_withdraws_in_the_replay() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let running = attempt(&shutdown);
+        let lease = running.lease;
+        ledger.register(running, LEASE);
+        for index in 0..3 {
+            ledger.output(lease, index, "withdrawn".to_owned());
+        }
+        let sent = ledger
+            .reset(lease, 3)
+            .expect("a running attempt's reset is sent");
+        let Some(session_request::Kind::Output(reset)) = sent.kind else {
+            panic!("a reset travels as output");
+        };
+        assert!(reset.reset && reset.text.is_empty() && reset.index == 3);
+        ledger.output(lease, 3, "kept".to_owned());
+        assert_eq!(kinds(&ledger.replay()), ["reset", "output"]);
+
+        assert!(ledger.finish(lease, failure()).is_some());
+        assert!(
+            ledger.reset(lease, 4).is_none(),
+            "nothing follows the ending"
+        );
+        assert_eq!(kinds(&ledger.replay()), ["result"]);
     }
 
     #[test]

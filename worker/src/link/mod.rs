@@ -62,6 +62,10 @@ pub(crate) enum Outbound {
         index: i64,
         text: String,
     },
+    /// Its output so far is withdrawn (a model call failed after streaming; a fallback
+    /// answers instead): the next `Output` has `index`. Sent in order with the output, and
+    /// replayed after a reconnect in place of the output it withdraws.
+    OutputReset { attempt: Arc<Attempt>, index: i64 },
     /// A progress event (sent once if connected, never replayed).
     Event {
         attempt: Arc<Attempt>,
@@ -286,6 +290,7 @@ impl Link {
                 index,
                 text,
             } => self.ledger.output(attempt.lease, index, text),
+            Outbound::OutputReset { attempt, index } => self.ledger.reset(attempt.lease, index),
             Outbound::Event {
                 attempt,
                 action,

@@ -29,7 +29,7 @@ struct Harness {
     outgoing: Pin<Box<dyn Stream<Item = SessionRequest> + Send>>,
     responses: Option<mpsc::UnboundedSender<Result<SessionResponse, tonic::Status>>>,
     stop: CancellationToken,
-    served: JoinHandle<(SessionEnd, Backoff)>,
+    served: JoinHandle<(SessionEnd, Backoff, Link)>,
 }
 
 impl Harness {
@@ -43,7 +43,18 @@ impl Harness {
             channel: Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
         };
         let stop = CancellationToken::new();
-        let (handle, mut link) = Link::new(settings, stop.clone());
+        let (handle, link) = Link::new(settings, stop.clone());
+        Self::serve(handle, link, stop, heartbeat_interval, backoff)
+    }
+
+    /// Serves a fresh stream with `link`, as after a reconnect.
+    fn serve(
+        handle: LinkHandle,
+        mut link: Link,
+        stop: CancellationToken,
+        heartbeat_interval: Duration,
+        backoff: Backoff,
+    ) -> Self {
         let (requests, outgoing) = Requests::new();
         let (responses, responses_rx) = mpsc::unbounded_channel();
         let session = Session {
@@ -56,7 +67,7 @@ impl Harness {
             let mut backoff = backoff;
             let mut lapse_check = tokio::time::interval(LAPSE_CHECK_INTERVAL);
             let end = link.serve(session, &mut lapse_check, &mut backoff).await;
-            (end, backoff)
+            (end, backoff, link)
         });
         Self {
             handle,
@@ -82,12 +93,34 @@ impl Harness {
     }
 
     /// Ends the response stream and waits for `serve` to return.
-    async fn hang_up(mut self) -> (SessionEnd, Backoff) {
+    async fn hang_up(self) -> (SessionEnd, Backoff) {
+        let (end, backoff, _) = self.hang_up_keeping_the_link().await;
+        (end, backoff)
+    }
+
+    async fn hang_up_keeping_the_link(mut self) -> (SessionEnd, Backoff, Link) {
         self.responses = None;
         tokio::time::timeout(Duration::from_secs(5), self.served)
             .await
             .expect("serve returns once the stream ends")
             .expect("serve does not panic")
+    }
+
+    /// Breaks the stream and serves a new one with the same link, as a reconnect does.
+    async fn reconnect(self, heartbeat_interval: Duration) -> Self {
+        let (handle, stop) = (self.handle.clone(), self.stop.clone());
+        let (_, backoff, link) = self.hang_up_keeping_the_link().await;
+        Self::serve(handle, link, stop, heartbeat_interval, backoff)
+    }
+
+    /// The next message other than a heartbeat.
+    async fn next_data(&mut self) -> session_request::Kind {
+        loop {
+            match self.next().await {
+                session_request::Kind::Heartbeat(_) => {}
+                other => return other,
+            }
+        }
     }
 }
 
@@ -197,7 +230,7 @@ async fn a_stalled_stream_stops_the_inbox_but_not_heartbeats_or_cancels() {
     assert_eq!(indexes, (0..sent).collect::<Vec<_>>());
     // Stopped while the stream is still open.
     far.stop.cancel();
-    let (end, _) = tokio::time::timeout(Duration::from_secs(5), far.served)
+    let (end, _, _) = tokio::time::timeout(Duration::from_secs(5), far.served)
         .await
         .expect("serve returns once stopped")
         .expect("serve does not panic");
@@ -230,4 +263,55 @@ async fn a_stream_lasting_a_heartbeat_interval_resets_the_backoff() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, mut backoff) = far.hang_up().await;
     assert_eq!(backoff.next_delay(), RECONNECT_INITIAL);
+}
+
+#[tokio::test]
+async fn a_reset_is_replayed_after_a_reconnect_in_place_of_the_output_it_withdrew() {
+    let interval = Duration::from_secs(60);
+    let mut far = Harness::start(interval, Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX));
+    let shutdown = CancellationToken::new();
+    let running = attempt(&shutdown);
+    let handle = far.handle.clone();
+    handle
+        .send(Outbound::Register(Arc::clone(&running)))
+        .await
+        .expect("link running");
+    let output = |index: i64, text: &str| Outbound::Output {
+        attempt: Arc::clone(&running),
+        index,
+        text: text.to_owned(),
+    };
+    for message in [
+        output(0, "with"),
+        output(1, "drawn"),
+        Outbound::OutputReset {
+            attempt: Arc::clone(&running),
+            index: 2,
+        },
+        output(2, "kept"),
+    ] {
+        handle.send(message).await.expect("link running");
+    }
+    let described = |kind: session_request::Kind| match kind {
+        session_request::Kind::Output(output) if output.reset => {
+            assert!(output.text.is_empty());
+            format!("reset {}", output.index)
+        }
+        session_request::Kind::Output(output) => format!("{} {}", output.index, output.text),
+        other => panic!("unexpected message {other:?}"),
+    };
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(described(far.next_data().await));
+    }
+    assert_eq!(first, ["0 with", "1 drawn", "reset 2", "2 kept"]);
+
+    // The stream breaks: the next one carries the reset, then what followed it, in order.
+    let mut far = far.reconnect(interval).await;
+    let mut replayed = vec![described(far.next_data().await)];
+    handle.send(output(3, "more")).await.expect("link running");
+    replayed.push(described(far.next_data().await));
+    replayed.push(described(far.next_data().await));
+    assert_eq!(replayed, ["reset 2", "2 kept", "3 more"]);
+    far.stop.cancel();
 }

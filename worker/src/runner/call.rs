@@ -18,7 +18,7 @@ use prost_types::value::Kind;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::output::{OutputTooLarge, forward_output};
+use super::output::{OutputCursor, OutputTooLarge, forward_output_from, withdraw_output};
 use super::transcript::NextStep;
 use super::{
     Outcome, PIECE_BUFFER, RunContext, configuration_hint, failure, observe_call, struct_of,
@@ -51,6 +51,8 @@ pub(super) async fn call_step(
         tool_names,
     } = next;
     let request_id = request.request_id.clone();
+    // One numbering of output deltas for the whole attempt, across fallbacks.
+    let mut cursor = OutputCursor::default();
     for (index, (provider_name, model)) in choices.iter().enumerate() {
         let fallback = choices.get(index + 1);
         let Some(provider) = context.providers.get(*provider_name) else {
@@ -104,7 +106,14 @@ pub(super) async fn call_step(
             &request_id,
             &first_piece,
         );
-        let forward = forward_output(pieces, &context.link, attempt, &call_cancel, &first_piece);
+        let forward = forward_output_from(
+            pieces,
+            &context.link,
+            attempt,
+            &call_cancel,
+            &first_piece,
+            &mut cursor,
+        );
         let (result, forwarded) = tokio::join!(call, forward);
         let timing = Timing {
             latency_ms: millis(started.elapsed()),
@@ -117,7 +126,6 @@ pub(super) async fn call_step(
             (Ok(response), Ok(())) => Called::Answered(response),
             (Err(error), Ok(())) => Called::Failed(error),
         };
-        let streamed = first_piece.get().is_some();
         let record = CallRecord {
             step,
             request_id: &request_id,
@@ -151,10 +159,10 @@ pub(super) async fn call_step(
                     };
                     let _ = context.link.send(usage).await;
                 }
-                // Output already streamed cannot be taken back from watchers here, so a
-                // fallback only follows a call that streamed nothing; otherwise the attempt
-                // fails (retryable) and the next attempt starts its output afresh.
-                if let Some(to) = fallback.filter(|_| error.is_retryable() && !streamed) {
+                if let Some(to) = fallback.filter(|_| error.is_retryable()) {
+                    // What the failed call streamed is withdrawn first (an OutputReset for
+                    // watchers), so that the deltas still add up to the answer.
+                    withdraw_output(&context.link, attempt, &mut cursor).await;
                     fall_back(context, attempt, (*provider_name, model), to, error.code()).await;
                     continue;
                 }

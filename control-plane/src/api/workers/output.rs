@@ -11,6 +11,11 @@
 //! when that store's notification reaches them; from then on deltas are published as they
 //! arrive. Nothing is acknowledged to the worker before it is stored: a batch that sends
 //! answers first stores every pending delta (see `session.rs`).
+//!
+//! A reset (the attempt's output so far is withdrawn; the next delta has its index) takes
+//! the same path as a delta, in order with the deltas around it: published at once when it
+//! moves the published output on, and stored with the batch, where the store withdraws the
+//! rows and tells watchers again (for those that missed it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -56,7 +61,6 @@ impl LiveOutput {
         text: String,
         now: Instant,
     ) -> Option<Notification> {
-        let known = self.published.contains_key(&lease);
         let publish = self
             .extends_published(lease, index, text.len())
             .then(|| Notification::TaskOutput {
@@ -68,11 +72,56 @@ impl LiveOutput {
             })
             // Too long for a payload: watchers read it once it is stored.
             .filter(Notification::fits_in_payload);
-        self.pending_bytes += text.len();
-        self.pending
-            .entry(lease.tenant)
-            .or_default()
-            .push(PendingDelta { lease, index, text });
+        self.wait(
+            PendingDelta {
+                lease,
+                index,
+                text,
+                reset: false,
+            },
+            now,
+        );
+        publish
+    }
+
+    /// Takes a reset arriving at `now` (the attempt's output before `index` is withdrawn):
+    /// it waits to be stored, in order with the deltas around it. Returns the notification
+    /// to publish at once, if any: published like a delta, when it moves on what was
+    /// published of its attempt.
+    pub(super) fn receive_reset(
+        &mut self,
+        lease: Lease,
+        index: i64,
+        now: Instant,
+    ) -> Option<Notification> {
+        let publish = self
+            .published
+            .get_mut(&lease)
+            .is_some_and(|chain| chain.reset(index))
+            .then_some(Notification::TaskOutputReset {
+                tenant: lease.tenant,
+                task: lease.task,
+                attempt: lease.attempt,
+                index,
+            });
+        self.wait(
+            PendingDelta {
+                lease,
+                index,
+                text: String::new(),
+                reset: true,
+            },
+            now,
+        );
+        publish
+    }
+
+    /// Queues `delta` to be stored: soon if its attempt was never stored by this session.
+    fn wait(&mut self, delta: PendingDelta, now: Instant) {
+        let lease = delta.lease;
+        let known = self.published.contains_key(&lease);
+        self.pending_bytes += delta.text.len();
+        self.pending.entry(lease.tenant).or_default().push(delta);
         let due = now
             + if known || self.refused.contains(&lease) {
                 STORE_INTERVAL
@@ -80,7 +129,6 @@ impl LiveOutput {
                 FIRST_STORE_DELAY
             };
         self.due = Some(self.due.map_or(due, |earlier| earlier.min(due)));
-        publish
     }
 
     fn extends_published(&mut self, lease: Lease, index: i64, len: usize) -> bool {
@@ -200,7 +248,11 @@ mod tests {
                 let chain: &mut OutputChain = chains
                     .entry((delta.lease.task, delta.lease.attempt))
                     .or_default();
-                chain.step(delta.index, delta.text.len());
+                if delta.reset {
+                    chain.reset(delta.index);
+                } else {
+                    chain.step(delta.index, delta.text.len());
+                }
             }
             output.stored(&deltas, &chains);
         }
@@ -243,6 +295,58 @@ mod tests {
             Some(1)
         );
         assert_eq!(output.take(l.tenant).len(), 3);
+    }
+
+    #[test]
+    fn a_reset_is_published_in_order_and_only_once() {
+        let mut output = LiveOutput::default();
+        let now = Instant::now();
+        let l = lease();
+        output.receive(l, 0, "a".into(), now);
+        store_all_held(&mut output);
+        assert_eq!(
+            published_index(output.receive(l, 1, "b".into(), now)),
+            Some(1)
+        );
+        let reset = output.receive_reset(l, 2, now);
+        assert!(
+            matches!(reset, Some(Notification::TaskOutputReset { index: 2, .. })),
+            "{reset:?}"
+        );
+        assert_eq!(output.receive_reset(l, 2, now), None, "a repeat");
+        assert_eq!(output.receive_reset(l, 1, now), None, "a stale one");
+        assert_eq!(
+            published_index(output.receive(l, 1, "late".into(), now)),
+            None,
+            "withdrawn"
+        );
+        assert_eq!(
+            published_index(output.receive(l, 2, "c".into(), now)),
+            Some(2)
+        );
+        let pending = output.take(l.tenant);
+        let order: Vec<(i64, bool)> = pending.iter().map(|d| (d.index, d.reset)).collect();
+        assert_eq!(
+            order,
+            [
+                (1, false),
+                (2, true),
+                (2, true),
+                (1, true),
+                (1, false),
+                (2, false)
+            ],
+            "the store judges them again, in arrival order"
+        );
+    }
+
+    #[test]
+    fn a_reset_of_an_attempt_not_stored_yet_waits_for_the_store() {
+        let mut output = LiveOutput::default();
+        let now = Instant::now();
+        let l = lease();
+        assert_eq!(output.receive_reset(l, 3, now), None);
+        assert_eq!(output.due(), Some(now + FIRST_STORE_DELAY));
     }
 
     #[test]

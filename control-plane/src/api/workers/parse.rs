@@ -91,6 +91,16 @@ fn output_report(output: pb::WorkerOutput) -> Result<Report, ApiError> {
             format!("must be 0 to {}", limits::MAX_DELTA_INDEX),
         );
     }
+    if output.reset {
+        if !output.text.is_empty() {
+            v.add("output.text", "must be empty in a reset");
+        }
+        v.finish()?;
+        return Ok(Report::OutputReset {
+            lease: required(lease, "output.lease")?,
+            index: output.index,
+        });
+    }
     // Sizes are checked on the text as stored: NUL (1 byte) becomes U+FFFD (3 bytes).
     let text = without_nul(&output.text).into_owned();
     if text.len() > limits::MAX_DELTA_BYTES {
@@ -498,5 +508,28 @@ mod tests {
             (text.as_str(), index),
             ("x\u{FFFD}", limits::MAX_DELTA_INDEX)
         );
+    }
+
+    #[test]
+    fn a_reset_has_no_text_and_an_index_in_range() {
+        let reset = |index: i64, text: &str| {
+            let mut message = output(index);
+            if let Some(In::Output(output)) = &mut message.kind {
+                output.reset = true;
+                output.text = text.to_owned();
+            }
+            Report::try_from(message)
+        };
+        assert!(matches!(
+            reset(3, ""),
+            Ok(Report::OutputReset { index: 3, .. })
+        ));
+        assert!(reset(limits::MAX_DELTA_INDEX, "").is_ok());
+        for (index, text) in [(3, "x"), (-1, ""), (limits::MAX_DELTA_INDEX + 1, "")] {
+            assert!(
+                matches!(reset(index, text), Err(ApiError::InvalidArgument(_))),
+                "{index} {text:?}"
+            );
+        }
     }
 }

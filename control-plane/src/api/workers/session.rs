@@ -211,6 +211,9 @@ impl Session {
                 Report::Output { lease, index, text } => {
                     publish.extend(output.receive(lease, index, text, now));
                 }
+                Report::OutputReset { lease, index } => {
+                    publish.extend(output.receive_reset(lease, index, now));
+                }
                 Report::Heartbeat(_) => {}
                 report => {
                     let Some(lease) = report.lease() else {
@@ -300,6 +303,7 @@ impl Session {
                     }
                     Report::Heartbeat(_)
                     | Report::Output { .. }
+                    | Report::OutputReset { .. }
                     | Report::Step { .. }
                     | Report::Usage { .. } => {}
                 }
