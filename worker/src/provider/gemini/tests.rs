@@ -1,0 +1,121 @@
+use super::*;
+use crate::provider::{ChatMessage, Generation};
+
+fn sse(data: &str) -> Sse {
+    Sse {
+        data: Some(data.to_owned()),
+        ..Sse::default()
+    }
+}
+
+fn request(model: &str) -> ModelRequest {
+    ModelRequest {
+        request_id: "t-1-0".to_owned(),
+        model: model.to_owned(),
+        system: Some("Be brief.".to_owned()),
+        messages: vec![
+            ChatMessage::text(ChatRole::User, "hi".to_owned()),
+            ChatMessage::text(ChatRole::Assistant, "hello".to_owned()),
+        ],
+        tools: Vec::new(),
+        generation: Generation {
+            temperature: Some(0.2),
+            top_p: None,
+            max_output_tokens: Some(64),
+            stop_sequences: vec!["END".to_owned()],
+        },
+        deadline: None,
+    }
+}
+
+#[test]
+fn requests_use_contents_system_instruction_and_a_keyless_url() {
+    let endpoint = Endpoint {
+        base_url: "https://example.test".to_owned(),
+        api_key: Some(secrecy::SecretString::from("AIza-secret")),
+    };
+    let wire = Gemini
+        .request(&request("gemini-2.5-flash"), &endpoint)
+        .expect("valid");
+    assert_eq!(
+        wire.path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    assert!(!wire.path.contains("AIza"));
+    assert!(
+        wire.headers
+            .get("x-goog-api-key")
+            .is_some_and(|v| v.is_sensitive())
+    );
+    assert_eq!(
+        wire.body,
+        json!({
+            "contents": [
+                {"role": "user", "parts": [{"text": "hi"}]},
+                {"role": "model", "parts": [{"text": "hello"}]}
+            ],
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "generationConfig": {
+                "maxOutputTokens": 64,
+                "temperature": 0.2,
+                "stopSequences": ["END"]
+            }
+        })
+    );
+    let bad = Gemini.request(&request("../v1/files?x"), &endpoint);
+    assert!(matches!(bad, Err(ProviderError::Rejected { .. })));
+}
+
+#[test]
+fn thoughts_are_output_but_not_text_and_cached_content_is_input() {
+    let mut decoder = Box::new(Decoder::default());
+    let first = decoder
+        .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true},{"text":"Hel"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":1,"totalTokenCount":41}}"#))
+        .expect("valid");
+    assert_eq!(first.text.as_deref(), Some("Hel"));
+    decoder
+        .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"lo"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":2,"cachedContentTokenCount":16,"thoughtsTokenCount":5,"totalTokenCount":47},"modelVersion":"gemini-2.5-flash","responseId":"resp-1"}"#))
+        .expect("valid");
+    let finished = decoder.finish().expect("complete");
+    assert_eq!(finished.finish_reason, FinishReason::Stop);
+    assert_eq!(finished.response_id.as_deref(), Some("resp-1"));
+    assert_eq!(
+        (
+            finished.usage.input_tokens,
+            finished.usage.cache_read_input_tokens,
+            finished.usage.output_tokens,
+            finished.usage.reasoning_tokens,
+        ),
+        (40, 16, 7, 5)
+    );
+}
+
+#[test]
+fn errors_read_googles_shape_with_retry_info() {
+    let limited = Gemini.error(
+        StatusCode::TOO_MANY_REQUESTS,
+        br#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}"#,
+    );
+    assert_eq!(limited.code(), "provider_rate_limited");
+    assert_eq!(
+        limited.retry_after(),
+        Some(std::time::Duration::from_secs(7))
+    );
+    let bad_key = Gemini.error(
+        StatusCode::BAD_REQUEST,
+        br#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}]"#,
+    );
+    assert_eq!(bad_key.code(), "provider_authentication_failed");
+    let blocked = {
+        let mut decoder = Box::new(Decoder::default());
+        decoder
+            .event(&sse(r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":5}}"#))
+            .expect("valid");
+        decoder.finish().expect_err("blocked")
+    };
+    assert_eq!(blocked.code(), "provider_content_refused");
+    let truncated = Box::new(Decoder::default())
+        .finish()
+        .expect_err("no finish");
+    assert_eq!(truncated.code(), "provider_stream_truncated");
+}
