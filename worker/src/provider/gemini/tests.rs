@@ -119,3 +119,53 @@ fn errors_read_googles_shape_with_retry_info() {
         .expect_err("no finish");
     assert_eq!(truncated.code(), "provider_stream_truncated");
 }
+
+#[test]
+fn function_calls_without_ids_get_ids_from_the_request_and_stop_means_calls() {
+    let mut decoder = Box::new(Decoder {
+        request_id: "t-9-2".to_owned(),
+        ..Decoder::default()
+    });
+    decoder
+        .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"Looking."},{"functionCall":{"name":"get_weather","args":{"city":"Paris"}}}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":12}}"#))
+        .expect("valid");
+    assert_eq!(decoder.usage().map(|u| u.input_tokens), Some(12));
+    decoder
+        .event(&sse(r#"{"candidates":[{"content":{"parts":[{"functionCall":{"id":"fc-7","name":"now"}}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":9}}"#))
+        .expect("valid");
+    let finished = decoder.finish().expect("complete");
+    // The engine turns STOP with calls into tool_calls.
+    assert_eq!(finished.finish_reason, FinishReason::Stop);
+    let calls: Vec<(String, &str, &str)> = finished
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.clone(), c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (
+                crate::provider::made_up_tool_call_id("t-9-2", 0),
+                "get_weather",
+                r#"{"city":"Paris"}"#
+            ),
+            ("fc-7".to_owned(), "now", "{}"),
+        ]
+    );
+}
+
+#[test]
+fn a_malformed_function_call_is_retryable_and_signatures_go_to_newer_models() {
+    let mut decoder = Box::new(Decoder::default());
+    decoder
+        .event(&sse(
+            r#"{"candidates":[{"finishReason":"MALFORMED_FUNCTION_CALL","index":0}]}"#,
+        ))
+        .expect("valid");
+    let error = decoder.finish().expect_err("malformed");
+    assert!(error.is_retryable(), "{error}");
+    assert!(!wants_thought_signatures("gemini-2.5-flash"));
+    assert!(!wants_thought_signatures("gemini-1.5-pro"));
+    assert!(wants_thought_signatures("gemini-3-pro-preview"));
+    assert!(wants_thought_signatures("gemini-flash-latest"));
+}

@@ -101,3 +101,69 @@ fn request_ids_are_kept_only_when_plausible() {
     assert_eq!(clean_request_id(&"x".repeat(201)), None);
     assert_eq!(clean_request_id(""), None);
 }
+
+#[test]
+fn finish_reasons_are_reconciled_with_the_tool_calls() {
+    use super::answer::settle;
+    use crate::provider::ToolCall;
+    let call = ToolCall {
+        id: "c1".to_owned(),
+        name: "add".to_owned(),
+        arguments: "{}".to_owned(),
+    };
+    let calls = || vec![call.clone()];
+    // Calls after "stop" are calls (Gemini, some compatible servers).
+    assert_eq!(
+        settle(FinishReason::Stop, calls()).expect("valid"),
+        (FinishReason::ToolCalls, calls())
+    );
+    assert_eq!(
+        settle(FinishReason::ToolCalls, calls()).expect("valid"),
+        (FinishReason::ToolCalls, calls())
+    );
+    // Calls cut by the token limit are dropped.
+    assert_eq!(
+        settle(FinishReason::MaxTokens, calls()).expect("valid"),
+        (FinishReason::MaxTokens, vec![])
+    );
+    assert_eq!(
+        settle(FinishReason::Stop, vec![]).expect("valid"),
+        (FinishReason::Stop, vec![])
+    );
+    let none = settle(FinishReason::ToolCalls, vec![]).expect_err("no call");
+    assert_eq!(none.code(), "provider_unexpected_response");
+}
+
+#[test]
+fn tool_call_streams_decode_alike_however_they_are_cut() {
+    // An OpenAI stream with two calls whose fragments interleave, cut everywhere.
+    let stream = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"On it\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"add\",\"arguments\":\"{\\\"a\\\":\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Zürich\\\"}\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let whole = decode(Vendor::OpenAi, stream.as_bytes(), &[]);
+    let answer = whole.outcome.clone().expect("complete");
+    assert_eq!(whole.text, "On it");
+    assert_eq!(answer.finish_reason, FinishReason::ToolCalls);
+    let calls: Vec<(&str, &str, &str)> = answer
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("call_a", "get_weather", "{\"city\":\"Zürich\"}"),
+            ("call_b", "add", "{\"a\":1}")
+        ]
+    );
+    for chunk in 1..40 {
+        assert_eq!(decode(Vendor::OpenAi, stream.as_bytes(), &[chunk]), whole);
+    }
+}
