@@ -24,14 +24,16 @@ use serde_json::{Map, Value, json};
 use sse_stream::Sse;
 
 use super::http::{
-    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, arguments_text, by_status,
-    event_json, plain_header, raw_body_message, secret_header,
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json, plain_header,
+    raw_body_message, secret_header,
 };
 use super::settings::Endpoint;
 use super::{
     ChatMessage, ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection,
-    ToolCall, Unavailability, made_up_tool_call_id,
+    Unavailability,
 };
+
+mod calls;
 
 /// OpenAI's wire format, for OpenAI or for a compatible server.
 #[derive(Debug, Clone, Copy)]
@@ -276,8 +278,8 @@ struct Decoder {
     vendor: &'static str,
     /// For the ids of calls a compatible server gives none.
     request_id: String,
-    /// The tool calls being assembled, by their `index`, in order of first appearance.
-    tool_calls: Vec<PartialCall>,
+    /// The tool calls being assembled from their fragments.
+    tool_calls: calls::Calls,
     id: Option<String>,
     model: Option<String>,
     finish_reason: Option<String>,
@@ -317,75 +319,7 @@ struct Delta {
     #[serde(default)]
     refusal: Option<String>,
     #[serde(default)]
-    tool_calls: Option<Vec<CallDelta>>,
-}
-
-/// A fragment of a streamed tool call.
-#[derive(Debug, Deserialize)]
-struct CallDelta {
-    /// Which call it continues; some compatible servers leave it out and send each call
-    /// whole.
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<FunctionDelta>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FunctionDelta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
-}
-
-/// A tool call assembled from its fragments.
-#[derive(Debug, Default)]
-struct PartialCall {
-    index: Option<u64>,
-    id: Option<String>,
-    name: String,
-    arguments: String,
-}
-
-impl Decoder {
-    /// Adds one fragment to its call.
-    fn tool_call_delta(&mut self, delta: CallDelta) {
-        let position = match delta.index {
-            Some(index) => self.tool_calls.iter().position(|c| c.index == Some(index)),
-            // Without an index, a fragment with an id or a name starts a call and any other
-            // continues the last one.
-            None if delta.id.is_some()
-                || delta.function.as_ref().is_some_and(|f| f.name.is_some()) =>
-            {
-                None
-            }
-            None => self.tool_calls.len().checked_sub(1),
-        };
-        let position = position.unwrap_or_else(|| {
-            self.tool_calls.push(PartialCall {
-                index: delta.index,
-                ..PartialCall::default()
-            });
-            self.tool_calls.len() - 1
-        });
-        let call = &mut self.tool_calls[position];
-        if let Some(id) = delta.id.filter(|id| !id.is_empty()) {
-            call.id.get_or_insert(id);
-        }
-        if let Some(function) = delta.function {
-            // The name comes whole in the first fragment; a server that repeats it in every
-            // fragment does not make it longer.
-            if let Some(name) = function.name.filter(|name| *name != call.name) {
-                call.name.push_str(&name);
-            }
-            if let Some(arguments) = function.arguments {
-                call.arguments.push_str(&arguments);
-            }
-        }
-    }
+    tool_calls: Option<Vec<calls::CallDelta>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -475,7 +409,7 @@ impl StreamDecoder for Decoder {
                     self.refusal.push_str(&refusal);
                 }
                 for call in delta.tool_calls.into_iter().flatten() {
-                    self.tool_call_delta(call);
+                    self.tool_calls.add(call);
                 }
                 text = delta.content;
             }
@@ -518,19 +452,7 @@ impl StreamDecoder for Decoder {
                 ));
             }
         };
-        let request_id = self.request_id;
-        let tool_calls = self
-            .tool_calls
-            .into_iter()
-            .enumerate()
-            .map(|(position, call)| ToolCall {
-                id: call
-                    .id
-                    .unwrap_or_else(|| made_up_tool_call_id(&request_id, position)),
-                name: call.name,
-                arguments: arguments_text(call.arguments),
-            })
-            .collect();
+        let tool_calls = self.tool_calls.finish(&self.request_id);
         Ok(Finished {
             finish_reason,
             model: self.model,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::provider::{ChatMessage, Generation};
+use crate::provider::{ChatMessage, Generation, made_up_tool_call_id};
 
 fn sse(data: &str) -> Sse {
     Sse {
