@@ -303,7 +303,14 @@ pub(super) async fn the_key_never_reaches_the_logs(vendor: Vendor) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // tracing caches each callsite's interest process-wide, and while at most one dispatcher
+    // is registered it computes it against the registering thread's default: a parallel test
+    // without a subscriber that reaches the engine's `warn!` first pins it to "never" (seen
+    // here as a missing "retrying" line). A second live dispatcher makes tracing ask every
+    // registered one, this test's included.
+    let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
     let _logging = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     let echoed = format!("your key {KEY} is rate limited");
     let h = harness(
         vendor,
