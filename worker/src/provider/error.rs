@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::ModelUsage;
+
 /// Why a provider refused a request for good: retrying it unchanged fails the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -82,9 +84,15 @@ impl Unavailability {
 
 /// Why a call did not produce an answer. Messages never carry credentials: vendor messages
 /// are scrubbed of the API key before they get here (see `http::scrub`).
+///
+/// A failed call may still have cost money: `Rejected` and `Unavailable` carry `spent`, what
+/// the call's tries had consumed by the vendor's reports before it failed (see
+/// [`Self::spent`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// The caller canceled the call (or stopped reading its output).
+    /// The caller canceled the call (or stopped reading its output). It carries no spend
+    /// (kept a unit variant for the runner's patterns); what a canceled call had consumed is
+    /// logged at WARN by the engine.
     #[error("the model call was canceled")]
     Canceled,
     /// The provider refused the request; retrying will not help.
@@ -94,6 +102,8 @@ pub enum ProviderError {
         reason: Rejection,
         /// What the vendor said, or what we saw.
         message: String,
+        /// What the call's tries consumed before the failure (see [`Self::spent`]).
+        spent: Option<ModelUsage>,
     },
     /// A failure that may pass: overload, rate limit, network trouble, a 5xx, a broken stream.
     #[error("the provider is unavailable ({}): {message}", reason.code())]
@@ -104,21 +114,18 @@ pub enum ProviderError {
         message: String,
         /// How long the provider asked us to wait, when it said.
         retry_after: Option<Duration>,
+        /// What the call's tries consumed before the failure (see [`Self::spent`]).
+        spent: Option<ModelUsage>,
     },
 }
 
 impl ProviderError {
-    /// What the call had consumed before it failed, if the vendor said (the adapters fill
-    /// this in as they learn to read usage from failed streams).
-    pub fn spent(&self) -> Option<super::ModelUsage> {
-        None
-    }
-
     /// A permanent failure.
     pub fn rejected(reason: Rejection, message: impl Into<String>) -> Self {
         Self::Rejected {
             reason,
             message: message.into(),
+            spent: None,
         }
     }
 
@@ -128,7 +135,39 @@ impl ProviderError {
             reason,
             message: message.into(),
             retry_after: None,
+            spent: None,
         }
+    }
+
+    /// Whether the caller canceled the call.
+    pub fn is_canceled(&self) -> bool {
+        matches!(self, Self::Canceled)
+    }
+
+    /// What the failed call consumed, priced like a successful call's usage: the sum over
+    /// its tries (HTTP requests) of the token counts the vendor reported before each failed
+    /// (Anthropic's `message_start`, a usage chunk before an error event or a broken
+    /// stream). `None` when no try reported usage: a vendor charges nothing for a request
+    /// it refused (4xx, 5xx), and says nothing of a stream cut before its first usage.
+    /// Always `None` for `Canceled` (a unit variant: the engine logs what a canceled call
+    /// had consumed).
+    pub fn spent(&self) -> Option<ModelUsage> {
+        match self {
+            Self::Canceled => None,
+            Self::Rejected { spent, .. } | Self::Unavailable { spent, .. } => *spent,
+        }
+    }
+
+    /// This error with `usage` (what one more try consumed) added to its spend; a
+    /// cancellation drops it (see `Canceled`), so the caller logs it first.
+    pub(crate) fn with_spend(mut self, usage: ModelUsage) -> Self {
+        if let Self::Rejected { spent, .. } | Self::Unavailable { spent, .. } = &mut self {
+            *spent = Some(match spent {
+                Some(earlier) => earlier.plus(&usage),
+                None => usage,
+            });
+        }
+        self
     }
 
     /// Whether another attempt may succeed.

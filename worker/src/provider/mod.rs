@@ -12,6 +12,8 @@
 mod anthropic;
 pub mod echo;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gemini;
 mod http;
 mod openai;
@@ -184,11 +186,60 @@ pub struct ModelResponse {
     pub tool_calls: Vec<ToolCall>,
     /// The model that answered, as the provider names it.
     pub model: String,
-    /// What the call consumed.
+    /// What the call consumed: this answer's usage plus that of any earlier tries of the
+    /// call that failed after the vendor had reported usage (an overload inside a 200
+    /// stream, a broken stream) and that the engine retried before this answer. A vendor
+    /// bills those tries too, and they share this call's request id.
     pub usage: ModelUsage,
     /// The vendor's id of the call (from the `request-id`/`x-request-id` response header,
     /// else the id in the response body), for support tickets; `None` for echo.
     pub vendor_request_id: Option<String>,
+}
+
+impl ModelUsage {
+    /// The usage of two calls (or tries) together: every count and the cost added
+    /// (saturating), unpriced if either is.
+    pub fn plus(&self, other: &ModelUsage) -> ModelUsage {
+        ModelUsage {
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .saturating_add(other.cache_read_input_tokens),
+            cache_write_input_tokens: self
+                .cache_write_input_tokens
+                .saturating_add(other.cache_write_input_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_add(other.reasoning_tokens),
+            cost_micros: self.cost_micros.saturating_add(other.cost_micros),
+            unpriced: self.unpriced || other.unpriced,
+        }
+    }
+}
+
+/// Everything a [`ModelProvider::generate`] call consumed, successful or not, priced: an
+/// answer's `usage` (which includes failed tries the engine retried before it), or a
+/// failure's [`ProviderError::spent`] (`None` when the vendor reported nothing). The one
+/// place to learn what to meter for a call.
+pub fn spend_of(result: &Result<ModelResponse, ProviderError>) -> Option<ModelUsage> {
+    match result {
+        Ok(response) => Some(response.usage),
+        Err(error) => error.spent(),
+    }
+}
+
+/// The id of a tool call whose vendor gave none (Gemini may not; some OpenAI-compatible
+/// servers do not): `call_<16 hex digits>_<index>`, the digits a hash of the request id
+/// (`{task}-{step}`), so that it is the same on every attempt and fallback of the step,
+/// differs between steps and between calls of one answer, and stays within OpenAI's
+/// 40-character limit on tool call ids when the history is replayed there.
+pub fn made_up_tool_call_id(request_id: &str, index: usize) -> String {
+    // FNV-1a, 64 bits: stable across builds and platforms (std's hasher is not).
+    let hash = request_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("call_{hash:016x}_{index}")
 }
 
 /// Where a provider sends text pieces as they are generated.
@@ -280,6 +331,59 @@ mod tests {
             "01920000-0000-7000-8000-000000000001-2"
         );
         assert_ne!(provider_request_id(task, 2), provider_request_id(task, 3));
+    }
+
+    #[test]
+    fn made_up_tool_call_ids_are_deterministic_distinct_and_short() {
+        let request_id = "01920000-0000-7000-8000-000000000001-12";
+        let id = made_up_tool_call_id(request_id, 3);
+        assert_eq!(id, made_up_tool_call_id(request_id, 3));
+        assert!(id.starts_with("call_") && id.ends_with("_3"), "{id}");
+        assert_ne!(id, made_up_tool_call_id(request_id, 4));
+        assert_ne!(
+            id,
+            made_up_tool_call_id("01920000-0000-7000-8000-000000000001-13", 3)
+        );
+        assert!(made_up_tool_call_id(request_id, 999_999).len() <= 40);
+    }
+
+    #[test]
+    fn the_spend_of_a_call_adds_up_its_tries() {
+        let usage = |input_tokens, cost_micros| ModelUsage {
+            input_tokens,
+            cost_micros,
+            ..ModelUsage::default()
+        };
+        let answer = ModelResponse {
+            text: String::new(),
+            finish_reason: FinishReason::Stop,
+            tool_calls: Vec::new(),
+            model: "m".to_owned(),
+            usage: usage(3, 30),
+            vendor_request_id: None,
+        };
+        assert_eq!(spend_of(&Ok(answer)), Some(usage(3, 30)));
+        let failure = ProviderError::unavailable(Unavailability::Overloaded, "busy")
+            .with_spend(usage(5, 50))
+            .with_spend(ModelUsage {
+                unpriced: true,
+                ..usage(4, 0)
+            });
+        assert_eq!(
+            spend_of(&Err(failure)),
+            Some(ModelUsage {
+                unpriced: true,
+                ..usage(9, 50)
+            })
+        );
+        assert_eq!(
+            spend_of(&Err(ProviderError::Canceled.with_spend(usage(1, 1)))),
+            None
+        );
+        assert_eq!(
+            spend_of(&Err(ProviderError::rejected(Rejection::NotFound, "no"))),
+            None
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(super) fn transport_error(error: &reqwest::Error) -> ProviderError {
 }
 
 /// The error of a stream that could not be read or decoded.
-pub(super) fn stream_error(error: &sse_stream::Error) -> ProviderError {
+pub(in crate::provider) fn stream_error(error: &sse_stream::Error) -> ProviderError {
     match error {
         sse_stream::Error::Body(inner) => match inner.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge) => ProviderError::rejected(

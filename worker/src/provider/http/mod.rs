@@ -18,25 +18,27 @@ use sse_stream::SseByteStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::prices::{PriceTable, cost_micros};
+use super::prices::PriceTable;
 use super::retry::retry_after;
 use super::settings::{Endpoint, HttpSettings, ProviderSettings, SettingsError};
 use super::{
-    ModelFuture, ModelProvider, ModelRequest, ModelResponse, OutputSink, Provider, ProviderError,
-    Rejection, Unavailability,
+    ModelFuture, ModelProvider, ModelRequest, ModelResponse, ModelUsage, OutputSink, Provider,
+    ProviderError, Rejection, Unavailability,
 };
 use agentplane_core::limits::MAX_OUTPUT_BYTES;
 
+mod answer;
 mod failure;
 mod scrub;
 mod wire;
 
-use failure::{read_capped, stream_error, transport_error};
+pub(super) use failure::stream_error;
+use failure::{read_capped, transport_error};
 use scrub::scrub_error;
 
 pub(super) use wire::{
-    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json, plain_header,
-    raw_body_message, secret_header,
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, arguments_object, arguments_text,
+    by_status, event_json, plain_header, raw_body_message, secret_header,
 };
 
 /// Largest response stream read (SSE framing costs far more bytes than the answer's text,
@@ -193,36 +195,51 @@ impl<W: WireFormat> HttpProvider<W> {
             ProviderError::rejected(Rejection::InvalidRequest, error.to_string())
         })?);
         let mut retry = 0u32;
+        // What failed tries that were retried had consumed: added to the final outcome's.
+        let mut earlier_spend: Option<ModelUsage> = None;
+        let with_earlier = |error: ProviderError, earlier: Option<ModelUsage>| match earlier {
+            Some(usage) => error.with_spend(usage),
+            None => error,
+        };
         loop {
             let failure = match self
                 .try_once(&url, &headers, body.clone(), request, sink, cancel)
                 .await
             {
-                Ok(response) => return Ok(response),
+                Ok(mut response) => {
+                    if let Some(earlier) = earlier_spend {
+                        response.usage = earlier.plus(&response.usage);
+                    }
+                    return Ok(response);
+                }
                 Err(failure) => failure,
             };
             // Scrubbed before anything logs it.
             let error = scrub_error(failure.error, self.endpoint.api_key.as_ref());
-            if !error.is_retryable() || matches!(error, ProviderError::Canceled) {
+            if error.is_canceled() {
+                self.log_unreported_spend(earlier_spend);
                 return Err(error);
+            }
+            if !error.is_retryable() {
+                return Err(with_earlier(error, earlier_spend));
             }
             if failure.streamed {
                 tracing::warn!(
                     code = error.code(),
                     "model call failed after streaming output; the attempt fails"
                 );
-                return Err(error);
+                return Err(with_earlier(error, earlier_spend));
             }
             retry = retry.saturating_add(1);
             let random = crate::backoff::random_u64();
             let Some(delay) = self.http.retry.delay(retry, error.retry_after(), random) else {
-                return Err(error);
+                return Err(with_earlier(error, earlier_spend));
             };
             if request
                 .deadline
                 .is_some_and(|deadline| Instant::now() + delay >= deadline)
             {
-                return Err(error);
+                return Err(with_earlier(error, earlier_spend));
             }
             crate::metrics::METRICS
                 .provider_retries
@@ -236,15 +253,23 @@ impl<W: WireFormat> HttpProvider<W> {
                 %error,
                 "model call failed; retrying"
             );
+            earlier_spend = match (earlier_spend, error.spent()) {
+                (Some(earlier), Some(spent)) => Some(earlier.plus(&spent)),
+                (earlier, spent) => earlier.or(spent),
+            };
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(ProviderError::Canceled),
+                () = cancel.cancelled() => {
+                    self.log_unreported_spend(earlier_spend);
+                    return Err(ProviderError::Canceled);
+                }
                 () = tokio::time::sleep(delay) => {}
             }
         }
     }
 
-    /// One HTTP request and its stream.
+    /// One HTTP request and its stream. A try that fails after the vendor reported usage
+    /// carries that usage, priced, in its error's `spent`.
     async fn try_once(
         &self,
         url: &str,
@@ -301,6 +326,49 @@ impl<W: WireFormat> HttpProvider<W> {
             return Err(error.into());
         }
 
+        let mut decoder = self.wire.decoder(&request.request_id);
+        let mut text = String::new();
+        let read = self
+            .read_stream(response, &clock, decoder.as_mut(), &mut text, sink, cancel)
+            .await;
+        let outcome = match read {
+            Ok(()) => {
+                let reported = decoder.usage();
+                decoder.finish().map_err(|error| (error, reported))
+            }
+            Err(error) => Err((error, decoder.usage())),
+        };
+        let finished = match outcome {
+            Ok(finished) => finished,
+            Err((error, reported)) => {
+                let error = match reported.map(|usage| self.priced(request, None, usage)) {
+                    Some(usage) if error.is_canceled() => {
+                        self.log_unreported_spend(Some(usage));
+                        error
+                    }
+                    Some(usage) => error.with_spend(usage),
+                    None => error,
+                };
+                return Err(TryFailure {
+                    error,
+                    streamed: !text.is_empty(),
+                });
+            }
+        };
+        self.response(request, text, finished, vendor_request_id)
+    }
+
+    /// Reads the stream's events into `decoder`, sending text pieces to `sink` (and
+    /// appending them to `text`), until the terminal event or the end of the body.
+    async fn read_stream(
+        &self,
+        response: reqwest::Response,
+        clock: &Clock,
+        decoder: &mut dyn StreamDecoder,
+        text: &mut String,
+        sink: &OutputSink,
+        cancel: &CancellationToken,
+    ) -> Result<(), ProviderError> {
         let mut received = 0usize;
         let bytes = futures::stream::try_unfold(response, move |mut response| async move {
             match response.chunk().await {
@@ -316,109 +384,41 @@ impl<W: WireFormat> HttpProvider<W> {
             }
         });
         let mut events = std::pin::pin!(SseByteStream::new(bytes));
-        let mut decoder = self.wire.decoder();
-        let mut text = String::new();
-        let streamed = |error: ProviderError, text: &String| TryFailure {
-            error,
-            streamed: !text.is_empty(),
-        };
         loop {
             let next = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(streamed(ProviderError::Canceled, &text)),
+                () = cancel.cancelled() => return Err(ProviderError::Canceled),
                 next = tokio::time::timeout_at(clock.next_wait(), events.next()) => next,
             };
             let event = match next {
-                Err(_) => return Err(streamed(clock.elapsed("streaming"), &text)),
-                Ok(None) => break,
-                Ok(Some(Err(error))) => return Err(streamed(stream_error(&error), &text)),
+                Err(_) => return Err(clock.elapsed("streaming")),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(error))) => return Err(stream_error(&error)),
                 Ok(Some(Ok(event))) => event,
             };
             if event.data.is_none() {
                 continue; // a block of only an id or a retry hint
             }
-            let decoded = decoder
-                .event(&event)
-                .map_err(|error| streamed(error, &text))?;
+            let decoded = decoder.event(&event)?;
             if let Some(piece) = decoded.text.filter(|piece| !piece.is_empty()) {
                 if text.len().saturating_add(piece.len()) > MAX_OUTPUT_BYTES {
-                    let error = ProviderError::rejected(
+                    return Err(ProviderError::rejected(
                         Rejection::OutputTooLarge,
                         format!("the answer passed {MAX_OUTPUT_BYTES} bytes"),
-                    );
-                    return Err(streamed(error, &text));
+                    ));
                 }
                 text.push_str(&piece);
                 tokio::select! {
                     biased;
-                    () = cancel.cancelled() => return Err(streamed(ProviderError::Canceled, &text)),
+                    () = cancel.cancelled() => return Err(ProviderError::Canceled),
                     sent = sink.send(piece) => if sent.is_err() {
-                        return Err(streamed(ProviderError::Canceled, &text));
+                        return Err(ProviderError::Canceled);
                     },
                 }
             }
             if decoded.done {
-                break;
+                return Ok(());
             }
-        }
-        let finished = decoder.finish().map_err(|error| streamed(error, &text))?;
-        Ok(self.response(request, text, finished, vendor_request_id))
-    }
-
-    /// The finished call, priced.
-    fn response(
-        &self,
-        request: &ModelRequest,
-        text: String,
-        finished: Finished,
-        vendor_request_id: Option<String>,
-    ) -> ModelResponse {
-        let model = finished.model.unwrap_or_else(|| request.model.clone());
-        let mut usage = finished.usage;
-        if !finished.usage_reported {
-            tracing::warn!(
-                provider = %self.provider,
-                model = %request.model,
-                "the stream carried no usage; the call is recorded with no tokens and no cost"
-            );
-            usage.unpriced = true;
-            return ModelResponse {
-                text,
-                finish_reason: finished.finish_reason,
-                tool_calls: Vec::new(),
-                model,
-                usage,
-                vendor_request_id: vendor_request_id
-                    .or_else(|| finished.response_id.as_deref().and_then(clean_request_id)),
-            };
-        }
-        let price = self
-            .prices
-            .get(self.provider, &request.model)
-            .or_else(|| self.prices.get(self.provider, &model));
-        match price.map(|price| cost_micros(price, &usage)) {
-            Some(Some(cost)) => usage.cost_micros = cost,
-            Some(None) => {
-                tracing::warn!(provider = %self.provider, model = %request.model, "model call cost overflowed; recorded as 0");
-                usage.unpriced = true;
-            }
-            None => {
-                tracing::warn!(
-                    provider = %self.provider,
-                    model = %request.model,
-                    "no price for this model; its cost is recorded as 0 (set AGENTPLANE_PRICES_FILE)"
-                );
-                usage.unpriced = true;
-            }
-        }
-        ModelResponse {
-            text,
-            finish_reason: finished.finish_reason,
-            tool_calls: Vec::new(),
-            model,
-            usage,
-            vendor_request_id: vendor_request_id
-                .or_else(|| finished.response_id.as_deref().and_then(clean_request_id)),
         }
     }
 }

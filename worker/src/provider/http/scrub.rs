@@ -17,23 +17,32 @@ pub(super) fn scrub_error(error: ProviderError, key: Option<&SecretString>) -> P
         // Vendors quote (masked) keys in these: say only what happened.
         ProviderError::Rejected {
             reason: Rejection::Authentication,
+            spent,
             ..
-        } => ProviderError::rejected(
-            Rejection::Authentication,
-            "the vendor refused the api key configured on this worker",
-        ),
-        ProviderError::Rejected { reason, message } => ProviderError::Rejected {
+        } => ProviderError::Rejected {
+            reason: Rejection::Authentication,
+            message: "the vendor refused the api key configured on this worker".to_owned(),
+            spent,
+        },
+        ProviderError::Rejected {
+            reason,
+            message,
+            spent,
+        } => ProviderError::Rejected {
             reason,
             message: clean(message),
+            spent,
         },
         ProviderError::Unavailable {
             reason,
             message,
             retry_after,
+            spent,
         } => ProviderError::Unavailable {
             reason,
             message: clean(message),
             retry_after,
+            spent,
         },
     }
 }

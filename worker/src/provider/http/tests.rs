@@ -1,8 +1,5 @@
 //! Tests of the engine's pure parts and of every decoder against arbitrary input.
 
-use std::convert::Infallible;
-
-use futures::FutureExt as _;
 use proptest::prelude::*;
 
 use reqwest::StatusCode;
@@ -10,55 +7,8 @@ use reqwest::StatusCode;
 use super::scrub::{MAX_MESSAGE_CHARS, scrub};
 use super::*;
 use crate::provider::FinishReason;
+use crate::provider::fuzzing::{Vendor, decode};
 use secrecy::SecretString;
-
-/// Every vendor's decoder.
-fn decoders() -> Vec<Box<dyn StreamDecoder>> {
-    vec![
-        super::super::anthropic::Anthropic.decoder(),
-        super::super::openai::OpenAi::official().decoder(),
-        super::super::gemini::Gemini.decoder(),
-    ]
-}
-
-/// Feeds `bytes`, cut into `chunk`-byte pieces, through the SSE parser and `decoder` as
-/// the engine does; the text it produced and how it ended.
-fn decode(
-    bytes: &[u8],
-    chunk: usize,
-    mut decoder: Box<dyn StreamDecoder>,
-) -> (String, Result<Finished, ProviderError>) {
-    let chunks: Vec<Result<Bytes, Infallible>> = bytes
-        .chunks(chunk.max(1))
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    let mut events = std::pin::pin!(SseByteStream::new(futures::stream::iter(chunks)));
-    let mut text = String::new();
-    loop {
-        let next = events
-            .next()
-            .now_or_never()
-            .expect("an in-memory stream is ready");
-        let event = match next {
-            None => break,
-            Some(Err(error)) => return (text, Err(stream_error(&error))),
-            Some(Ok(event)) => event,
-        };
-        if event.data.is_none() {
-            continue;
-        }
-        match decoder.event(&event) {
-            Err(error) => return (text, Err(error)),
-            Ok(decoded) => {
-                text.push_str(decoded.text.as_deref().unwrap_or_default());
-                if decoded.done {
-                    break;
-                }
-            }
-        }
-    }
-    (text, decoder.finish())
-}
 
 const OPENAI_STREAM: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé\"},\"finish_reason\":null}]}\r\n\r\n: ping\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"llo ✓\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
 
@@ -69,8 +19,8 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..2048),
         chunk in 1usize..64,
     ) {
-        for decoder in decoders() {
-            let _ = decode(&bytes, chunk, decoder);
+        for vendor in Vendor::ALL {
+            let _ = decode(vendor, &bytes, &[chunk]);
         }
     }
 
@@ -81,20 +31,19 @@ proptest! {
         chunk in 1usize..64,
     ) {
         let text: String = datas.iter().map(|d| format!("event: x\ndata: {d}\n\n")).collect();
-        for decoder in decoders() {
-            let _ = decode(text.as_bytes(), chunk, decoder);
+        for vendor in Vendor::ALL {
+            let _ = decode(vendor, text.as_bytes(), &[chunk]);
         }
     }
 
     /// However a stream is cut (inside lines, inside UTF-8 characters), it decodes alike.
     #[test]
     fn splitting_a_stream_anywhere_changes_nothing(chunk in 1usize..200) {
-        let (text, finished) =
-            decode(OPENAI_STREAM.as_bytes(), chunk, super::super::openai::OpenAi::official().decoder());
-        prop_assert_eq!(text, "Héllo ✓");
-        let finished = finished.expect("a complete stream");
-        prop_assert_eq!(finished.usage.input_tokens, 3);
-        prop_assert_eq!(finished.finish_reason, FinishReason::Stop);
+        let decoding = decode(Vendor::OpenAi, OPENAI_STREAM.as_bytes(), &[chunk]);
+        prop_assert_eq!(&decoding.text, "Héllo ✓");
+        prop_assert_eq!(decoding.usage.map(|u| u.input_tokens), Some(3));
+        let answer = decoding.outcome.expect("a complete stream");
+        prop_assert_eq!(answer.finish_reason, FinishReason::Stop);
     }
 }
 
@@ -151,4 +100,70 @@ fn request_ids_are_kept_only_when_plausible() {
     assert_eq!(clean_request_id("two words"), None);
     assert_eq!(clean_request_id(&"x".repeat(201)), None);
     assert_eq!(clean_request_id(""), None);
+}
+
+#[test]
+fn finish_reasons_are_reconciled_with_the_tool_calls() {
+    use super::answer::settle;
+    use crate::provider::ToolCall;
+    let call = ToolCall {
+        id: "c1".to_owned(),
+        name: "add".to_owned(),
+        arguments: "{}".to_owned(),
+    };
+    let calls = || vec![call.clone()];
+    // Calls after "stop" are calls (Gemini, some compatible servers).
+    assert_eq!(
+        settle(FinishReason::Stop, calls()).expect("valid"),
+        (FinishReason::ToolCalls, calls())
+    );
+    assert_eq!(
+        settle(FinishReason::ToolCalls, calls()).expect("valid"),
+        (FinishReason::ToolCalls, calls())
+    );
+    // Calls cut by the token limit are dropped.
+    assert_eq!(
+        settle(FinishReason::MaxTokens, calls()).expect("valid"),
+        (FinishReason::MaxTokens, vec![])
+    );
+    assert_eq!(
+        settle(FinishReason::Stop, vec![]).expect("valid"),
+        (FinishReason::Stop, vec![])
+    );
+    let none = settle(FinishReason::ToolCalls, vec![]).expect_err("no call");
+    assert_eq!(none.code(), "provider_unexpected_response");
+}
+
+#[test]
+fn tool_call_streams_decode_alike_however_they_are_cut() {
+    // An OpenAI stream with two calls whose fragments interleave, cut everywhere.
+    let stream = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"On it\"}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"add\",\"arguments\":\"{\\\"a\\\":\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\\\"Zürich\\\"}\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"1}\"}}]}}]}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let whole = decode(Vendor::OpenAi, stream.as_bytes(), &[]);
+    let answer = whole.outcome.clone().expect("complete");
+    assert_eq!(whole.text, "On it");
+    assert_eq!(answer.finish_reason, FinishReason::ToolCalls);
+    let calls: Vec<(&str, &str, &str)> = answer
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("call_a", "get_weather", "{\"city\":\"Zürich\"}"),
+            ("call_b", "add", "{\"a\":1}")
+        ]
+    );
+    for chunk in 1..40 {
+        assert_eq!(decode(Vendor::OpenAi, stream.as_bytes(), &[chunk]), whole);
+    }
 }

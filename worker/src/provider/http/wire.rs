@@ -8,7 +8,7 @@ use sse_stream::Sse;
 
 use crate::provider::settings::Endpoint;
 use crate::provider::{
-    FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, Unavailability,
+    FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, ToolCall, Unavailability,
 };
 
 /// One vendor request, before the engine adds content type, accept and idempotency headers.
@@ -44,6 +44,8 @@ pub(in crate::provider) struct Finished {
     pub(in crate::provider) usage_reported: bool,
     /// The vendor's id of the response, from the body.
     pub(in crate::provider) response_id: Option<String>,
+    /// The tools the model called, in order (then `finish_reason` is `ToolCalls`).
+    pub(in crate::provider) tool_calls: Vec<ToolCall>,
 }
 
 /// Reads one response stream, event by event.
@@ -53,6 +55,9 @@ pub(in crate::provider) trait StreamDecoder: Send {
     /// Called once the stream ended (after its terminal event, or at end of body): the
     /// result, or why the stream is incomplete.
     fn finish(self: Box<Self>) -> Result<Finished, ProviderError>;
+    /// The token counts the stream reported so far, if it reported any: what a call that
+    /// fails now has consumed (the engine prices it).
+    fn usage(&self) -> Option<ModelUsage>;
 }
 
 /// How one vendor's API is written and read.
@@ -65,8 +70,9 @@ pub(in crate::provider) trait WireFormat:
         request: &ModelRequest,
         endpoint: &Endpoint,
     ) -> Result<WireRequest, ProviderError>;
-    /// A decoder for one response stream.
-    fn decoder(&self) -> Box<dyn StreamDecoder>;
+    /// A decoder for one response stream of the request whose id is `request_id` (from
+    /// which it makes up the ids of tool calls the vendor gives none).
+    fn decoder(&self, request_id: &str) -> Box<dyn StreamDecoder>;
     /// The error an unsuccessful response means, from its status and body (the vendor's JSON
     /// error shape); the engine adds `retry-after` from the headers when the body has none.
     fn error(&self, status: StatusCode, body: &[u8]) -> ProviderError;
@@ -135,4 +141,35 @@ pub(in crate::provider) fn event_json<T: serde::de::DeserializeOwned>(
             format!("an event of the {vendor} stream is not valid: {error}"),
         )
     })
+}
+
+/// A tool call's arguments as the JSON object a vendor wants in the history (Anthropic's
+/// `input`, Gemini's `args`); empty text is no arguments. Arguments that are not a JSON
+/// object cannot be sent back, so the request is refused for good.
+pub(in crate::provider) fn arguments_object(
+    call: &ToolCall,
+) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+    if call.arguments.trim().is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_str(&call.arguments) {
+        Ok(serde_json::Value::Object(arguments)) => Ok(arguments),
+        _ => Err(ProviderError::rejected(
+            Rejection::InvalidRequest,
+            format!(
+                "the arguments of tool call {:?} ({}) are not a json object",
+                call.id, call.name
+            ),
+        )),
+    }
+}
+
+/// Arguments text as a decoder reports it: as the model wrote it, except that no text at all
+/// (a call without arguments) reads as the empty object.
+pub(in crate::provider) fn arguments_text(streamed: String) -> String {
+    if streamed.trim().is_empty() {
+        "{}".to_owned()
+    } else {
+        streamed
+    }
 }

@@ -4,9 +4,15 @@
 //!
 //! Request: the system prompt is the first message (`role: system`). OpenAI takes
 //! `max_completion_tokens` (its reasoning models refuse `max_tokens`); compatible servers
-//! take `max_tokens`, the field they all implement. Stream: `chat.completion.chunk` objects
-//! whose `choices[0].delta.content` carries text and `finish_reason` the stop, then one chunk
-//! with empty `choices` and the `usage`, then `data: [DONE]` (the terminal event). Errors:
+//! take `max_tokens`, the field they all implement. Tools are `tools: [{type: "function",
+//! function: {name, description, parameters}}]`; an assistant message carries its calls in
+//! `tool_calls: [{id, type: "function", function: {name, arguments}}]` (`arguments` a JSON
+//! string), and each output is a `role: tool` message with the `tool_call_id` it answers.
+//! Stream: `chat.completion.chunk` objects whose `choices[0].delta.content` carries text,
+//! `delta.tool_calls` fragments of the calls (by `index`: the first fragment has the id and
+//! name, later ones pieces of `arguments`; several calls may interleave) and
+//! `finish_reason` the stop (`tool_calls` after calls), then one chunk with empty `choices`
+//! and the `usage`, then `data: [DONE]` (the terminal event). Errors:
 //! `{"error":{"message","type","param","code"}}`, also inside a stream; compatible servers
 //! vary (a bare string, `detail`), which is read as well as it can be.
 
@@ -23,8 +29,11 @@ use super::http::{
 };
 use super::settings::Endpoint;
 use super::{
-    ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, Unavailability,
+    ChatMessage, ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection,
+    Unavailability,
 };
+
+mod calls;
 
 /// OpenAI's wire format, for OpenAI or for a compatible server.
 #[derive(Debug, Clone, Copy)]
@@ -58,13 +67,7 @@ impl OpenAi {
             .system
             .iter()
             .map(|system| json!({ "role": "system", "content": system }));
-        let conversation = request.messages.iter().map(|message| {
-            let role = match message.role {
-                ChatRole::User | ChatRole::Tool => "user",
-                ChatRole::Assistant => "assistant",
-            };
-            json!({ "role": role, "content": message.content })
-        });
+        let conversation = request.messages.iter().flat_map(messages);
         let generation = &request.generation;
         let mut body = Map::new();
         body.insert("model".into(), json!(request.model));
@@ -92,7 +95,65 @@ impl OpenAi {
         if !generation.stop_sequences.is_empty() {
             body.insert("stop".into(), json!(generation.stop_sequences));
         }
+        if !request.tools.is_empty() {
+            let tools: Vec<Value> = request
+                .tools
+                .iter()
+                .map(|tool| {
+                    let mut function = json!({ "name": tool.name, "parameters": tool.parameters });
+                    if !tool.description.is_empty() {
+                        function["description"] = json!(tool.description);
+                    }
+                    json!({ "type": "function", "function": function })
+                })
+                .collect();
+            body.insert("tools".into(), Value::Array(tools));
+        }
         Value::Object(body)
+    }
+}
+
+/// The messages one of the conversation becomes: a tool message becomes one `role: tool`
+/// message per output (and a user message for any text beside them).
+fn messages(message: &ChatMessage) -> Vec<Value> {
+    match message.role {
+        ChatRole::User => vec![json!({ "role": "user", "content": message.content })],
+        ChatRole::Assistant if message.tool_calls.is_empty() => {
+            vec![json!({ "role": "assistant", "content": message.content })]
+        }
+        ChatRole::Assistant => {
+            let calls: Vec<Value> = message
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    json!({
+                        "id": call.id,
+                        "type": "function",
+                        "function": { "name": call.name, "arguments": call.arguments },
+                    })
+                })
+                .collect();
+            // An assistant message that only calls tools has no content (null).
+            let content = (!message.content.is_empty()).then_some(message.content.as_str());
+            vec![json!({ "role": "assistant", "content": content, "tool_calls": calls })]
+        }
+        ChatRole::Tool => {
+            let mut out: Vec<Value> = message
+                .tool_outputs
+                .iter()
+                .map(|output| {
+                    json!({
+                        "role": "tool",
+                        "tool_call_id": output.call_id,
+                        "content": output.output,
+                    })
+                })
+                .collect();
+            if !message.content.is_empty() {
+                out.push(json!({ "role": "user", "content": message.content }));
+            }
+            out
+        }
     }
 }
 
@@ -117,9 +178,10 @@ impl WireFormat for OpenAi {
         })
     }
 
-    fn decoder(&self) -> Box<dyn StreamDecoder> {
+    fn decoder(&self, request_id: &str) -> Box<dyn StreamDecoder> {
         Box::new(Decoder {
             vendor: self.vendor(),
+            request_id: request_id.to_owned(),
             ..Decoder::default()
         })
     }
@@ -214,6 +276,10 @@ impl ErrorInfo {
 #[derive(Debug, Default)]
 struct Decoder {
     vendor: &'static str,
+    /// For the ids of calls a compatible server gives none.
+    request_id: String,
+    /// The tool calls being assembled from their fragments.
+    tool_calls: calls::Calls,
     id: Option<String>,
     model: Option<String>,
     finish_reason: Option<String>,
@@ -244,13 +310,16 @@ struct Choice {
     finish_reason: Option<String>,
 }
 
-/// Text only: `reasoning_content` (vLLM, DeepSeek) and tool calls are not the answer.
+/// Text and tool call fragments (`reasoning_content` from vLLM or DeepSeek is not the
+/// answer).
 #[derive(Debug, Deserialize)]
 struct Delta {
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
     refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<calls::CallDelta>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -339,6 +408,9 @@ impl StreamDecoder for Decoder {
                 if let Some(refusal) = delta.refusal {
                     self.refusal.push_str(&refusal);
                 }
+                for call in delta.tool_calls.into_iter().flatten() {
+                    self.tool_calls.add(call);
+                }
                 text = delta.content;
             }
             if choice.finish_reason.is_some() {
@@ -364,6 +436,9 @@ impl StreamDecoder for Decoder {
         let finish_reason = match self.finish_reason.as_deref() {
             Some("stop") => FinishReason::Stop,
             Some("length") => FinishReason::MaxTokens,
+            // `function_call`: the deprecated functions API's name, which some compatible
+            // servers still send.
+            Some("tool_calls" | "function_call") => FinishReason::ToolCalls,
             Some("content_filter") => {
                 return Err(ProviderError::rejected(
                     Rejection::ContentRefused,
@@ -377,13 +452,19 @@ impl StreamDecoder for Decoder {
                 ));
             }
         };
+        let tool_calls = self.tool_calls.finish(&self.request_id);
         Ok(Finished {
             finish_reason,
             model: self.model,
             usage: self.usage.map(|u| u.normalised()).unwrap_or_default(),
             usage_reported: self.usage.is_some(),
             response_id: self.id,
+            tool_calls,
         })
+    }
+
+    fn usage(&self) -> Option<ModelUsage> {
+        self.usage.map(|usage| usage.normalised())
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::provider::{ChatMessage, Generation};
+use crate::provider::{ChatMessage, Generation, made_up_tool_call_id};
 
 fn sse(data: &str) -> Sse {
     Sse {
@@ -133,4 +133,51 @@ fn a_stream_without_done_is_truncated_and_content_filter_is_refused() {
         decoder.finish().expect_err("filtered").code(),
         "provider_content_refused"
     );
+}
+
+#[test]
+fn calls_without_index_or_id_from_compatible_servers_are_kept_apart_and_named() {
+    // Some compatible servers send each call whole, without index or id, and finish "stop"
+    // (the engine turns a "stop" with calls into tool_calls), and repeat the name.
+    let mut decoder = Box::new(Decoder {
+        request_id: "t-1-3".to_owned(),
+        ..Decoder::default()
+    });
+    for data in [
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"name":"add","arguments":"{\"a\":1}"}},{"function":{"name":"add","arguments":"{\"a\":2}"}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"id":"call_x","function":{"name":"lookup","arguments":"{\"q\":"}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"function":{"name":"lookup","arguments":"\"x\"}"}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+    ] {
+        decoder.event(&sse(data)).expect("valid");
+    }
+    assert_eq!(decoder.usage().map(|u| u.output_tokens), Some(6));
+    decoder.event(&sse("[DONE]")).expect("valid");
+    let finished = decoder.finish().expect("complete");
+    assert_eq!(finished.finish_reason, FinishReason::Stop);
+    let calls: Vec<(String, &str, &str)> = finished
+        .tool_calls
+        .iter()
+        .map(|c| (c.id.clone(), c.name.as_str(), c.arguments.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (made_up_tool_call_id("t-1-3", 0), "add", r#"{"a":1}"#),
+            (made_up_tool_call_id("t-1-3", 1), "add", r#"{"a":2}"#),
+            ("call_x".to_owned(), "lookup", r#"{"q":"x"}"#),
+        ]
+    );
+}
+
+#[test]
+fn a_call_without_arguments_reads_as_the_empty_object() {
+    let mut decoder = Box::new(Decoder::default());
+    decoder
+        .event(&sse(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"now","arguments":""}}]},"finish_reason":"tool_calls"}]}"#))
+        .expect("valid");
+    decoder.event(&sse("[DONE]")).expect("valid");
+    let finished = decoder.finish().expect("complete");
+    assert_eq!(finished.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(finished.tool_calls[0].arguments, "{}");
 }

@@ -16,22 +16,22 @@ use super::fake::{FakeVendor, Reply, Step, split, whole};
 use super::vendors::{MODEL, Vendor};
 
 /// The key configured for the vendor; long enough to be recognisable anywhere it leaks.
-const KEY: &str = "sk-test-0123456789abcdef-SECRET-KEY";
+pub(super) const KEY: &str = "sk-test-0123456789abcdef-SECRET-KEY";
 /// The request id the worker derives for the call.
-const REQUEST_ID: &str = "01920000-0000-7000-8000-000000000001-1-0";
+pub(super) const REQUEST_ID: &str = "01920000-0000-7000-8000-000000000001-1-0";
 /// The answer, in pieces (with characters of several bytes, so split frames cut them).
-const PIECES: &[&str] = &["Hel", "lo, ", "wörld", " ✓"];
+pub(super) const PIECES: &[&str] = &["Hel", "lo, ", "wörld", " ✓"];
 
-struct Harness {
-    fake: FakeVendor,
-    provider: Arc<dyn ModelProvider>,
+pub(super) struct Harness {
+    pub(super) fake: FakeVendor,
+    pub(super) provider: Arc<dyn ModelProvider>,
 }
 
-async fn harness(vendor: Vendor, replies: Vec<Reply>) -> Harness {
+pub(super) async fn harness(vendor: Vendor, replies: Vec<Reply>) -> Harness {
     harness_with(vendor, replies, |_| {}).await
 }
 
-async fn harness_with(
+pub(super) async fn harness_with(
     vendor: Vendor,
     replies: Vec<Reply>,
     adjust: impl FnOnce(&mut agentplane_worker::provider::ProviderSettings),
@@ -44,7 +44,7 @@ async fn harness_with(
     Harness { fake, provider }
 }
 
-fn request(messages: &[(ChatRole, &str)]) -> ModelRequest {
+pub(super) fn request(messages: &[(ChatRole, &str)]) -> ModelRequest {
     ModelRequest {
         request_id: REQUEST_ID.to_owned(),
         model: MODEL.to_owned(),
@@ -69,7 +69,10 @@ fn question() -> ModelRequest {
 
 impl Harness {
     /// Runs one call to its end; the pieces it streamed and its result.
-    async fn call(&self, request: ModelRequest) -> (String, Result<ModelResponse, ProviderError>) {
+    pub(super) async fn call(
+        &self,
+        request: ModelRequest,
+    ) -> (String, Result<ModelResponse, ProviderError>) {
         let (sink, mut pieces) = mpsc::channel(1024);
         let result = self
             .provider
@@ -83,7 +86,7 @@ impl Harness {
     }
 }
 
-fn stream(vendor: Vendor, steps: Vec<Step>) -> Reply {
+pub(super) fn stream(vendor: Vendor, steps: Vec<Step>) -> Reply {
     let headers = match vendor.request_id_header() {
         Some(name) => vec![(name, "req_fake_123".to_owned())],
         None => vec![],
@@ -91,7 +94,12 @@ fn stream(vendor: Vendor, steps: Vec<Step>) -> Reply {
     Reply::Stream { headers, steps }
 }
 
-fn status(vendor: Vendor, code: u16, headers: Vec<(&'static str, String)>, message: &str) -> Reply {
+pub(super) fn status(
+    vendor: Vendor,
+    code: u16,
+    headers: Vec<(&'static str, String)>,
+    message: &str,
+) -> Reply {
     Reply::Status {
         status: code,
         headers,
@@ -295,7 +303,14 @@ pub(super) async fn the_key_never_reaches_the_logs(vendor: Vendor) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // tracing caches each callsite's interest process-wide, and while at most one dispatcher
+    // is registered it computes it against the registering thread's default: a parallel test
+    // without a subscriber that reaches the engine's `warn!` first pins it to "never" (seen
+    // here as a missing "retrying" line). A second live dispatcher makes tracing ask every
+    // registered one, this test's included.
+    let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
     let _logging = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     let echoed = format!("your key {KEY} is rate limited");
     let h = harness(
         vendor,

@@ -76,7 +76,7 @@ async fn an_openai_compatible_agent_runs_a_task_with_the_servers_answer_and_usag
     assert_eq!(
         requests[0].header("idempotency-key"),
         Some(format!("{}-0", task.id).as_str()),
-        "the request id derived from (task, step)"
+        "the request id derived from (task, step), the same on every attempt"
     );
     assert_eq!(
         vendor.conversation(&requests[0].body),

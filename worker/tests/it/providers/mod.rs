@@ -4,4 +4,6 @@
 mod conformance;
 mod end_to_end;
 mod fake;
+mod tool_wire;
+mod tools;
 mod vendors;

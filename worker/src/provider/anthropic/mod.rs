@@ -1,9 +1,14 @@
 //! Anthropic's Messages API: `POST /v1/messages` with `stream: true`.
 //!
 //! Request: the system prompt is the top-level `system`, the conversation is `messages`
-//! (`user`/`assistant`), `max_tokens` is required. Stream: `message_start` (id, model, input
-//! usage), `content_block_start`/`content_block_delta` (`text_delta`)/`content_block_stop`,
-//! `message_delta` (stop reason, cumulative usage), `message_stop` (the terminal event),
+//! (`user`/`assistant`), `max_tokens` is required. Tools are `tools: [{name, description,
+//! input_schema}]`; an assistant turn's calls are `tool_use` content blocks (`id`, `name`,
+//! `input` object) and their outputs go back in the next `user` turn as `tool_result` blocks
+//! (`tool_use_id`, `content`, `is_error`). Stream: `message_start` (id, model, input usage),
+//! `content_block_start` (a `text` block, or a `tool_use` block with its id and name) /
+//! `content_block_delta` (`text_delta`, or `input_json_delta` fragments of the tool input's
+//! JSON, by block index) / `content_block_stop`, `message_delta` (stop reason, `tool_use`
+//! when the model called tools; cumulative usage), `message_stop` (the terminal event),
 //! `ping`, and `error`, which can arrive inside a 200 stream (e.g. `overloaded_error`) and is
 //! a failure, never an answer. Errors: `{"type":"error","error":{"type","message"}}`.
 
@@ -15,12 +20,13 @@ use serde_json::{Map, Value, json};
 use sse_stream::Sse;
 
 use super::http::{
-    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json,
-    raw_body_message, secret_header,
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, arguments_object, arguments_text,
+    by_status, event_json, raw_body_message, secret_header,
 };
 use super::settings::Endpoint;
 use super::{
-    ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, Unavailability,
+    ChatMessage, ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection,
+    ToolCall, Unavailability,
 };
 
 /// The API version this adapter speaks.
@@ -47,11 +53,12 @@ impl WireFormat for Anthropic {
         Ok(WireRequest {
             path: "/v1/messages".to_owned(),
             headers,
-            body: body(request),
+            body: body(request)?,
         })
     }
 
-    fn decoder(&self) -> Box<dyn StreamDecoder> {
+    fn decoder(&self, _request_id: &str) -> Box<dyn StreamDecoder> {
+        // Anthropic names every tool_use block.
         Box::new(Decoder::default())
     }
 
@@ -63,19 +70,62 @@ impl WireFormat for Anthropic {
     }
 }
 
+/// One message of the conversation: plain text as a string, tool calls and outputs as
+/// content blocks.
+fn message(message: &ChatMessage) -> Result<Value, ProviderError> {
+    Ok(match message.role {
+        ChatRole::User => json!({ "role": "user", "content": message.content }),
+        ChatRole::Assistant if message.tool_calls.is_empty() => {
+            json!({ "role": "assistant", "content": message.content })
+        }
+        ChatRole::Assistant => {
+            let mut blocks = Vec::with_capacity(message.tool_calls.len() + 1);
+            if !message.content.is_empty() {
+                blocks.push(json!({ "type": "text", "text": message.content }));
+            }
+            for call in &message.tool_calls {
+                blocks.push(json!({
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": arguments_object(call)?,
+                }));
+            }
+            json!({ "role": "assistant", "content": blocks })
+        }
+        // The outputs answer the previous assistant turn from a user turn; tool_result blocks
+        // come first in it.
+        ChatRole::Tool => {
+            let mut blocks: Vec<Value> = message
+                .tool_outputs
+                .iter()
+                .map(|output| {
+                    let mut block = json!({
+                        "type": "tool_result",
+                        "tool_use_id": output.call_id,
+                        "content": output.output,
+                    });
+                    if output.is_error {
+                        block["is_error"] = json!(true);
+                    }
+                    block
+                })
+                .collect();
+            if !message.content.is_empty() {
+                blocks.push(json!({ "type": "text", "text": message.content }));
+            }
+            json!({ "role": "user", "content": blocks })
+        }
+    })
+}
+
 /// The JSON body of a request.
-fn body(request: &ModelRequest) -> Value {
-    let messages: Vec<Value> = request
+fn body(request: &ModelRequest) -> Result<Value, ProviderError> {
+    let messages = request
         .messages
         .iter()
-        .map(|message| {
-            let role = match message.role {
-                ChatRole::User | ChatRole::Tool => "user",
-                ChatRole::Assistant => "assistant",
-            };
-            json!({ "role": role, "content": message.content })
-        })
-        .collect();
+        .map(message)
+        .collect::<Result<Vec<Value>, ProviderError>>()?;
     let generation = &request.generation;
     let mut body = Map::new();
     body.insert("model".into(), json!(request.model));
@@ -97,7 +147,21 @@ fn body(request: &ModelRequest) -> Value {
     if !generation.stop_sequences.is_empty() {
         body.insert("stop_sequences".into(), json!(generation.stop_sequences));
     }
-    Value::Object(body)
+    if !request.tools.is_empty() {
+        let tools: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut spec = json!({ "name": tool.name, "input_schema": tool.parameters });
+                if !tool.description.is_empty() {
+                    spec["description"] = json!(tool.description);
+                }
+                spec
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    Ok(Value::Object(body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +211,20 @@ struct Decoder {
     usage_reported: bool,
     stop_reason: Option<String>,
     stopped: bool,
+    /// The tool_use blocks, in order, by content block index.
+    tool_uses: Vec<ToolUse>,
+}
+
+/// A tool_use block being streamed.
+#[derive(Debug)]
+struct ToolUse {
+    index: Option<u64>,
+    id: String,
+    name: String,
+    /// The input as the block started (`{}` when streamed in deltas), serialized.
+    initial_input: String,
+    /// The concatenated `input_json_delta` fragments.
+    partial_json: String,
 }
 
 /// Anthropic's usage object; `message_delta` repeats it cumulatively, so later values win.
@@ -196,9 +274,13 @@ enum Event {
         message: MessageStart,
     },
     ContentBlockStart {
+        #[serde(default)]
+        index: Option<u64>,
         content_block: ContentBlock,
     },
     ContentBlockDelta {
+        #[serde(default)]
+        index: Option<u64>,
         delta: ContentBlock,
     },
     MessageDelta {
@@ -225,14 +307,23 @@ struct MessageStart {
     usage: Option<Usage>,
 }
 
-/// A content block at its start, or a delta of one: only text counts toward the answer
-/// (thinking and signature deltas do not).
+/// A content block at its start, or a delta of one: text counts toward the answer (thinking
+/// and signature deltas do not); a `tool_use` block and its `input_json_delta` fragments
+/// make a tool call.
 #[derive(Debug, Deserialize)]
 struct ContentBlock {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    partial_json: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,9 +346,46 @@ impl StreamDecoder for Decoder {
                 Ok(Decoded::default())
             }
             Event::ContentBlockStart {
+                index,
                 content_block: block,
+            } if block.kind == "tool_use" => {
+                let initial_input = match block.input {
+                    Some(Value::Object(input)) if !input.is_empty() => {
+                        Value::Object(input).to_string()
+                    }
+                    _ => String::new(),
+                };
+                self.tool_uses.push(ToolUse {
+                    index,
+                    id: block.id.unwrap_or_default(),
+                    name: block.name.unwrap_or_default(),
+                    initial_input,
+                    partial_json: String::new(),
+                });
+                Ok(Decoded::default())
             }
-            | Event::ContentBlockDelta { delta: block } => Ok(Decoded {
+            Event::ContentBlockDelta { index, delta } if delta.kind == "input_json_delta" => {
+                let tool_use = self
+                    .tool_uses
+                    .iter_mut()
+                    .rev()
+                    .find(|tool_use| tool_use.index == index)
+                    .ok_or_else(|| {
+                        ProviderError::unavailable(
+                            Unavailability::MalformedStream,
+                            format!("an input_json_delta of the anthropic stream names no tool_use block (index {index:?})"),
+                        )
+                    })?;
+                tool_use
+                    .partial_json
+                    .push_str(delta.partial_json.as_deref().unwrap_or_default());
+                Ok(Decoded::default())
+            }
+            Event::ContentBlockStart {
+                content_block: block,
+                ..
+            }
+            | Event::ContentBlockDelta { delta: block, .. } => Ok(Decoded {
                 text: matches!(block.kind.as_str(), "text" | "text_delta")
                     .then_some(block.text)
                     .flatten()
@@ -295,6 +423,7 @@ impl StreamDecoder for Decoder {
         }
         let finish_reason = match self.stop_reason.as_deref() {
             Some("end_turn" | "stop_sequence") => FinishReason::Stop,
+            Some("tool_use") => FinishReason::ToolCalls,
             Some("max_tokens" | "model_context_window_exceeded") => FinishReason::MaxTokens,
             Some("refusal") => {
                 return Err(ProviderError::rejected(
@@ -309,125 +438,33 @@ impl StreamDecoder for Decoder {
                 ));
             }
         };
+        let tool_calls = self
+            .tool_uses
+            .into_iter()
+            .map(|tool_use| ToolCall {
+                id: tool_use.id,
+                name: tool_use.name,
+                arguments: arguments_text(if tool_use.partial_json.is_empty() {
+                    tool_use.initial_input
+                } else {
+                    tool_use.partial_json
+                }),
+            })
+            .collect();
         Ok(Finished {
             finish_reason,
             model: self.model,
             usage: self.usage.normalised(),
             usage_reported: self.usage_reported,
             response_id: self.id,
+            tool_calls,
         })
+    }
+
+    fn usage(&self) -> Option<ModelUsage> {
+        self.usage_reported.then(|| self.usage.normalised())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::provider::{ChatMessage, Generation};
-
-    fn sse(data: &str) -> Sse {
-        Sse {
-            data: Some(data.to_owned()),
-            ..Sse::default()
-        }
-    }
-
-    #[test]
-    fn the_system_prompt_is_top_level_and_generation_maps_to_its_fields() {
-        let request = ModelRequest {
-            request_id: "t-1-0".to_owned(),
-            model: "claude-sonnet-4-5".to_owned(),
-            system: Some("Be brief.".to_owned()),
-            messages: vec![
-                ChatMessage::text(ChatRole::User, "hi".to_owned()),
-                ChatMessage::text(ChatRole::Assistant, "hello".to_owned()),
-            ],
-            tools: Vec::new(),
-            generation: Generation {
-                temperature: Some(0.5),
-                top_p: None,
-                max_output_tokens: Some(100),
-                stop_sequences: vec!["END".to_owned()],
-            },
-            deadline: None,
-        };
-        assert_eq!(
-            body(&request),
-            json!({
-                "model": "claude-sonnet-4-5",
-                "max_tokens": 100,
-                "stream": true,
-                "system": "Be brief.",
-                "messages": [
-                    {"role": "user", "content": "hi"},
-                    {"role": "assistant", "content": "hello"}
-                ],
-                "temperature": 0.5,
-                "stop_sequences": ["END"]
-            })
-        );
-    }
-
-    #[test]
-    fn an_error_event_inside_the_stream_is_a_retryable_failure() {
-        let mut decoder = Decoder::default();
-        let error = decoder
-            .event(&sse(
-                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-            ))
-            .expect_err("an error event");
-        assert_eq!(error.code(), "provider_overloaded");
-        assert!(error.is_retryable());
-    }
-
-    #[test]
-    fn usage_counts_cached_tokens_into_the_prompt_and_later_values_win() {
-        let mut decoder = Box::new(Decoder::default());
-        for data in [
-            r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","usage":{"input_tokens":10,"cache_creation_input_tokens":20,"cache_read_input_tokens":30,"output_tokens":1}}}"#,
-            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
-            r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":7}}"#,
-        ] {
-            let decoded = decoder.event(&sse(data)).expect("valid");
-            assert_eq!(decoded.text, None);
-        }
-        assert!(
-            decoder
-                .event(&sse(r#"{"type":"message_stop"}"#))
-                .expect("valid")
-                .done
-        );
-        let finished = decoder.finish().expect("complete");
-        assert_eq!(finished.finish_reason, FinishReason::MaxTokens);
-        assert_eq!(finished.response_id.as_deref(), Some("msg_1"));
-        assert_eq!(
-            (
-                finished.usage.input_tokens,
-                finished.usage.cache_write_input_tokens,
-                finished.usage.cache_read_input_tokens,
-                finished.usage.output_tokens,
-            ),
-            (60, 20, 30, 7)
-        );
-    }
-
-    #[test]
-    fn refusals_and_prompts_too_long_are_permanent() {
-        let mut decoder = Box::new(Decoder::default());
-        decoder
-            .event(&sse(
-                r#"{"type":"message_delta","delta":{"stop_reason":"refusal"}}"#,
-            ))
-            .expect("valid");
-        decoder
-            .event(&sse(r#"{"type":"message_stop"}"#))
-            .expect("valid");
-        assert_eq!(
-            decoder.finish().expect_err("refused").code(),
-            "provider_content_refused"
-        );
-        let body = br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 300000 tokens > 200000 maximum"}}"#;
-        let error = Anthropic.error(StatusCode::BAD_REQUEST, body);
-        assert_eq!(error.code(), "provider_context_too_long");
-    }
-}
+mod tests;

@@ -2,10 +2,16 @@
 //! in the `x-goog-api-key` header (never in the URL, where proxies and logs would keep it).
 //!
 //! Request: `contents` of `user`/`model` turns made of `parts`, the system prompt as
-//! `systemInstruction`, sampling in `generationConfig`. Stream: each event is a whole
-//! `GenerateContentResponse` (candidates with text parts, `usageMetadata`, `modelVersion`,
-//! `responseId`); the last one carries `finishReason` and the stream then ends (there is no
-//! `[DONE]`). A blocked prompt answers `promptFeedback.blockReason`. Errors: Google's
+//! `systemInstruction`, sampling in `generationConfig`. Tools are `tools:
+//! [{functionDeclarations: [{name, description, parametersJsonSchema}]}]` (the JSON Schema
+//! field; `parameters` takes only an OpenAPI subset). A model turn's calls are `functionCall`
+//! parts (`name`, `args` object, optional `id`); the outputs go back in the next turn, role
+//! `user`, as `functionResponse` parts (`id`, `name`, `response: {"output": …}` or
+//! `{"error": …}`). Stream: each event is a whole `GenerateContentResponse` (candidates with
+//! text and `functionCall` parts, each call whole in one part, `usageMetadata`,
+//! `modelVersion`, `responseId`); the last one carries `finishReason` (`STOP` after calls
+//! too) and the stream then ends (there is no `[DONE]`). A blocked prompt answers
+//! `promptFeedback.blockReason`. Errors: Google's
 //! `{"error":{"code","message","status","details"}}`, with `RetryInfo.retryDelay` on 429.
 
 use reqwest::StatusCode;
@@ -16,14 +22,20 @@ use serde_json::{Map, Value, json};
 use sse_stream::Sse;
 
 use super::http::{
-    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, by_status, event_json,
-    raw_body_message, secret_header,
+    Decoded, Finished, StreamDecoder, WireFormat, WireRequest, arguments_object, by_status,
+    event_json, raw_body_message, secret_header,
 };
 use super::retry::google_duration;
 use super::settings::Endpoint;
 use super::{
-    ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection, Unavailability,
+    ChatMessage, ChatRole, FinishReason, ModelRequest, ModelUsage, ProviderError, Rejection,
+    ToolCall, Unavailability, made_up_tool_call_id,
 };
+
+/// Google's documented stand-in for a thought signature, for function calls replayed without
+/// the signature the model gave them (`ToolCall` keeps none): Gemini 3 models refuse a
+/// history whose function calls lack one. <https://ai.google.dev/gemini-api/docs/thought-signatures>
+const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// Gemini's wire format.
 #[derive(Debug, Clone, Copy)]
@@ -53,12 +65,15 @@ impl WireFormat for Gemini {
         Ok(WireRequest {
             path: format!("/v1beta/models/{model}:streamGenerateContent?alt=sse"),
             headers,
-            body: body(request),
+            body: body(request, model)?,
         })
     }
 
-    fn decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(Decoder::default())
+    fn decoder(&self, request_id: &str) -> Box<dyn StreamDecoder> {
+        Box::new(Decoder {
+            request_id: request_id.to_owned(),
+            ..Decoder::default()
+        })
     }
 
     fn error(&self, status: StatusCode, body: &[u8]) -> ProviderError {
@@ -76,19 +91,69 @@ impl WireFormat for Gemini {
     }
 }
 
-/// The JSON body of a request.
-fn body(request: &ModelRequest) -> Value {
-    let contents: Vec<Value> = request
+/// Whether `model` checks thought signatures on replayed function calls: every model after
+/// the 1.x and 2.x families (an alias such as `gemini-flash-latest` may be one).
+fn wants_thought_signatures(model: &str) -> bool {
+    !["gemini-1.", "gemini-2.", "gemma-"]
+        .iter()
+        .any(|family| model.starts_with(family))
+}
+
+/// One turn of the conversation.
+fn content(message: &ChatMessage, signed: bool) -> Result<Value, ProviderError> {
+    Ok(match message.role {
+        ChatRole::User => json!({ "role": "user", "parts": [{ "text": message.content }] }),
+        ChatRole::Assistant if message.tool_calls.is_empty() => {
+            json!({ "role": "model", "parts": [{ "text": message.content }] })
+        }
+        ChatRole::Assistant => {
+            let mut parts = Vec::with_capacity(message.tool_calls.len() + 1);
+            if !message.content.is_empty() {
+                parts.push(json!({ "text": message.content }));
+            }
+            for (position, call) in message.tool_calls.iter().enumerate() {
+                let mut part = json!({ "functionCall": {
+                    "id": call.id,
+                    "name": call.name,
+                    "args": arguments_object(call)?,
+                }});
+                // The model signs the first call of a turn (of parallel calls).
+                if signed && position == 0 {
+                    part["thoughtSignature"] = json!(SKIP_THOUGHT_SIGNATURE);
+                }
+                parts.push(part);
+            }
+            json!({ "role": "model", "parts": parts })
+        }
+        ChatRole::Tool => {
+            let mut parts: Vec<Value> = message
+                .tool_outputs
+                .iter()
+                .map(|output| {
+                    let key = if output.is_error { "error" } else { "output" };
+                    json!({ "functionResponse": {
+                        "id": output.call_id,
+                        "name": output.name,
+                        "response": { key: output.output },
+                    }})
+                })
+                .collect();
+            if !message.content.is_empty() {
+                parts.push(json!({ "text": message.content }));
+            }
+            json!({ "role": "user", "parts": parts })
+        }
+    })
+}
+
+/// The JSON body of a request for `model` (its name without `models/`).
+fn body(request: &ModelRequest, model: &str) -> Result<Value, ProviderError> {
+    let signed = wants_thought_signatures(model);
+    let contents = request
         .messages
         .iter()
-        .map(|message| {
-            let role = match message.role {
-                ChatRole::User | ChatRole::Tool => "user",
-                ChatRole::Assistant => "model",
-            };
-            json!({ "role": role, "parts": [{ "text": message.content }] })
-        })
-        .collect();
+        .map(|message| content(message, signed))
+        .collect::<Result<Vec<Value>, ProviderError>>()?;
     let generation = &request.generation;
     let mut config = Map::new();
     config.insert(
@@ -113,7 +178,25 @@ fn body(request: &ModelRequest) -> Value {
         );
     }
     body.insert("generationConfig".into(), Value::Object(config));
-    Value::Object(body)
+    if !request.tools.is_empty() {
+        let declarations: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut declaration =
+                    json!({ "name": tool.name, "parametersJsonSchema": tool.parameters });
+                if !tool.description.is_empty() {
+                    declaration["description"] = json!(tool.description);
+                }
+                declaration
+            })
+            .collect();
+        body.insert(
+            "tools".into(),
+            json!([{ "functionDeclarations": declarations }]),
+        );
+    }
+    Ok(Value::Object(body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +234,7 @@ fn classify(status: Option<StatusCode>, error: &ErrorBody) -> ProviderError {
         reason,
         message: message.clone(),
         retry_after: error.retry_delay(),
+        spent: None,
     };
     if error.reason() == Some("API_KEY_INVALID") {
         return rejected(Rejection::Authentication);
@@ -181,11 +265,14 @@ fn classify(status: Option<StatusCode>, error: &ErrorBody) -> ProviderError {
 /// What a stream said so far.
 #[derive(Debug, Default)]
 struct Decoder {
+    /// For the ids of calls Gemini gives none.
+    request_id: String,
     id: Option<String>,
     model: Option<String>,
     finish_reason: Option<String>,
     block_reason: Option<String>,
     usage: Option<UsageMetadata>,
+    tool_calls: Vec<ToolCall>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,13 +307,26 @@ struct Content {
     parts: Vec<Part>,
 }
 
-/// A text part; thought summaries (`thought: true`) are not the answer.
+/// A text part (thought summaries, `thought: true`, are not the answer) or a function call.
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Part {
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
     thought: bool,
+    #[serde(default)]
+    function_call: Option<FunctionCall>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionCall {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    args: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +399,20 @@ impl StreamDecoder for Decoder {
             let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
             for part in parts.into_iter().filter(|part| !part.thought) {
                 text.push_str(part.text.as_deref().unwrap_or_default());
+                if let Some(call) = part.function_call {
+                    let position = self.tool_calls.len();
+                    self.tool_calls.push(ToolCall {
+                        id: call
+                            .id
+                            .filter(|id| !id.is_empty())
+                            .unwrap_or_else(|| made_up_tool_call_id(&self.request_id, position)),
+                        name: call.name,
+                        arguments: match call.args {
+                            Some(args @ Value::Object(_)) => args.to_string(),
+                            _ => "{}".to_owned(),
+                        },
+                    });
+                }
             }
             if candidate.finish_reason.is_some() {
                 self.finish_reason = candidate.finish_reason;
@@ -324,8 +438,16 @@ impl StreamDecoder for Decoder {
                     "the gemini stream ended before a finishReason",
                 ));
             }
+            // Also after function calls, which the engine sees.
             Some("STOP") => FinishReason::Stop,
             Some("MAX_TOKENS") => FinishReason::MaxTokens,
+            // The model wrote a call that does not parse; another sample may not.
+            Some("MALFORMED_FUNCTION_CALL") => {
+                return Err(ProviderError::unavailable(
+                    Unavailability::ServerError,
+                    "the model wrote a malformed function call (finishReason MALFORMED_FUNCTION_CALL)",
+                ));
+            }
             Some(
                 reason @ ("SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
                 | "LANGUAGE" | "IMAGE_SAFETY"),
@@ -348,131 +470,14 @@ impl StreamDecoder for Decoder {
             usage: self.usage.map(|u| u.normalised()).unwrap_or_default(),
             usage_reported: self.usage.is_some(),
             response_id: self.id,
+            tool_calls: self.tool_calls,
         })
+    }
+
+    fn usage(&self) -> Option<ModelUsage> {
+        self.usage.map(|usage| usage.normalised())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::provider::{ChatMessage, Generation};
-
-    fn sse(data: &str) -> Sse {
-        Sse {
-            data: Some(data.to_owned()),
-            ..Sse::default()
-        }
-    }
-
-    fn request(model: &str) -> ModelRequest {
-        ModelRequest {
-            request_id: "t-1-0".to_owned(),
-            model: model.to_owned(),
-            system: Some("Be brief.".to_owned()),
-            messages: vec![
-                ChatMessage::text(ChatRole::User, "hi".to_owned()),
-                ChatMessage::text(ChatRole::Assistant, "hello".to_owned()),
-            ],
-            tools: Vec::new(),
-            generation: Generation {
-                temperature: Some(0.2),
-                top_p: None,
-                max_output_tokens: Some(64),
-                stop_sequences: vec!["END".to_owned()],
-            },
-            deadline: None,
-        }
-    }
-
-    #[test]
-    fn requests_use_contents_system_instruction_and_a_keyless_url() {
-        let endpoint = Endpoint {
-            base_url: "https://example.test".to_owned(),
-            api_key: Some(secrecy::SecretString::from("AIza-secret")),
-        };
-        let wire = Gemini
-            .request(&request("gemini-2.5-flash"), &endpoint)
-            .expect("valid");
-        assert_eq!(
-            wire.path,
-            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
-        );
-        assert!(!wire.path.contains("AIza"));
-        assert!(
-            wire.headers
-                .get("x-goog-api-key")
-                .is_some_and(|v| v.is_sensitive())
-        );
-        assert_eq!(
-            wire.body,
-            json!({
-                "contents": [
-                    {"role": "user", "parts": [{"text": "hi"}]},
-                    {"role": "model", "parts": [{"text": "hello"}]}
-                ],
-                "systemInstruction": {"parts": [{"text": "Be brief."}]},
-                "generationConfig": {
-                    "maxOutputTokens": 64,
-                    "temperature": 0.2,
-                    "stopSequences": ["END"]
-                }
-            })
-        );
-        let bad = Gemini.request(&request("../v1/files?x"), &endpoint);
-        assert!(matches!(bad, Err(ProviderError::Rejected { .. })));
-    }
-
-    #[test]
-    fn thoughts_are_output_but_not_text_and_cached_content_is_input() {
-        let mut decoder = Box::new(Decoder::default());
-        let first = decoder
-            .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true},{"text":"Hel"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":1,"totalTokenCount":41}}"#))
-            .expect("valid");
-        assert_eq!(first.text.as_deref(), Some("Hel"));
-        decoder
-            .event(&sse(r#"{"candidates":[{"content":{"parts":[{"text":"lo"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":2,"cachedContentTokenCount":16,"thoughtsTokenCount":5,"totalTokenCount":47},"modelVersion":"gemini-2.5-flash","responseId":"resp-1"}"#))
-            .expect("valid");
-        let finished = decoder.finish().expect("complete");
-        assert_eq!(finished.finish_reason, FinishReason::Stop);
-        assert_eq!(finished.response_id.as_deref(), Some("resp-1"));
-        assert_eq!(
-            (
-                finished.usage.input_tokens,
-                finished.usage.cache_read_input_tokens,
-                finished.usage.output_tokens,
-                finished.usage.reasoning_tokens,
-            ),
-            (40, 16, 7, 5)
-        );
-    }
-
-    #[test]
-    fn errors_read_googles_shape_with_retry_info() {
-        let limited = Gemini.error(
-            StatusCode::TOO_MANY_REQUESTS,
-            br#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}"#,
-        );
-        assert_eq!(limited.code(), "provider_rate_limited");
-        assert_eq!(
-            limited.retry_after(),
-            Some(std::time::Duration::from_secs(7))
-        );
-        let bad_key = Gemini.error(
-            StatusCode::BAD_REQUEST,
-            br#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}]"#,
-        );
-        assert_eq!(bad_key.code(), "provider_authentication_failed");
-        let blocked = {
-            let mut decoder = Box::new(Decoder::default());
-            decoder
-                .event(&sse(r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":5}}"#))
-                .expect("valid");
-            decoder.finish().expect_err("blocked")
-        };
-        assert_eq!(blocked.code(), "provider_content_refused");
-        let truncated = Box::new(Decoder::default())
-            .finish()
-            .expect_err("no finish");
-        assert_eq!(truncated.code(), "provider_stream_truncated");
-    }
-}
+mod tests;
