@@ -709,3 +709,56 @@ async fn agents_keep_their_tools_step_limit_and_fallbacks_and_refuse_bad_ones() 
     assert_eq!(updated.max_steps, 16, "0 means the default");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_echo_provider_runs_a_tool_round_trip_offline() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let worker = app.worker(&db, 2, Duration::ZERO).await;
+    let mut clients = app.admin().await;
+    let ws = clients.workspace("offline-tools").await;
+    let agent = clients
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            workspace_id: ws.clone(),
+            agent: Some(pb::Agent {
+                name: "weather".into(),
+                provider: pb::Provider::Echo.into(),
+                model: "echo-1".into(),
+                tools: vec![weather_tool()],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let task = clients
+        .task(&ws, &agent.id, "/tool get_weather {\"city\":\"Paris\"}")
+        .await;
+    let mut waiting = clients.get_task(&ws, &task.id).await;
+    for _ in 0..400 {
+        if waiting.status == pb::TaskStatus::RequiresAction as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waiting = clients.get_task(&ws, &task.id).await;
+    }
+    let action = waiting
+        .required_action
+        .expect("the task waits for the tool");
+    assert_eq!(action.tool_calls.len(), 1);
+    assert_eq!(action.tool_calls[0].name, "get_weather");
+    assert_eq!(action.tool_calls[0].arguments, "{\"city\":\"Paris\"}");
+    let id = action.tool_calls[0].id.clone();
+    submit(&mut clients, &ws, &task.id, vec![output(&id, "18C")])
+        .await
+        .unwrap();
+    let done = clients.wait_terminal(&ws, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
+    assert_eq!(done.output, "get_weather returned: 18C");
+    worker.shutdown().await;
+    app.stop().await;
+}

@@ -7,6 +7,7 @@ use agentplane_proto::v1 as pb;
 use agentplane_testkit::app::TestApp;
 
 use super::fake::{FakeVendor, Reply, whole};
+use super::tool_wire::FakeCall;
 use super::vendors::{MODEL, Vendor};
 use crate::pg::TestDb;
 
@@ -162,6 +163,309 @@ async fn cancel_task_closes_the_connection_to_the_vendor() {
     let done = clients.wait_terminal(&workspace_id, &task.id).await;
     assert_eq!(done.status, pb::TaskStatus::Canceled as i32, "{done:?}");
     assert_eq!(fake.request_count(), 1, "a canceled call is not retried");
+    worker.shutdown().await;
+    app.stop().await;
+}
+
+/// The agent's one tool, as the API takes it.
+fn weather_tool() -> pb::Tool {
+    let json = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    });
+    let serde_json::Value::Object(fields) = json else {
+        unreachable!()
+    };
+    pb::Tool {
+        name: "get_weather".to_owned(),
+        description: "The weather in a city".to_owned(),
+        parameters: Some(prost_types::Struct {
+            fields: fields.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+        }),
+    }
+}
+
+fn to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn wire_provider(vendor: Vendor) -> pb::Provider {
+    match vendor {
+        Vendor::Anthropic => pb::Provider::Anthropic,
+        Vendor::OpenAi => pb::Provider::Openai,
+        Vendor::OpenAiCompatible => pb::Provider::OpenaiCompatible,
+        Vendor::Gemini => pb::Provider::Gemini,
+    }
+}
+
+/// Polls the task until it has `status`.
+async fn wait_status(
+    clients: &mut agentplane_testkit::app::Clients,
+    workspace_id: &str,
+    id: &str,
+    status: pb::TaskStatus,
+) -> pb::Task {
+    for _ in 0..400 {
+        let task = clients.get_task(workspace_id, id).await;
+        if task.status == status as i32 {
+            return task;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task {id} never reached {status:?}");
+}
+
+#[tokio::test]
+async fn every_vendor_runs_a_tool_call_round_trip_through_submit_tool_outputs() {
+    for vendor in [
+        Vendor::Anthropic,
+        Vendor::OpenAi,
+        Vendor::OpenAiCompatible,
+        Vendor::Gemini,
+    ] {
+        let call = FakeCall {
+            id: "call_w1",
+            name: "get_weather",
+            fragments: &["{\"city\":", " \"Paris\"}"],
+        };
+        let fake = FakeVendor::start(vec![
+            Reply::Stream {
+                headers: vec![],
+                steps: whole(&vendor.tool_answer(&["Checking."], &[call])),
+            },
+            Reply::Stream {
+                headers: vec![],
+                steps: whole(&vendor.answer(&["Sunny", " in Paris."])),
+            },
+        ])
+        .await;
+        let db = TestDb::new().await;
+        let app = TestApp::spawn(&db).await;
+        let worker = app
+            .worker_with(&db, 2, Duration::ZERO, |config| {
+                config.providers = vendor.settings(&fake.url(), "local-key-123");
+            })
+            .await;
+        let mut clients = app.admin().await;
+        let workspace_id = clients.workspace("acme").await;
+        let agent = clients
+            .agents
+            .create_agent(pb::CreateAgentRequest {
+                workspace_id: workspace_id.clone(),
+                agent: Some(pb::Agent {
+                    name: "forecaster".to_owned(),
+                    provider: wire_provider(vendor).into(),
+                    model: MODEL.to_owned(),
+                    system_prompt: "Be brief.".to_owned(),
+                    tools: vec![weather_tool()],
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .agent
+            .unwrap();
+        let task = clients
+            .task(&workspace_id, &agent.id, "Weather in Paris?")
+            .await;
+
+        let waiting = wait_status(
+            &mut clients,
+            &workspace_id,
+            &task.id,
+            pb::TaskStatus::RequiresAction,
+        )
+        .await;
+        let action = waiting.required_action.unwrap();
+        assert_eq!(action.step, 0, "{vendor:?}");
+        let [called] = action.tool_calls.as_slice() else {
+            panic!("{vendor:?}: one call expected: {action:?}");
+        };
+        assert_eq!(called.name, "get_weather");
+        let arguments: serde_json::Value = serde_json::from_str(&called.arguments).unwrap();
+        assert_eq!(
+            arguments,
+            serde_json::json!({"city": "Paris"}),
+            "{vendor:?}"
+        );
+        if vendor.names_calls() {
+            assert_eq!(called.id, "call_w1", "{vendor:?}");
+        }
+
+        let resumed = clients
+            .tasks
+            .submit_tool_outputs(pb::SubmitToolOutputsRequest {
+                workspace_id: workspace_id.clone(),
+                task_id: task.id.clone(),
+                tool_outputs: vec![pb::ToolOutput {
+                    tool_call_id: called.id.clone(),
+                    output: "sunny, 21 °C".to_owned(),
+                    is_error: false,
+                }],
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
+        assert_eq!(resumed.status, pb::TaskStatus::Pending as i32);
+        let done = clients.wait_terminal(&workspace_id, &task.id).await;
+        assert_eq!(
+            done.status,
+            pb::TaskStatus::Succeeded as i32,
+            "{vendor:?}: {done:?}"
+        );
+        assert_eq!(done.output, "Sunny in Paris.", "{vendor:?}");
+        assert_eq!(done.attempt, 2, "{vendor:?}: one attempt per step");
+
+        // The second request carried the call and its output in the vendor's own form, and
+        // the request id of step 1.
+        let requests = fake.requests();
+        assert_eq!(
+            requests.len(),
+            2,
+            "{vendor:?}: one call per step, none repeated"
+        );
+        assert_eq!(
+            requests[1].header("idempotency-key"),
+            Some(format!("{}-1", task.id).as_str()),
+            "{vendor:?}"
+        );
+        let history = vendor.sent_history(&requests[1].body).to_string();
+        for needle in ["get_weather", "sunny, 21 °C", "Checking."] {
+            assert!(
+                history.contains(needle),
+                "{vendor:?}: {needle} in {history}"
+            );
+        }
+        assert!(
+            !vendor.sent_tools(&requests[1].body).is_null(),
+            "{vendor:?}: the tools are declared on every step"
+        );
+        worker.shutdown().await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_primary_that_fails_mid_stream_falls_back_and_watchers_see_its_output_withdrawn() {
+    // The primary streams half an answer, stalls a moment, and its stream ends without its
+    // terminal event: retryable, but it streamed, so only a fallback can save the attempt.
+    let primary = Vendor::OpenAiCompatible;
+    let mut steps = whole(&primary.truncated(&["Once upon"])[..2]);
+    steps.push(super::fake::Step::Pause(Duration::from_millis(800)));
+    steps.extend(whole(&primary.truncated(&["Once upon"])[2..]));
+    let failing = FakeVendor::start(vec![Reply::Stream {
+        headers: vec![],
+        steps,
+    }])
+    .await;
+    let fallback = Vendor::OpenAi;
+    let answering = FakeVendor::start(vec![Reply::Stream {
+        headers: vec![],
+        steps: whole(&fallback.answer(&["Hello", " from", " the fallback"])),
+    }])
+    .await;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let worker = app
+        .worker_with(&db, 2, Duration::ZERO, |config| {
+            let mut settings = primary.settings(&failing.url(), "local-key-123");
+            settings.openai = fallback.settings(&answering.url(), "sk-test").openai;
+            config.providers = settings;
+        })
+        .await;
+    let mut clients = app.admin().await;
+    let workspace_id = clients.workspace("acme").await;
+    let agent = clients
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            workspace_id: workspace_id.clone(),
+            agent: Some(pb::Agent {
+                name: "resilient".to_owned(),
+                provider: pb::Provider::OpenaiCompatible.into(),
+                model: MODEL.to_owned(),
+                fallbacks: vec![pb::ModelChoice {
+                    provider: pb::Provider::Openai.into(),
+                    model: MODEL.to_owned(),
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let task = clients.task(&workspace_id, &agent.id, "A story?").await;
+    let mut watch = clients
+        .tasks
+        .watch_task(pb::WatchTaskRequest {
+            workspace_id: workspace_id.clone(),
+            id: task.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // What the watcher assembles: the snapshot's text, deltas appended, cleared on a reset.
+    let mut text = String::new();
+    let mut resets = 0;
+    let mut withdrawn = String::new();
+    let last = loop {
+        use pb::watch_task_response::Kind;
+        match watch.message().await.unwrap().unwrap().kind.unwrap() {
+            Kind::Snapshot(snapshot) => text = snapshot.output,
+            Kind::Delta(delta) => text.push_str(&delta.text),
+            Kind::Reset(reset) => {
+                assert_eq!(reset.reason, "provider_fallback");
+                resets += 1;
+                withdrawn = std::mem::take(&mut text);
+            }
+            Kind::Task(task) if task.status == pb::TaskStatus::Succeeded as i32 => break task,
+            Kind::Task(_) => {}
+        }
+    };
+    assert_eq!(last.output, "Hello from the fallback");
+    assert_eq!(
+        text, last.output,
+        "the deltas after the reset add up to the answer"
+    );
+    assert_eq!(resets, 1);
+    assert_eq!(
+        withdrawn, "Once upon",
+        "the failed call's output was withdrawn"
+    );
+    assert_eq!(last.attempt, 1, "the fallback ran in the same attempt");
+    assert_eq!(
+        failing.request_count(),
+        1,
+        "a call that streamed is not retried"
+    );
+    assert_eq!(answering.request_count(), 1);
+    assert_eq!(
+        answering.requests()[0].header("idempotency-key"),
+        Some(format!("{}-0", task.id).as_str()),
+        "the fallback sends the step's request id"
+    );
     worker.shutdown().await;
     app.stop().await;
 }

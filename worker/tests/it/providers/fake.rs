@@ -28,6 +28,8 @@ pub(crate) enum Step {
     Hang,
     /// Break the connection mid-body (no terminating chunk).
     Reset,
+    /// Wait this long before the next step (a slow model).
+    Pause(std::time::Duration),
 }
 
 /// `frames` as steps of `size` bytes each, cut anywhere (inside lines, inside UTF-8
@@ -259,6 +261,7 @@ async fn write_steps(
                 state.closed_changed.notify_waiters();
                 return;
             }
+            Step::Pause(duration) => tokio::time::sleep(duration).await,
             Step::Reset => {
                 let _ = tx
                     .send(Err(std::io::Error::other("connection reset by the fake")))
