@@ -90,11 +90,12 @@ impl Unavailability {
 /// [`Self::spent`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// The caller canceled the call (or stopped reading its output). It carries no spend
-    /// (kept a unit variant for the runner's patterns); what a canceled call had consumed is
-    /// logged at WARN by the engine.
+    /// The caller canceled the call (or stopped reading its output).
     #[error("the model call was canceled")]
-    Canceled,
+    Canceled {
+        /// What the call had consumed before it was canceled, if the vendor said.
+        spent: Option<ModelUsage>,
+    },
     /// The provider refused the request; retrying will not help.
     #[error("the provider refused the request ({}): {message}", reason.code())]
     Rejected {
@@ -141,7 +142,7 @@ impl ProviderError {
 
     /// Whether the caller canceled the call.
     pub fn is_canceled(&self) -> bool {
-        matches!(self, Self::Canceled)
+        matches!(self, Self::Canceled { .. })
     }
 
     /// What the failed call consumed, priced like a successful call's usage: the sum over
@@ -149,36 +150,35 @@ impl ProviderError {
     /// (Anthropic's `message_start`, a usage chunk before an error event or a broken
     /// stream). `None` when no try reported usage: a vendor charges nothing for a request
     /// it refused (4xx, 5xx), and says nothing of a stream cut before its first usage.
-    /// Always `None` for `Canceled` (a unit variant: the engine logs what a canceled call
-    /// had consumed).
     pub fn spent(&self) -> Option<ModelUsage> {
         match self {
-            Self::Canceled => None,
-            Self::Rejected { spent, .. } | Self::Unavailable { spent, .. } => *spent,
+            Self::Canceled { spent }
+            | Self::Rejected { spent, .. }
+            | Self::Unavailable { spent, .. } => *spent,
         }
     }
 
-    /// This error with `usage` (what one more try consumed) added to its spend; a
-    /// cancellation drops it (see `Canceled`), so the caller logs it first.
+    /// This error with `usage` (what one more try consumed) added to its spend.
     pub(crate) fn with_spend(mut self, usage: ModelUsage) -> Self {
-        if let Self::Rejected { spent, .. } | Self::Unavailable { spent, .. } = &mut self {
-            *spent = Some(match spent {
-                Some(earlier) => earlier.plus(&usage),
-                None => usage,
-            });
-        }
+        let (Self::Canceled { spent }
+        | Self::Rejected { spent, .. }
+        | Self::Unavailable { spent, .. }) = &mut self;
+        *spent = Some(match spent {
+            Some(earlier) => earlier.plus(&usage),
+            None => usage,
+        });
         self
     }
 
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Canceled)
+        matches!(self, Self::Unavailable { .. } | Self::Canceled { .. })
     }
 
     /// The failure code reported to the control plane.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Canceled => "provider_canceled",
+            Self::Canceled { .. } => "provider_canceled",
             Self::Rejected { reason, .. } => reason.code(),
             Self::Unavailable { reason, .. } => reason.code(),
         }
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn only_unavailability_and_cancellation_are_retryable() {
         assert!(ProviderError::unavailable(Unavailability::Overloaded, "busy").is_retryable());
-        assert!(ProviderError::Canceled.is_retryable());
+        assert!(ProviderError::Canceled { spent: None }.is_retryable());
         for reason in [
             Rejection::InvalidRequest,
             Rejection::Authentication,

@@ -377,8 +377,11 @@ mod tests {
             })
         );
         assert_eq!(
-            spend_of(&Err(ProviderError::Canceled.with_spend(usage(1, 1)))),
-            None
+            spend_of(&Err(
+                ProviderError::Canceled { spent: None }.with_spend(usage(1, 1))
+            )),
+            Some(usage(1, 1)),
+            "a canceled call is metered too"
         );
         assert_eq!(
             spend_of(&Err(ProviderError::rejected(Rejection::NotFound, "no"))),

@@ -147,10 +147,8 @@ pub(super) async fn call_step(
                     false,
                 );
             }
-            Called::Failed(ProviderError::Canceled) if attempt.cancellation().is_cancelled() => {
-                return Outcome::Stopped;
-            }
             Called::Failed(error) => {
+                // Spend is a fact whatever became of the call: canceled, failed, fenced.
                 if let Some(spent) = error.spent() {
                     let call = record.call(&spent, None, error.code());
                     let usage = Outbound::Usage {
@@ -158,6 +156,9 @@ pub(super) async fn call_step(
                         calls: vec![call],
                     };
                     let _ = context.link.send(usage).await;
+                }
+                if error.is_canceled() && attempt.cancellation().is_cancelled() {
+                    return Outcome::Stopped;
                 }
                 if let Some(to) = fallback.filter(|_| error.is_retryable()) {
                     // What the failed call streamed is withdrawn first (an OutputReset for

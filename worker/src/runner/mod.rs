@@ -145,20 +145,20 @@ async fn execute(context: &RunContext, task: &ClaimedTask, attempt: &Arc<Attempt
         }
         Err(failed) => return failed,
     };
+    // A cancellation reaches the call through its token (a child of the attempt's), so the
+    // step ends on its own, promptly, and can still report what the call had consumed.
     let timeout = task.agent.task_timeout;
-    tokio::select! {
-        biased;
-        () = attempt.cancellation().cancelled() => Outcome::Stopped,
-        result = tokio::time::timeout(timeout, call::call_step(context, attempt, next)) => {
-            result.unwrap_or_else(|_elapsed| failure(
-                "timeout",
-                format!(
-                    "the attempt ran longer than the agent's task timeout of {}",
-                    describe(timeout)
-                ),
-                true,
-            ))
-        }
+    match tokio::time::timeout(timeout, call::call_step(context, attempt, next)).await {
+        Ok(outcome) => outcome,
+        Err(_elapsed) if attempt.cancellation().is_cancelled() => Outcome::Stopped,
+        Err(_elapsed) => failure(
+            "timeout",
+            format!(
+                "the attempt ran longer than the agent's task timeout of {}",
+                describe(timeout)
+            ),
+            true,
+        ),
     }
 }
 

@@ -300,9 +300,9 @@ mod attempts {
             Box::pin(async move {
                 for piece in &self.pieces {
                     tokio::select! {
-                        () = cancel.cancelled() => return Err(ProviderError::Canceled),
+                        () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }),
                         sent = sink.send(piece.clone()) => {
-                            sent.map_err(|_| ProviderError::Canceled)?;
+                            sent.map_err(|_| ProviderError::Canceled { spent: None })?;
                         }
                     }
                 }

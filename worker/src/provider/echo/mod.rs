@@ -44,14 +44,14 @@ impl EchoProvider {
         for (position, piece) in plan.pieces.iter().enumerate() {
             if position > 0 && !self.token_delay.is_zero() {
                 tokio::select! {
-                    () = cancel.cancelled() => return Err(ProviderError::Canceled),
+                    () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }),
                     () = tokio::time::sleep(self.token_delay) => {}
                 }
             }
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(ProviderError::Canceled),
-                sent = sink.send(piece.clone()) => sent.map_err(|_| ProviderError::Canceled)?,
+                () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }),
+                sent = sink.send(piece.clone()) => sent.map_err(|_| ProviderError::Canceled { spent: None })?,
             }
         }
         Ok(plan.into_response(request.model, input_tokens))

@@ -143,7 +143,7 @@ async fn stops_when_canceled() {
         cancel.cancel();
     };
     let (result, ()) = tokio::join!(call, canceler);
-    assert!(matches!(result, Err(ProviderError::Canceled)));
+    assert!(matches!(result, Err(ProviderError::Canceled { .. })));
 }
 
 fn with_tools(mut request: ModelRequest) -> ModelRequest {

@@ -63,20 +63,6 @@ impl<W: WireFormat> HttpProvider<W> {
         })
     }
 
-    /// A cancellation carries no spend (`ProviderError::Canceled` is a unit variant), so what
-    /// the canceled call had consumed is at least logged.
-    pub(super) fn log_unreported_spend(&self, spent: Option<ModelUsage>) {
-        if let Some(usage) = spent {
-            tracing::warn!(
-                provider = %self.provider,
-                input_tokens = usage.input_tokens,
-                output_tokens = usage.output_tokens,
-                cost_micros = usage.cost_micros,
-                "a canceled model call had consumed tokens; they are not metered"
-            );
-        }
-    }
-
     /// `usage` with its cost from the price table (by the requested model, else the model
     /// that answered), or flagged unpriced when the table has no price.
     pub(super) fn priced(

@@ -60,7 +60,7 @@ pub(super) async fn read_capped(
     while body.len() < limit {
         let chunk = tokio::select! {
             biased;
-            () = cancel.cancelled() => return Err(ProviderError::Canceled),
+            () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }),
             chunk = tokio::time::timeout_at(clock.next_wait(), response.chunk()) => chunk,
         };
         match chunk {

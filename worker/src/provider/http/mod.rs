@@ -217,8 +217,7 @@ impl<W: WireFormat> HttpProvider<W> {
             // Scrubbed before anything logs it.
             let error = scrub_error(failure.error, self.endpoint.api_key.as_ref());
             if error.is_canceled() {
-                self.log_unreported_spend(earlier_spend);
-                return Err(error);
+                return Err(with_earlier(error, earlier_spend));
             }
             if !error.is_retryable() {
                 return Err(with_earlier(error, earlier_spend));
@@ -260,8 +259,7 @@ impl<W: WireFormat> HttpProvider<W> {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    self.log_unreported_spend(earlier_spend);
-                    return Err(ProviderError::Canceled);
+                    return Err(ProviderError::Canceled { spent: earlier_spend });
                 }
                 () = tokio::time::sleep(delay) => {}
             }
@@ -297,7 +295,7 @@ impl<W: WireFormat> HttpProvider<W> {
             .send();
         let response = tokio::select! {
             biased;
-            () = cancel.cancelled() => return Err(ProviderError::Canceled.into()),
+            () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }.into()),
             sent = tokio::time::timeout_at(clock.next_wait(), send) => match sent {
                 Err(_) => return Err(clock.elapsed("waiting for the response").into()),
                 Ok(Err(error)) => return Err(transport_error(&error).into()),
@@ -342,10 +340,6 @@ impl<W: WireFormat> HttpProvider<W> {
             Ok(finished) => finished,
             Err((error, reported)) => {
                 let error = match reported.map(|usage| self.priced(request, None, usage)) {
-                    Some(usage) if error.is_canceled() => {
-                        self.log_unreported_spend(Some(usage));
-                        error
-                    }
                     Some(usage) => error.with_spend(usage),
                     None => error,
                 };
@@ -387,7 +381,7 @@ impl<W: WireFormat> HttpProvider<W> {
         loop {
             let next = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(ProviderError::Canceled),
+                () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }),
                 next = tokio::time::timeout_at(clock.next_wait(), events.next()) => next,
             };
             let event = match next {
@@ -410,9 +404,9 @@ impl<W: WireFormat> HttpProvider<W> {
                 text.push_str(&piece);
                 tokio::select! {
                     biased;
-                    () = cancel.cancelled() => return Err(ProviderError::Canceled),
+                    () = cancel.cancelled() => return Err(ProviderError::Canceled { spent: None }),
                     sent = sink.send(piece) => if sent.is_err() {
-                        return Err(ProviderError::Canceled);
+                        return Err(ProviderError::Canceled { spent: None });
                     },
                 }
             }

@@ -13,7 +13,7 @@ pub(super) const MAX_MESSAGE_CHARS: usize = 1000;
 pub(super) fn scrub_error(error: ProviderError, key: Option<&SecretString>) -> ProviderError {
     let clean = |message: String| scrub(&message, key);
     match error {
-        ProviderError::Canceled => ProviderError::Canceled,
+        ProviderError::Canceled { spent } => ProviderError::Canceled { spent },
         // Vendors quote (masked) keys in these: say only what happened.
         ProviderError::Rejected {
             reason: Rejection::Authentication,

@@ -438,7 +438,10 @@ pub(super) async fn cancellation_mid_stream_closes_the_connection(vendor: Vendor
         cancel.cancel();
     };
     let (result, ()) = tokio::join!(call, canceler);
-    assert!(matches!(result, Err(ProviderError::Canceled)), "{result:?}");
+    assert!(
+        matches!(result, Err(ProviderError::Canceled { .. })),
+        "{result:?}"
+    );
     h.fake.wait_closed().await;
     assert_eq!(h.fake.request_count(), 1);
 }

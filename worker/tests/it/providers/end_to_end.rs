@@ -469,3 +469,67 @@ async fn a_primary_that_fails_mid_stream_falls_back_and_watchers_see_its_output_
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_canceled_call_is_metered_for_what_the_vendor_said_it_consumed() {
+    // Anthropic reports the prompt's tokens in message_start, before any text: a call
+    // canceled after that has cost them.
+    let vendor = Vendor::Anthropic;
+    let mut steps = whole(&vendor.answer(&["Once", " upon", " a time"])[..3]);
+    steps.push(super::fake::Step::Hang);
+    let fake = FakeVendor::start(vec![Reply::Stream {
+        headers: vec![],
+        steps,
+    }])
+    .await;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let worker = app
+        .worker_with(&db, 2, Duration::ZERO, |config| {
+            config.providers = vendor.settings(&fake.url(), "sk-ant-test");
+            config.providers.http.stall_timeout = Duration::from_secs(600);
+        })
+        .await;
+    let mut clients = app.admin().await;
+    let workspace_id = clients.workspace("acme").await;
+    let agent = create_agent(&mut clients, &workspace_id, pb::Provider::Anthropic).await;
+    let task = clients.task(&workspace_id, &agent.id, "A story?").await;
+    for _ in 0..600 {
+        if fake.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the worker read message_start before the cancel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clients
+        .tasks
+        .cancel_task(pb::CancelTaskRequest {
+            workspace_id: workspace_id.clone(),
+            id: task.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fake.wait_closed().await;
+    let owner = db.owner_pool().await;
+    let mut metered: Option<(String, i64)> = None;
+    for _ in 0..200 {
+        metered = sqlx::query_as(
+            "SELECT outcome, input_tokens FROM usage_records WHERE task_id = $1::uuid",
+        )
+        .bind(&task.id)
+        .fetch_optional(&owner)
+        .await
+        .unwrap();
+        if metered.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (outcome, input_tokens) = metered.expect("the canceled call is metered");
+    assert_eq!(outcome, "provider_canceled");
+    assert!(input_tokens > 0, "{input_tokens}");
+    worker.shutdown().await;
+    app.stop().await;
+}
