@@ -16,8 +16,11 @@
 --     the cached and reasoning token counts, the vendor's request id, latency, time to first
 --     token, the outcome, the agent, and whether the model was priced.
 --
--- Every CHECK here only widens or is added NOT VALID on a big table (every existing row holds
--- the default, which passes it), so no scan runs under the ACCESS EXCLUSIVE locks, and each
+-- This migration: tasks (the requires_action status, the waited-on calls, usage totals).
+-- Each table of this change is altered by its own migration (20261124900000 to ...900004), so
+-- no transaction holds the ACCESS EXCLUSIVE lock of one hot table while it waits for the
+-- next one's. Every CHECK only widens or is added NOT VALID on a big table (every existing
+-- row holds the default, which passes it), so no scan runs under the lock, and each
 -- statement waits at most 5 s for its lock.
 SET LOCAL lock_timeout = '5s';
 
@@ -33,39 +36,3 @@ ALTER TABLE tasks
     ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD CONSTRAINT tasks_required_action_waiting
     CHECK ((required_action IS NOT NULL) = (status = 'requires_action')) NOT VALID;
-
-ALTER TABLE task_messages DROP CONSTRAINT task_messages_role_check;
-ALTER TABLE task_messages ADD CONSTRAINT task_messages_role_check
-    CHECK (role IN ('system', 'user', 'assistant', 'tool')) NOT VALID;
-ALTER TABLE task_messages ADD COLUMN step integer;
-ALTER TABLE task_messages ADD COLUMN tool_calls jsonb;
-ALTER TABLE task_messages ADD COLUMN tool_call_id text;
-ALTER TABLE task_messages ADD COLUMN is_error boolean NOT NULL DEFAULT false;
-ALTER TABLE task_messages ADD CONSTRAINT task_messages_step_shape
-    CHECK ((step IS NULL OR (step >= 0 AND role = 'assistant'))
-           AND (tool_calls IS NULL OR (role = 'assistant' AND jsonb_typeof(tool_calls) = 'array'))
-           AND ((tool_call_id IS NOT NULL) = (role = 'tool'))) NOT VALID;
-
-ALTER TABLE agents ADD COLUMN tools jsonb NOT NULL DEFAULT '[]'
-    CHECK (jsonb_typeof(tools) = 'array');
-ALTER TABLE agents ADD COLUMN max_steps integer NOT NULL DEFAULT 16
-    CHECK (max_steps BETWEEN 1 AND 100);
-ALTER TABLE agents ADD COLUMN fallbacks jsonb NOT NULL DEFAULT '[]'
-    CHECK (jsonb_typeof(fallbacks) = 'array');
-
-ALTER TABLE usage_records DROP CONSTRAINT usage_records_tenant_id_provider_request_id_key;
-ALTER TABLE usage_records
-    ADD COLUMN agent_id uuid,
-    ADD COLUMN cache_read_input_tokens bigint NOT NULL DEFAULT 0,
-    ADD COLUMN cache_write_input_tokens bigint NOT NULL DEFAULT 0,
-    ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0,
-    ADD COLUMN vendor_request_id text,
-    ADD COLUMN latency_ms bigint,
-    ADD COLUMN first_token_ms bigint,
-    ADD COLUMN outcome text NOT NULL DEFAULT 'ok',
-    ADD COLUMN unpriced boolean NOT NULL DEFAULT false;
-ALTER TABLE usage_records ADD CONSTRAINT usage_records_counts_non_negative
-    CHECK (cache_read_input_tokens >= 0 AND cache_write_input_tokens >= 0
-           AND reasoning_tokens >= 0) NOT VALID;
--- The claim loads the agent's tools, step limit and fallbacks, and the transcript's steps.
-GRANT SELECT (tools, max_steps, fallbacks) ON agents TO agentplane_worker;

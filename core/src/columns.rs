@@ -227,9 +227,12 @@ mod tests {
     /// The CHECK constraints in the migrations list the same names.
     #[test]
     fn the_schema_checks_the_same_names() {
-        // The latest migration that (re)defines tasks_status_check and
+        // The latest migrations that (re)define tasks_status_check and
         // task_messages_role_check.
-        let schema = include_str!("../../migrations/20261124900000_durable_steps.sql");
+        let schema = concat!(
+            include_str!("../../migrations/20261124900000_durable_steps.sql"),
+            include_str!("../../migrations/20261124900002_steps_in_transcripts.sql"),
+        );
         for name in TaskStatus::ALL
             .iter()
             .map(|s| s.as_str())

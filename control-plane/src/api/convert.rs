@@ -222,6 +222,7 @@ pub(super) fn task_message(row: &TaskMessageRow) -> pb::TaskMessage {
                 .map(|calls| calls.0.iter().map(tool_call).collect())
                 .unwrap_or_default(),
             tool_call_id: row.tool_call_id.clone().unwrap_or_default(),
+            is_error: row.is_error,
         }),
         attempt: row.attempt,
         create_time: Some(timestamp(row.created_at)),

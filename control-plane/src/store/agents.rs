@@ -248,7 +248,8 @@ impl TenantTx {
         // release or lapsed lease.
         self.query(
             "UPDATE tasks SET required_labels = $3, updated_at = now() \
-             WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('pending', 'running') \
+             WHERE tenant_id = $1 AND agent_id = $2 \
+               AND status IN ('pending', 'running', 'requires_action') \
                AND required_labels <> $3",
         )
         .bind(id)

@@ -30,6 +30,8 @@ struct Columns<'a> {
     outputs: Vec<&'a str>,
     finish_reasons: Vec<&'a str>,
     message_ids: Vec<Uuid>,
+    message_tasks: Vec<TaskId>,
+    message_contents: Vec<&'a str>,
     message_attempts: Vec<i32>,
     message_positions: Vec<i32>,
     calls: Vec<(Lease, &'a ModelCallRecord)>,
@@ -55,6 +57,7 @@ impl TenantTx {
         &mut self,
         worker: WorkerId,
         endings: &[(Lease, ResultOutcome)],
+        stored_steps: &HashSet<(TaskId, i32)>,
         actor: &str,
     ) -> StoreResult<Vec<LeaseCheck>> {
         if endings.is_empty() {
@@ -82,39 +85,55 @@ impl TenantTx {
             .collect();
 
         let waits = self.recorded_tool_calls(endings).await?;
+        // A held attempt that waits on a step which was never recorded (its report was
+        // refused or lost) cannot wait: it fails, retryable, so that the task is not left
+        // running until its lease lapses.
+        let unrecorded: HashMap<(TaskId, i32), ResultOutcome> = endings
+            .iter()
+            .filter_map(|(lease, outcome)| match outcome {
+                ResultOutcome::RequiresAction { position }
+                    if !waits.contains_key(&(lease.task, *position)) =>
+                {
+                    Some((
+                        (lease.task, lease.attempt),
+                        ResultOutcome::Failure {
+                            code: "step_not_recorded".to_owned(),
+                            message: format!(
+                                "the model's tool calls were not recorded (no step at \
+                                 position {position})"
+                            ),
+                            retryable: true,
+                        },
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
 
         // The first ending of each held attempt is recorded; a repeat in the same batch is
         // judged afterwards, like any report about an attempt no longer held.
         let mut recorded = HashSet::new();
-        let mut refused: HashMap<(TaskId, i32), String> = HashMap::new();
         let mut columns = Columns::default();
         for (lease, outcome) in endings {
             let key = (lease.task, lease.attempt);
             let Some(held) = held.get(&key) else { continue };
-            if recorded.contains(&key) || refused.contains_key(&key) {
+            if !recorded.insert(key) {
                 continue;
             }
+            let outcome = unrecorded.get(&key).unwrap_or(outcome);
             let wait = match outcome {
-                ResultOutcome::RequiresAction { position } => {
-                    match waits.get(&(lease.task, *position)) {
-                        Some(wait) => Some(wait),
-                        None => {
-                            refused.insert(
-                                key,
-                                format!(
-                                    "no step with tool calls is recorded at position {position}"
-                                ),
-                            );
-                            continue;
-                        }
-                    }
-                }
+                ResultOutcome::RequiresAction { position } => waits.get(&(lease.task, *position)),
                 _ => None,
             };
-            recorded.insert(key);
-            columns.add(lease, held, outcome, wait);
+            let answer_stored = match outcome {
+                ResultOutcome::Success { position, .. } => {
+                    stored_steps.contains(&(lease.task, *position))
+                }
+                _ => false,
+            };
+            columns.add(lease, held, outcome, wait, answer_stored);
         }
-        self.record_usage(&columns.calls).await?;
+        self.record_usage(worker, &columns.calls).await?;
         self.write_successes(&columns).await?;
         self.write_failures(&columns).await?;
         self.write_waits(&columns).await?;
@@ -148,8 +167,6 @@ impl TenantTx {
             let key = (lease.task, lease.attempt);
             if recorded.contains(&key) && answered.insert(key) {
                 checks.push(LeaseCheck::Accepted);
-            } else if let Some(reason) = refused.get(&key) {
-                checks.push(LeaseCheck::Rejected(reason.clone()));
             } else {
                 checks.push(self.explain_lost_attempt(worker, *lease).await?);
             }
@@ -213,20 +230,26 @@ impl TenantTx {
                     error_code = NULL, error_message = NULL \
              FROM unnest($2::uuid[], $3::text[], $4::text[]) AS s(id, output, finish_reason) \
              CROSS JOIN LATERAL ( \
-                 SELECT coalesce(sum(r.input_tokens), 0)::bigint AS input_tokens, \
-                        coalesce(sum(r.output_tokens), 0)::bigint AS output_tokens, \
-                        coalesce(sum(r.cost_micros), 0)::bigint AS cost_micros, \
-                        coalesce(sum(r.cache_read_input_tokens), 0)::bigint AS cache_read, \
-                        coalesce(sum(r.cache_write_input_tokens), 0)::bigint AS cache_write, \
-                        coalesce(sum(r.reasoning_tokens), 0)::bigint AS reasoning \
+                 SELECT least(coalesce(sum(r.input_tokens), 0), $5)::bigint AS input_tokens, \
+                        least(coalesce(sum(r.output_tokens), 0), $5)::bigint AS output_tokens, \
+                        least(coalesce(sum(r.cost_micros), 0), $5)::bigint AS cost_micros, \
+                        least(coalesce(sum(r.cache_read_input_tokens), 0), $5)::bigint \
+                            AS cache_read, \
+                        least(coalesce(sum(r.cache_write_input_tokens), 0), $5)::bigint \
+                            AS cache_write, \
+                        least(coalesce(sum(r.reasoning_tokens), 0), $5)::bigint AS reasoning \
                  FROM usage_records r WHERE r.tenant_id = $1 AND r.task_id = s.id) u \
              WHERE t.tenant_id = $1 AND t.id = s.id",
         )
         .bind(&c.done_ids)
         .bind(&c.outputs)
         .bind(&c.finish_reasons)
+        .bind(i64::MAX)
         .execute(self.executor())
         .await?;
+        if c.message_ids.is_empty() {
+            return Ok(());
+        }
         // The answer's assistant message is normally in the transcript already (its step was
         // reported before the result); this writes it only if that report was lost, and for
         // workers that report no position.
@@ -242,8 +265,8 @@ impl TenantTx {
              ON CONFLICT (tenant_id, task_id, position) DO NOTHING",
         )
         .bind(&c.message_ids)
-        .bind(&c.done_ids)
-        .bind(&c.outputs)
+        .bind(&c.message_tasks)
+        .bind(&c.message_contents)
         .bind(&c.message_attempts)
         .bind(&c.message_positions)
         .execute(self.executor())
@@ -325,6 +348,7 @@ impl<'a> Columns<'a> {
         held: &Held,
         outcome: &'a ResultOutcome,
         wait: Option<&RequiredAction>,
+        answer_stored: bool,
     ) {
         let data = match outcome {
             ResultOutcome::Success {
@@ -336,9 +360,14 @@ impl<'a> Columns<'a> {
                 self.done_ids.push(lease.task);
                 self.outputs.push(output);
                 self.finish_reasons.push(finish_reason);
-                self.message_ids.push(Uuid::now_v7());
-                self.message_attempts.push(lease.attempt);
-                self.message_positions.push(*position);
+                // Its step, recorded in this transaction, already holds the answer.
+                if !answer_stored {
+                    self.message_ids.push(Uuid::now_v7());
+                    self.message_tasks.push(lease.task);
+                    self.message_contents.push(output);
+                    self.message_attempts.push(lease.attempt);
+                    self.message_positions.push(*position);
+                }
                 self.calls.extend(calls.iter().map(|call| (*lease, call)));
                 self.event_actions.push("task.succeeded");
                 serde_json::json!({

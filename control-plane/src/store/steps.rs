@@ -2,6 +2,8 @@
 //! reports it, so that a later attempt replays it instead of paying for it again; and every
 //! call that consumed tokens is metered, whatever became of its attempt.
 
+use std::collections::HashSet;
+
 use uuid::Uuid;
 
 use super::{StoreResult, TenantTx};
@@ -12,19 +14,20 @@ impl TenantTx {
     /// Records completed model calls: each call's usage always, and its step (the assistant
     /// message, with its tool calls) only while `worker` holds the attempt. A transcript
     /// position is written once: the first record of it wins, a resend changes nothing.
+    /// Returns the (task, position) of each step written now.
     pub async fn record_steps(
         &mut self,
         worker: WorkerId,
         steps: &[(Lease, &StepRecord)],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<HashSet<(TaskId, i32)>> {
         if steps.is_empty() {
-            return Ok(());
+            return Ok(HashSet::new());
         }
         let calls: Vec<(Lease, &ModelCallRecord)> = steps
             .iter()
             .map(|(lease, step)| (*lease, &step.call))
             .collect();
-        self.record_usage(&calls).await?;
+        self.record_usage(worker, &calls).await?;
         let ids: Vec<Uuid> = steps.iter().map(|_| Uuid::now_v7()).collect();
         let tasks: Vec<TaskId> = steps.iter().map(|(lease, _)| lease.task).collect();
         let attempts: Vec<i32> = steps.iter().map(|(lease, _)| lease.attempt).collect();
@@ -38,8 +41,9 @@ impl TenantTx {
                     .then(|| serde_json::to_string(&step.tool_calls).unwrap_or_default())
             })
             .collect();
-        self.query(
-            "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content, \
+        let stored: Vec<(TaskId, i32)> = self
+            .query_as(
+                "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content, \
                                         attempt, step, tool_calls) \
              SELECT $1, s.id, s.task_id, s.position, 'assistant', s.content, s.attempt, \
                     s.step, s.tool_calls::jsonb \
@@ -48,25 +52,31 @@ impl TenantTx {
                                           tool_calls) \
              JOIN tasks t ON t.tenant_id = $1 AND t.id = s.task_id AND t.attempt = s.attempt \
                          AND t.status = 'running' AND t.worker_id = $9 \
-             ON CONFLICT (tenant_id, task_id, position) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&tasks)
-        .bind(&attempts)
-        .bind(&positions)
-        .bind(&numbers)
-        .bind(&texts)
-        .bind(&tool_calls)
-        .bind(worker)
-        .execute(self.executor())
-        .await?;
-        Ok(())
+             ON CONFLICT (tenant_id, task_id, position) DO NOTHING \
+             RETURNING task_id, position",
+            )
+            .bind(&ids)
+            .bind(&tasks)
+            .bind(&attempts)
+            .bind(&positions)
+            .bind(&numbers)
+            .bind(&texts)
+            .bind(&tool_calls)
+            .bind(worker)
+            .fetch_all(self.executor())
+            .await?;
+        Ok(stored.into_iter().collect())
     }
 
     /// Meters model calls: one usage record per call id, however often it is reported, for
-    /// any attempt of a task of this workspace that has started (a worker that lost its lease
-    /// still paid for its calls). The provider is the call's, else the agent's.
-    pub async fn record_usage(&mut self, calls: &[(Lease, &ModelCallRecord)]) -> StoreResult<()> {
+    /// an attempt `worker` holds or held (a worker that lost its lease still paid for its
+    /// calls; its claim's `task.started` event says it held the attempt). Calls about any
+    /// other attempt are ignored. The provider is the call's, else the agent's.
+    pub async fn record_usage(
+        &mut self,
+        worker: WorkerId,
+        calls: &[(Lease, &ModelCallRecord)],
+    ) -> StoreResult<()> {
         if calls.is_empty() {
             return Ok(());
         }
@@ -110,6 +120,12 @@ impl TenantTx {
                        unpriced, vendor_id, latency_ms, first_token_ms, outcome) \
              JOIN tasks t ON t.tenant_id = $1 AND t.id = c.task_id AND c.attempt <= t.attempt \
              JOIN agents a ON a.tenant_id = $1 AND a.id = t.agent_id \
+             WHERE (t.worker_id = $20 AND t.attempt = c.attempt) \
+                OR EXISTS (SELECT 1 FROM events e \
+                           WHERE e.tenant_id = $1 AND e.resource_id = c.task_id \
+                             AND e.action = 'task.started' \
+                             AND e.actor = 'worker:' || $20::text \
+                             AND e.data ->> 'attempt' = c.attempt::text) \
              ON CONFLICT (tenant_id, id) DO NOTHING",
         )
         .bind(&ids)
@@ -130,6 +146,7 @@ impl TenantTx {
         .bind(&latencies)
         .bind(&first_tokens)
         .bind(&outcomes)
+        .bind(worker)
         .execute(self.executor())
         .await?;
         Ok(())

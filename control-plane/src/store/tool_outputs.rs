@@ -32,12 +32,14 @@ impl TenantTx {
             .fetch_optional(self.executor())
             .await?
             .ok_or(StoreError::NotFound("task"))?;
+        // A repeat of outputs already recorded (the answer to the first call was lost) returns
+        // the task as it is, whatever it has done since.
+        if self.all_answered(id, outputs).await? {
+            return Ok(task);
+        }
         let waiting = match (&task.status, &task.required_action) {
             (TaskStatus::RequiresAction, Some(action)) => action.0.clone(),
             _ => {
-                if self.all_answered(id, outputs).await? {
-                    return Ok(task);
-                }
                 return Err(StoreError::FailedPrecondition(format!(
                     "the task is {} and waits for no tool outputs",
                     task.status

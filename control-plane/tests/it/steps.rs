@@ -373,7 +373,6 @@ async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
         claimed_task(&mut clients, &owner, credential.0, vec![weather_tool()]).await;
     let held = lease(&ws, &task.id, 1);
 
-    // A result that waits on a step nobody recorded is refused.
     let requires_action = |position| {
         In::Result(pb::WorkerResult {
             lease: Some(held.clone()),
@@ -382,11 +381,6 @@ async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
             )),
         })
     };
-    session.send(requires_action(position)).await;
-    let ack = next_ack(&mut session).await;
-    assert!(!ack.accepted, "{ack:?}");
-    assert!(ack.reason.contains("no step with tool calls"), "{ack:?}");
-
     let mut watch = clients
         .tasks
         .watch_task(pb::WatchTaskRequest {
@@ -760,5 +754,35 @@ async fn the_echo_provider_runs_a_tool_round_trip_offline() {
     assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
     assert_eq!(done.output, "get_weather returned: 18C");
     worker.shutdown().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_whose_step_was_not_recorded_fails_the_attempt_retryably() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let owner = db.owner_pool().await;
+    let mut clients = app.admin().await;
+    let credential = app.worker_credential().await;
+    let mut session = Session::open(&app, &credential).await;
+    let (ws, task, position) =
+        claimed_task(&mut clients, &owner, credential.0, vec![weather_tool()]).await;
+    session
+        .send(In::Result(pb::WorkerResult {
+            lease: Some(lease(&ws, &task.id, 1)),
+            outcome: Some(pb::worker_result::Outcome::RequiresAction(
+                pb::WorkerRequiresAction { position },
+            )),
+        }))
+        .await;
+    let ack = next_ack(&mut session).await;
+    assert!(ack.accepted, "{ack:?}");
+    let task = clients.get_task(&ws, &task.id).await;
+    assert_eq!(
+        task.status,
+        pb::TaskStatus::Pending as i32,
+        "queued again, not left running"
+    );
+    assert_eq!(task.error.unwrap().code, "step_not_recorded");
     app.stop().await;
 }

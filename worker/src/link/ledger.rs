@@ -37,14 +37,27 @@ struct Entry {
     steps: Vec<SessionRequest>,
     /// The result or release, kept until acknowledged; `None` while the attempt runs.
     ending: Option<SessionRequest>,
+    /// Where the ending stands among the usage reports (see `Ledger::usage`).
+    ending_seq: u64,
     /// When the lease lapses unless renewed.
     deadline: Instant,
 }
 
-/// Every lease the worker holds: running attempts and endings awaiting their ack.
+/// Most usage reports kept for resending; past it the oldest is dropped (and logged).
+const MAX_PENDING_USAGE: usize = 10_000;
+
+/// Every lease the worker holds: running attempts and endings awaiting their ack; and the
+/// usage reports not yet known to be recorded.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     entries: HashMap<LeaseKey, Entry>,
+    /// Usage reports with their place in the order of reports. The control plane records a
+    /// worker's reports in order, so once an ending sent after a usage report is
+    /// acknowledged, that report is recorded too; until then it is resent after every
+    /// reconnect (recording it is idempotent by call id).
+    usage: Vec<(u64, SessionRequest)>,
+    /// The next place in that order.
+    seq: u64,
 }
 
 impl Ledger {
@@ -58,6 +71,7 @@ impl Ledger {
                 outputs: Vec::new(),
                 steps: Vec::new(),
                 ending: None,
+                ending_seq: 0,
                 deadline,
             },
         );
@@ -145,6 +159,8 @@ impl Ledger {
             self.entries.remove(&lease);
             return None;
         };
+        let seq = self.seq;
+        self.seq += 1;
         let Some(entry) = self.live_entry(lease) else {
             self.entries.remove(&lease);
             return None;
@@ -152,6 +168,7 @@ impl Ledger {
         let message = SessionRequest { kind: Some(kind) };
         entry.outputs = Vec::new();
         entry.ending = Some(message.clone());
+        entry.ending_seq = seq;
         Some(message)
     }
 
@@ -161,11 +178,26 @@ impl Ledger {
         let ended = self
             .entries
             .get(&lease)
-            .is_some_and(|entry| entry.ending.is_some());
-        if ended {
+            .filter(|entry| entry.ending.is_some())
+            .map(|entry| entry.ending_seq);
+        if let Some(ending_seq) = ended {
             self.entries.remove(&lease);
+            self.usage.retain(|(seq, _)| *seq > ending_seq);
         }
-        ended
+        ended.is_some()
+    }
+
+    /// Keeps a usage report (model calls that consumed tokens) until an ending sent after it
+    /// is acknowledged; returns the message to send. Kept whatever became of the attempt:
+    /// spend is metered even for an attempt no longer held.
+    pub(crate) fn usage(&mut self, message: SessionRequest) -> SessionRequest {
+        if self.usage.len() >= MAX_PENDING_USAGE {
+            self.usage.remove(0);
+            tracing::warn!("too many usage reports wait to be resent; dropped the oldest");
+        }
+        self.usage.push((self.seq, message.clone()));
+        self.seq += 1;
+        message
     }
 
     /// Stops an attempt the control plane canceled or declared lost, and drops everything
@@ -222,17 +254,21 @@ impl Ledger {
 
     /// What to send again on a new stream: each attempt's output, then its ending.
     pub(crate) fn replay(&self) -> Vec<SessionRequest> {
-        self.entries
-            .values()
-            .filter(|entry| !entry.attempt.is_abandoned())
-            .flat_map(|entry| {
-                entry
-                    .steps
-                    .iter()
-                    .chain(&entry.outputs)
-                    .chain(entry.ending.iter())
-                    .cloned()
-            })
+        let usage = self.usage.iter().map(|(_, message)| message.clone());
+        usage
+            .chain(
+                self.entries
+                    .values()
+                    .filter(|entry| !entry.attempt.is_abandoned())
+                    .flat_map(|entry| {
+                        entry
+                            .steps
+                            .iter()
+                            .chain(&entry.outputs)
+                            .chain(entry.ending.iter())
+                            .cloned()
+                    }),
+            )
             .collect()
     }
 
@@ -282,9 +318,56 @@ mod tests {
                 Some(session_request::Kind::Output(_)) => "output",
                 Some(session_request::Kind::Result(_)) => "result",
                 Some(session_request::Kind::Release(_)) => "release",
+                Some(session_request::Kind::Step(_)) => "step",
+                Some(session_request::Kind::Usage(_)) => "usage",
                 _ => "other",
             })
             .collect()
+    }
+
+    fn usage_report() -> SessionRequest {
+        SessionRequest {
+            kind: Some(session_request::Kind::Usage(
+                agentplane_proto::v1::WorkerUsage {
+                    lease: None,
+                    calls: Vec::new(),
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn steps_ride_with_their_ending_and_usage_until_a_later_ending_is_acknowledged() {
+        let shutdown = CancellationToken::new();
+        let mut ledger = Ledger::default();
+        let first = attempt(&shutdown);
+        let second = attempt(&shutdown);
+        let (one, two) = (first.lease, second.lease);
+        ledger.register(first, LEASE);
+        ledger.register(second, LEASE);
+        ledger.usage(usage_report());
+        assert!(ledger.step(one, WorkerStep::default()).is_some());
+        assert!(ledger.finish(one, failure()).is_some());
+        ledger.usage(usage_report());
+        assert_eq!(
+            kinds(&ledger.replay())
+                .into_iter()
+                .filter(|k| *k != "output")
+                .collect::<Vec<_>>(),
+            ["usage", "usage", "step", "result"],
+            "usage first, then each attempt's step before its ending"
+        );
+        // The ending of `one` was sent after the first usage report, not the second.
+        assert!(ledger.acknowledge(one));
+        assert_eq!(kinds(&ledger.replay()), ["usage"]);
+        assert!(ledger.finish(two, failure()).is_some());
+        assert!(ledger.acknowledge(two));
+        assert!(
+            ledger.replay().is_empty(),
+            "recorded once a later ending is acked"
+        );
+        // A step of an attempt no longer held is refused (the link meters its call).
+        assert!(ledger.step(two, WorkerStep::default()).is_none());
     }
 
     #[test]

@@ -78,8 +78,9 @@ pub(crate) enum Outbound {
         attempt: Arc<Attempt>,
         step: Box<WorkerStep>,
     },
-    /// Model calls that failed after consuming tokens: sent once if connected, even for an
-    /// attempt no longer held (its spend is metered all the same).
+    /// Model calls that failed after consuming tokens: sent even for an attempt no longer
+    /// held (its spend is metered all the same), and resent after reconnects until an ending
+    /// sent after it is acknowledged.
     Usage {
         attempt: Arc<Attempt>,
         calls: Vec<ModelCall>,
@@ -305,13 +306,16 @@ impl Link {
                         data: Some(data),
                     })),
                 }),
-            Outbound::Step { attempt, step } => self.ledger.step(attempt.lease, *step),
-            Outbound::Usage { attempt, calls } => Some(SessionRequest {
-                kind: Some(session_request::Kind::Usage(WorkerUsage {
-                    lease: Some(attempt.lease.to_proto()),
-                    calls,
-                })),
-            }),
+            Outbound::Step { attempt, step } => {
+                let call = step.call.clone();
+                match self.ledger.step(attempt.lease, *step) {
+                    Some(message) => Some(message),
+                    // The attempt is no longer held (revoked, lapsed, ended): its step does
+                    // not count, but its call was paid for.
+                    None => call.map(|call| self.usage_report(&attempt, vec![call])),
+                }
+            }
+            Outbound::Usage { attempt, calls } => Some(self.usage_report(&attempt, calls)),
             Outbound::Finish { attempt, ending } => {
                 let outgoing = self.ledger.finish(attempt.lease, ending);
                 self.settle_drains();
@@ -323,6 +327,16 @@ impl Link {
                 None
             }
         }
+    }
+
+    /// A usage report, kept in the ledger until it is known to be recorded.
+    fn usage_report(&mut self, attempt: &Attempt, calls: Vec<ModelCall>) -> SessionRequest {
+        self.ledger.usage(SessionRequest {
+            kind: Some(session_request::Kind::Usage(WorkerUsage {
+                lease: Some(attempt.lease.to_proto()),
+                calls,
+            })),
+        })
     }
 
     /// Stops the attempts whose lease ran out without renewal.

@@ -4,12 +4,14 @@
 //! step, before the attempt's result, so that a later attempt replays it instead of paying
 //! for it again.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use agentplane_core::columns::Provider;
+use agentplane_core::limits::MAX_MODEL_CALL_FIELD_CHARS;
 use agentplane_core::limits::MAX_OUTPUT_BYTES;
 use agentplane_core::text::without_nul;
-use agentplane_core::tools::MAX_TOOL_CALLS;
+use agentplane_core::tools::{MAX_TOOL_ARGUMENTS_BYTES, MAX_TOOL_CALL_ID_CHARS, MAX_TOOL_CALLS};
 use agentplane_proto::v1::{
     ModelCall, ToolCall as WireToolCall, Usage, WorkerRequiresAction, WorkerStep, WorkerSuccess,
     worker_result,
@@ -25,7 +27,9 @@ use super::{
 };
 use crate::lease::Attempt;
 use crate::link::Outbound;
-use crate::provider::{ModelResponse, ModelUsage, ProviderError};
+use crate::provider::{
+    ModelResponse, ModelUsage, ProviderError, ToolCall, made_up_tool_call_id, spend_of,
+};
 
 /// How one call ended.
 enum Called {
@@ -49,6 +53,7 @@ pub(super) async fn call_step(
         mut request,
         choices,
         tool_names,
+        used_call_ids,
     } = next;
     let request_id = request.request_id.clone();
     // One numbering of output deltas for the whole attempt, across fallbacks.
@@ -122,7 +127,24 @@ pub(super) async fn call_step(
                 .map_or(0, |first| millis(first.saturating_duration_since(started))),
         };
         let called = match (result, forwarded) {
-            (_, Err(too_large)) => Called::TooLarge(too_large),
+            (result, Err(too_large)) => {
+                // Stopped at the output cap: the call still cost what the vendor said.
+                if let Some(spent) = spend_of(&result) {
+                    let record = CallRecord {
+                        step,
+                        request_id: &request_id,
+                        provider: *provider_name,
+                        model,
+                        timing,
+                    };
+                    let usage = Outbound::Usage {
+                        attempt: Arc::clone(attempt),
+                        calls: vec![record.call(&spent, None, "output_too_large")],
+                    };
+                    let _ = context.link.send(usage).await;
+                }
+                Called::TooLarge(too_large)
+            }
             (Ok(response), Ok(())) => Called::Answered(response),
             (Err(error), Ok(())) => Called::Failed(error),
         };
@@ -135,7 +157,11 @@ pub(super) async fn call_step(
         };
         match called {
             Called::Answered(response) => {
-                return answered(context, attempt, record, position, &tool_names, response).await;
+                let known = Known {
+                    tool_names: &tool_names,
+                    used_call_ids: &used_call_ids,
+                };
+                return answered(context, attempt, record, position, known, response).await;
             }
             Called::TooLarge(OutputTooLarge { streamed }) => {
                 return failure(
@@ -263,6 +289,30 @@ async fn fall_back(
     let _ = context.link.send(event).await;
 }
 
+/// What the step's tool calls are checked against.
+struct Known<'a> {
+    /// The agent's tools.
+    tool_names: &'a [String],
+    /// Call ids earlier steps used.
+    used_call_ids: &'a [String],
+}
+
+/// Gives every call of a step an id that is storable and unique within the task: a vendor's
+/// id that is missing, too long, or already used (some OpenAI-compatible servers number
+/// their calls from `call_0` in every response) is replaced by one derived from the request
+/// id and the call's index, the same on every attempt.
+fn settle_call_ids(calls: &mut [ToolCall], request_id: &str, used: &[String]) {
+    let mut seen: HashSet<String> = used.iter().cloned().collect();
+    for (index, call) in calls.iter_mut().enumerate() {
+        let chars = call.id.chars().count();
+        let storable = (1..=MAX_TOOL_CALL_ID_CHARS).contains(&chars) && !call.id.contains('\0');
+        if !storable || seen.contains(&call.id) {
+            call.id = made_up_tool_call_id(request_id, index);
+        }
+        seen.insert(call.id.clone());
+    }
+}
+
 /// The model answered: report the step, then end the attempt with the answer, or waiting
 /// for the outputs of the tools it called.
 async fn answered(
@@ -270,11 +320,26 @@ async fn answered(
     attempt: &Arc<Attempt>,
     record: CallRecord<'_>,
     position: i32,
-    tool_names: &[String],
-    response: ModelResponse,
+    known: Known<'_>,
+    mut response: ModelResponse,
 ) -> Outcome {
-    let mut call = record.call(&response.usage, Some(&response.model), "ok");
-    call.vendor_request_id = response.vendor_request_id.clone().unwrap_or_default();
+    settle_call_ids(
+        &mut response.tool_calls,
+        record.request_id,
+        known.used_call_ids,
+    );
+    // The model the vendor names is stored with the usage; one too long to store (a local
+    // server's file path) gives way to the model asked for.
+    let answered_by = (response.model.chars().count() <= MAX_MODEL_CALL_FIELD_CHARS
+        && !response.model.contains('\0'))
+    .then_some(response.model.as_str());
+    let mut call = record.call(&response.usage, answered_by, "ok");
+    // Kept only if storable, like the model's name.
+    call.vendor_request_id = response
+        .vendor_request_id
+        .clone()
+        .filter(|id| id.chars().count() <= MAX_MODEL_CALL_FIELD_CHARS && !id.contains('\0'))
+        .unwrap_or_default();
     let text = without_nul(&response.text).into_owned();
     // A step that cannot be stored is not reported: the call is metered and the attempt
     // fails.
@@ -296,11 +361,26 @@ async fn answered(
             ),
             true,
         ))
+    } else if let Some(large) = response
+        .tool_calls
+        .iter()
+        .find(|call| call.arguments.len() > MAX_TOOL_ARGUMENTS_BYTES)
+    {
+        Some(failure(
+            "tool_call_too_large",
+            format!(
+                "the model called {:?} with {} bytes of arguments; at most \
+                 {MAX_TOOL_ARGUMENTS_BYTES} are allowed",
+                large.name,
+                large.arguments.len()
+            ),
+            false,
+        ))
     } else {
         response
             .tool_calls
             .iter()
-            .find(|call| !tool_names.contains(&call.name))
+            .find(|call| !known.tool_names.contains(&call.name))
             .map(|unknown| {
                 failure(
                     "unknown_tool",
@@ -361,4 +441,47 @@ async fn answered(
             position,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str) -> ToolCall {
+        ToolCall {
+            id: id.to_owned(),
+            name: "run".to_owned(),
+            arguments: "{}".to_owned(),
+        }
+    }
+
+    #[test]
+    fn call_ids_are_made_storable_and_unique_within_the_task() {
+        let mut calls = vec![
+            call("call_0"),
+            call("call_0"),
+            call(""),
+            call(&"x".repeat(MAX_TOOL_CALL_ID_CHARS + 1)),
+            call("fresh"),
+            call("bad\0id"),
+        ];
+        settle_call_ids(&mut calls, "task-3", &["call_0".to_owned()]);
+        let ids: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids[4], "fresh", "a good vendor id is kept");
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        assert!(
+            !unique.contains("call_0"),
+            "an id an earlier step used is replaced"
+        );
+        assert!(
+            ids.iter().all(|id| !id.is_empty()
+                && id.len() <= MAX_TOOL_CALL_ID_CHARS
+                && !id.contains('\0'))
+        );
+        // The same on every attempt.
+        let mut again = vec![call("call_0")];
+        settle_call_ids(&mut again, "task-3", &["call_0".to_owned()]);
+        assert_eq!(again[0].id, ids[0]);
+    }
 }

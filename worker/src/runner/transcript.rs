@@ -38,6 +38,8 @@ pub(super) struct NextStep {
     pub(super) choices: Vec<(Provider, String)>,
     /// The names of the tools the model may call.
     pub(super) tool_names: Vec<String>,
+    /// The ids of the tool calls earlier steps made: a call id is unique within its task.
+    pub(super) used_call_ids: Vec<String>,
 }
 
 /// Reads the transcript: a replayed ending, the next call, or a failure for a task that
@@ -87,6 +89,10 @@ pub(super) fn plan(task: &ClaimedTask) -> Result<Plan, Outcome> {
         .map_err(|error| invalid_agent(format!("the agent's tools are invalid: {error}")))?;
     let choices = choices(task)?;
     let (system, messages) = conversation(&task.messages)?;
+    let used_call_ids = messages
+        .iter()
+        .flat_map(|message| message.tool_calls.iter().map(|call| call.id.clone()))
+        .collect();
     let request = ModelRequest {
         request_id: provider_request_id(task.task_id, step),
         model: choices[0].1.clone(),
@@ -109,6 +115,7 @@ pub(super) fn plan(task: &ClaimedTask) -> Result<Plan, Outcome> {
         request,
         choices,
         tool_names: tools.into_iter().map(|tool| tool.name).collect(),
+        used_call_ids,
     }))
 }
 

@@ -259,18 +259,22 @@ fn model_call(field: &str, call: &pb::ModelCall, problems: &mut Vec<String>) -> 
              characters without NUL"
         ));
     }
+    let counts = [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_write_input_tokens,
+        usage.reasoning_tokens,
+    ];
     if call.step < 0
-        || usage.input_tokens < 0
-        || usage.output_tokens < 0
-        || usage.cost_micros < 0
-        || usage.cache_read_input_tokens < 0
-        || usage.cache_write_input_tokens < 0
-        || usage.reasoning_tokens < 0
+        || counts.iter().any(|n| !(0..=MAX_CALL_TOKENS).contains(n))
+        || !(0..=MAX_CALL_COST_MICROS).contains(&usage.cost_micros)
         || call.latency_ms < 0
         || call.first_token_ms < 0
     {
         problems.push(format!(
-            "{field}: step, usage and timings must not be negative"
+            "{field}: step, usage and timings must not be negative, token counts at most \
+             {MAX_CALL_TOKENS} and the cost at most {MAX_CALL_COST_MICROS} micro-dollars"
         ));
     }
     let id = if call.id.is_empty() {
@@ -307,8 +311,14 @@ fn model_call(field: &str, call: &pb::ModelCall, problems: &mut Vec<String>) -> 
     }
 }
 
-/// A reported step, or what is wrong with it. The lease must parse; the rest of a bad step
-/// is refused as a whole (its session goes on).
+/// Most tokens of any kind one call may report (a million times the largest context
+/// window): more is a broken worker or server, and would only overflow sums.
+const MAX_CALL_TOKENS: i64 = 1_000_000_000_000;
+/// Most one call may cost, in micro-dollars ($1 billion).
+const MAX_CALL_COST_MICROS: i64 = 1_000_000_000_000_000;
+
+/// A reported step, or what is wrong with it. The lease must parse; a step whose content is
+/// refused is still metered (its call was paid for) when the call itself parses.
 fn step_report(step: pb::WorkerStep) -> Result<Report, ApiError> {
     let mut v = Violations::new();
     let lease = lease(&mut v, "step.lease", step.lease.as_ref());
@@ -378,6 +388,20 @@ fn step_report(step: pb::WorkerStep) -> Result<Report, ApiError> {
     v.finish()?;
     let lease = required(lease, "step.lease")?;
     if !problems.is_empty() {
+        let mut call_problems = Vec::new();
+        if let Some(wire) = &step.call {
+            let call = model_call("step.call", wire, &mut call_problems);
+            if call_problems.is_empty() {
+                tracing::warn!(
+                    problems = %problems.join("; "),
+                    "refusing a worker's step; metering its call only"
+                );
+                return Ok(Report::Usage {
+                    lease,
+                    calls: vec![call],
+                });
+            }
+        }
         return Err(ApiError::invalid("step", problems.join("; ")));
     }
     Ok(Report::Step {

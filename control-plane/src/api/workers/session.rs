@@ -272,8 +272,8 @@ impl Session {
                 }
             }
             // Steps first: a result that waits for tool outputs needs its step recorded.
-            tx.record_steps(self.worker, &steps).await?;
-            tx.record_usage(&usage).await?;
+            let stored_steps = tx.record_steps(self.worker, &steps).await?;
+            tx.record_usage(self.worker, &usage).await?;
             for report in reports {
                 match report {
                     Report::Event {
@@ -309,7 +309,7 @@ impl Session {
                 }
             }
             let checks = tx
-                .record_results(self.worker, &results, &self.actor)
+                .record_results(self.worker, &results, &stored_steps, &self.actor)
                 .await?;
             tx.commit().await?;
             output.stored(&deltas, &chains);
