@@ -533,3 +533,104 @@ async fn a_canceled_call_is_metered_for_what_the_vendor_said_it_consumed() {
     worker.shutdown().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_primary_answering_500s_falls_back_after_its_retries_and_a_401_does_not() {
+    // Anthropic fails with 500 on every try (the first and two retries), then OpenAI answers.
+    let primary = Vendor::Anthropic;
+    let server_error = || Reply::Status {
+        status: 500,
+        headers: vec![],
+        body: primary.error_body(500, "internal error"),
+    };
+    let failing = FakeVendor::start(vec![server_error(), server_error(), server_error()]).await;
+    let fallback = Vendor::OpenAi;
+    let answering = FakeVendor::start(vec![Reply::Stream {
+        headers: vec![],
+        steps: whole(&fallback.answer(&["Saved", " by the fallback"])),
+    }])
+    .await;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let worker = app
+        .worker_with(&db, 2, Duration::ZERO, |config| {
+            let mut settings = primary.settings(&failing.url(), "sk-ant-test");
+            settings.openai = fallback.settings(&answering.url(), "sk-test").openai;
+            config.providers = settings;
+        })
+        .await;
+    let mut clients = app.admin().await;
+    let workspace_id = clients.workspace("acme").await;
+    let agent = clients
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            workspace_id: workspace_id.clone(),
+            agent: Some(pb::Agent {
+                name: "resilient".to_owned(),
+                provider: pb::Provider::Anthropic.into(),
+                model: MODEL.to_owned(),
+                fallbacks: vec![pb::ModelChoice {
+                    provider: pb::Provider::Openai.into(),
+                    model: MODEL.to_owned(),
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let task = clients.task(&workspace_id, &agent.id, "Hello?").await;
+    let done = clients.wait_terminal(&workspace_id, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Succeeded as i32, "{done:?}");
+    assert_eq!(done.output, "Saved by the fallback");
+    assert_eq!(
+        failing.request_count(),
+        3,
+        "the primary's retries came first"
+    );
+    assert_eq!(answering.request_count(), 1);
+    let owner = db.owner_pool().await;
+    let code: String = sqlx::query_scalar(
+        "SELECT data ->> 'code' FROM events \
+         WHERE resource_id = $1::uuid AND action = 'task.provider_fallback'",
+    )
+    .bind(&task.id)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(code, "provider_server_error");
+
+    // A permanent error does not fall back: 401 fails the task at once.
+    let refusing = FakeVendor::start(vec![Reply::Status {
+        status: 401,
+        headers: vec![],
+        body: primary.error_body(401, "invalid x-api-key"),
+    }])
+    .await;
+    let app2 = TestApp::spawn(&db).await;
+    let worker2 = app2
+        .worker_with(&db, 2, Duration::ZERO, |config| {
+            let mut settings = primary.settings(&refusing.url(), "sk-ant-wrong");
+            settings.openai = fallback.settings(&answering.url(), "sk-test").openai;
+            config.providers = settings;
+        })
+        .await;
+    worker.shutdown().await;
+    let task = clients.task(&workspace_id, &agent.id, "Hello again?").await;
+    let done = clients.wait_terminal(&workspace_id, &task.id).await;
+    assert_eq!(done.status, pb::TaskStatus::Failed as i32, "{done:?}");
+    assert_eq!(done.error.unwrap().code, "provider_authentication_failed");
+    assert_eq!(done.attempt, 1, "not retried");
+    assert_eq!(refusing.request_count(), 1);
+    assert_eq!(
+        answering.request_count(),
+        1,
+        "no fallback after a permanent error"
+    );
+    worker2.shutdown().await;
+    app2.stop().await;
+    app.stop().await;
+}
