@@ -364,21 +364,13 @@ async fn mark_running(
     lease: Duration,
 ) -> Result<Vec<StartedTask>, sqlx::Error> {
     let (tenants, task_ids) = unzip_pairs(chosen.iter().map(|c| (c.tenant_id, c.task_id)));
-    // The guard is written `IS NOT DISTINCT FROM` (the same test: status is never null) so
-    // that it does not match the predicate of the partial index `tasks_queue`: with
-    // `status = 'pending'` the planner could take that index, and whenever the statistics
-    // were taken while few tasks were pending (a backlog that grew since, or a table whose
-    // history keeps autovacuum's analyze threshold high) it did, joining every pending task
-    // against the chosen ones: 3-8 ms per claim while CreateTask calls filled the queue,
-    // against a lookup by primary key per chosen task.
     sqlx::query_as(
         "UPDATE tasks AS t \
          SET status = 'running', attempt = t.attempt + 1, worker_id = $3, \
              lease_expires_at = now() + make_interval(secs => $4), \
              started_at = now(), updated_at = now() \
          FROM unnest($1::uuid[], $2::uuid[]) AS c(tenant_id, id) \
-         WHERE t.tenant_id = c.tenant_id AND t.id = c.id \
-           AND t.status IS NOT DISTINCT FROM 'pending' \
+         WHERE t.tenant_id = c.tenant_id AND t.id = c.id AND t.status = 'pending' \
          RETURNING t.tenant_id, t.id, t.agent_id, t.attempt, t.run_at, t.traceparent",
     )
     .bind(tenants)
