@@ -30,6 +30,7 @@ use crate::api::{
     TaskCreator, WorkerApi, WorkerCredentialApi, WorkspaceApi,
 };
 use crate::auth::jwt::JwtVerifier;
+use crate::auth::key_cache::ApiKeyCache;
 use crate::auth::last_used::LastUsed;
 use crate::auth::revocations::Revocations;
 use crate::auth::{AuthLayer, Authenticator};
@@ -143,6 +144,7 @@ impl Application {
             shutdown: streams,
             streams: StreamSlots::new(config.max_streams),
             revocations: Revocations::default(),
+            api_keys: ApiKeyCache::default(),
         });
         Ok(Self {
             listener,
@@ -219,7 +221,8 @@ impl Application {
             config.credentials.clone(),
             state.store.clone(),
             last_used.clone(),
-        );
+        )
+        .with_key_cache(state.api_keys.clone());
         if let Some(jwt) = &config.jwt {
             authenticator = authenticator.with_jwt(JwtVerifier::new(jwt)?);
         }

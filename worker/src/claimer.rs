@@ -26,6 +26,11 @@ use crate::runner::{self, RunContext};
 use crate::spawn::spawn_named;
 use agentplane_core::ids::TenantId;
 
+/// How long a busy worker waits for more of its slots to free before it claims, when
+/// fewer than half are free. A claim is a transaction of about ten statements whatever its
+/// size, so claiming one task per freed slot multiplied the database's work per task; an
+/// idle worker (half or more of its slots free) claims at once.
+const CLAIM_GATHER: Duration = Duration::from_millis(5);
 /// First pause of the idle poll backoff.
 const POLL_INTERVAL_MIN: Duration = Duration::from_millis(50);
 /// Rounds of workspaces a claim loop goes through at once when each took nothing but left
@@ -117,15 +122,29 @@ impl Claimer {
         }
     }
 
-    /// Waits for one free slot, then takes every other free one. `None` if the semaphore
-    /// was closed.
+    /// Waits for one free slot, then takes every other free one; if that is less than half
+    /// the capacity, it waits up to [`CLAIM_GATHER`] for more to free. `None` if the
+    /// semaphore was closed.
     async fn free_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
         let first = Arc::clone(&self.slots).acquire_owned().await.ok()?;
         let mut permits = vec![first];
-        while permits.len() < usize::try_from(self.capacity).unwrap_or(usize::MAX) {
-            match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
+        let capacity = usize::try_from(self.capacity).unwrap_or(usize::MAX);
+        let enough = capacity.div_ceil(2);
+        let deadline = tokio::time::Instant::now() + CLAIM_GATHER;
+        loop {
+            while permits.len() < capacity {
+                match Arc::clone(&self.slots).try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            if permits.len() >= enough {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
+                Ok(Ok(permit)) => permits.push(permit),
+                // Closed, or time is up: claim with what is free.
+                Ok(Err(_)) | Err(_) => break,
             }
         }
         Some(permits)

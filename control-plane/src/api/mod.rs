@@ -53,6 +53,8 @@ pub struct AppState {
     pub streams: StreamSlots,
     /// Revoked worker credentials: a revoked worker's session ends.
     pub revocations: crate::auth::revocations::Revocations,
+    /// API keys read recently, shared with the authenticator; RevokeApiKey forgets its key.
+    pub api_keys: crate::auth::key_cache::ApiKeyCache,
 }
 
 /// The stream cap (`--max-streams`): with the per-stream bound below, it bounds what streams

@@ -16,6 +16,7 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod key_cache;
 pub mod last_used;
 pub mod revocations;
 pub mod secret;
@@ -36,6 +37,7 @@ use tower::{Layer, Service};
 use crate::error::ApiError;
 use crate::ids::{ApiKeyId, TenantId, UserId, WorkerId};
 use crate::store::Store;
+use key_cache::ApiKeyCache;
 use last_used::LastUsed;
 use table::{Access, Permission};
 
@@ -227,6 +229,9 @@ pub struct Authenticator {
     credentials: Credentials,
     store: Store,
     last_used: LastUsed,
+    /// API keys read recently (`key_cache.rs`: a revocation on another replica takes up to
+    /// a second to reach this one).
+    keys: ApiKeyCache,
     jwt: Option<Arc<jwt::JwtVerifier>>,
     /// Authentication failures, counted and slowed down per source.
     throttle: Arc<throttle::FailureThrottle>,
@@ -244,6 +249,7 @@ impl Authenticator {
             credentials,
             store,
             last_used,
+            keys: ApiKeyCache::default(),
             jwt: None,
             throttle: Arc::default(),
             users: Arc::default(),
@@ -253,6 +259,13 @@ impl Authenticator {
     /// Authentication failures since start.
     pub fn failures(&self) -> u64 {
         self.throttle.total()
+    }
+
+    /// Shares `keys` with the handler that revokes keys, so a revocation stops its key at
+    /// once on this replica.
+    pub fn with_key_cache(mut self, keys: ApiKeyCache) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Also accepts users' JWTs that `verifier` verifies.
@@ -308,7 +321,17 @@ impl Authenticator {
     }
 
     async fn authenticate_key(&self, id: ApiKeyId, token: &str) -> Result<Principal, ApiError> {
-        let key = self.store.api_key_for_authentication(id).await?;
+        let now = tokio::time::Instant::now();
+        let key = match self.keys.get(id, now) {
+            Some(key) => Some(key),
+            None => {
+                let key = self.store.api_key_for_authentication(id).await?;
+                if let Some(key) = &key {
+                    self.keys.insert(id, key.clone(), now);
+                }
+                key
+            }
+        };
         let Some(key) = key else {
             // Hash anyway, so an unknown id costs what a known one does.
             let _ = secret::matches(token, &[0u8; 32]);

@@ -4,6 +4,7 @@
 
 mod agents;
 mod api_keys;
+mod attempt_events;
 mod attempts;
 mod events;
 mod live_output;
@@ -30,6 +31,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use agents::AgentRow;
 pub use api_keys::{ApiKeyCredential, ApiKeyRow, NewApiKey};
+pub use attempt_events::AttemptEvent;
 pub use attempts::LeaseCheck;
 pub use events::{EventRow, NewEvent};
 pub use live_output::PendingDelta;

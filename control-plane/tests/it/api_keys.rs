@@ -392,3 +392,61 @@ async fn bootstrap_creates_a_workspace_and_an_admin_key_that_works() {
     c.echo_agent(&ws, "coder").await;
     app.stop().await;
 }
+
+/// Replicas remember keys for at most a second (`auth/key_cache.rs`): a key revoked on one
+/// replica stops there at once, and on every other replica within that second.
+#[tokio::test]
+async fn a_revoked_key_stops_at_once_where_revoked_and_within_a_second_elsewhere() {
+    let db = TestDb::new().await;
+    let (one, two) = (TestApp::spawn(&db).await, TestApp::spawn(&db).await);
+    let mut platform = one.admin().await;
+    let ws = platform.create_workspace("keys-replicas").await;
+    let created = create_key(&mut platform, &ws, pb::WorkspaceRole::Admin, None)
+        .await
+        .unwrap();
+    let key = created.api_key.unwrap();
+    let mut on_one = Clients::new(one.channel().await, &created.secret);
+    let mut on_two = Clients::new(two.channel().await, &created.secret);
+    // Both replicas have read the key.
+    assert!(identity(&mut on_one, &ws).await.is_ok());
+    assert!(identity(&mut on_two, &ws).await.is_ok());
+    // A wrong secret for a remembered key is refused like any other.
+    let (head, last) = created.secret.split_at(created.secret.len() - 1);
+    let other = if last == "x" { "y" } else { "x" };
+    let mut forged = Clients::new(two.channel().await, &format!("{head}{other}"));
+    assert_eq!(
+        identity(&mut forged, &ws).await.unwrap_err(),
+        Code::Unauthenticated
+    );
+
+    on_one
+        .api_keys
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            workspace_id: ws.clone(),
+            id: key.id.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let revoked_at = std::time::Instant::now();
+    assert_eq!(
+        identity(&mut on_one, &ws).await.unwrap_err(),
+        Code::Unauthenticated
+    );
+    // The other replica may still accept it while its read of the key (made before the
+    // revocation) is less than a second old: so a call sent later than that is refused.
+    loop {
+        let sent = revoked_at.elapsed();
+        match identity(&mut on_two, &ws).await {
+            Err(code) => {
+                assert_eq!(code, Code::Unauthenticated);
+                break;
+            }
+            Ok(_) => assert!(
+                sent < Duration::from_secs(1),
+                "a call sent {sent:?} after the revocation was accepted"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -277,3 +277,86 @@ async fn heartbeats_renew_leases_while_results_wait_behind_a_lock() {
     assert!(result.accepted, "{result:?}");
     app.stop().await;
 }
+
+fn progress(ws: &str, task: &str, attempt: i32, step: f64) -> In {
+    let mut data = prost_types::Struct::default();
+    data.fields.insert(
+        "step".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(step)),
+        },
+    );
+    In::Event(pb::WorkerEvent {
+        lease: Some(pb::LeaseRef {
+            workspace_id: ws.to_owned(),
+            task_id: task.to_owned(),
+            attempt,
+        }),
+        action: "task.progress".into(),
+        data: Some(data),
+    })
+}
+
+#[tokio::test]
+async fn reported_events_are_appended_in_order_for_held_attempts_only() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let (ws, task, mut session) = running_task(&db, &app, "events-batch").await;
+    // Sent back to back, so they are recorded in one batch or a few: either way in order,
+    // and an event about an attempt the worker does not hold, or sent after it gave the
+    // attempt back, is dropped.
+    session.send(progress(&ws, &task, 1, 0.0)).await;
+    session.send(progress(&ws, &task, 2, 1.0)).await;
+    session.send(progress(&ws, &task, 1, 2.0)).await;
+    session
+        .send(In::Release(pb::WorkerRelease {
+            lease: Some(pb::LeaseRef {
+                workspace_id: ws.clone(),
+                task_id: task.clone(),
+                attempt: 1,
+            }),
+        }))
+        .await;
+    session.send(progress(&ws, &task, 1, 3.0)).await;
+    session.settle(&ws).await;
+
+    let mut c = app.with_key(&ws, pb::WorkspaceRole::Admin).await;
+    let mut steps = Vec::new();
+    for _ in 0..300 {
+        let events = c
+            .events
+            .list_events(pb::ListEventsRequest {
+                workspace_id: ws.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        if let Some(released) = actions.iter().position(|a| *a == "task.released") {
+            assert!(
+                !actions[released..].contains(&"task.progress"),
+                "{actions:?}"
+            );
+            steps = events
+                .iter()
+                .filter(|e| e.action == "task.progress")
+                .map(|e| {
+                    assert_eq!(e.resource_id, task);
+                    e.data.as_ref().unwrap().fields["step"].clone()
+                })
+                .collect();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let steps: Vec<f64> = steps
+        .into_iter()
+        .map(|v| match v.kind {
+            Some(prost_types::value::Kind::NumberValue(n)) => n,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(steps, vec![0.0, 2.0]);
+}

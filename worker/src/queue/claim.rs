@@ -3,7 +3,7 @@
 //! 1. List the workspaces with pending tasks, starting after the workspace the worker's
 //!    previous claim ended with and wrapping around (a skip scan over the partial index
 //!    `tasks_queue`, one probe per workspace), with each one's cap on running tasks.
-//! 2. Lock up to `4 × max` candidates, split evenly among those workspaces, each workspace's
+//! 2. Lock up to `2 × max` candidates, split evenly among those workspaces, each workspace's
 //!    in its claim order `(priority DESC, created_at, id)`: due (`run_at <= now()`), labels
 //!    matched by the worker, `FOR UPDATE SKIP LOCKED`. No per-row test of the agent's room:
 //!    counting an agent's running tasks for every candidate made the claim's cost grow with
@@ -20,7 +20,8 @@
 //!    that are out of room, so one busy agent cannot starve the others (advisory locks are
 //!    only tried on these later passes, as they are taken out of sorted order).
 //! 7. Mark the chosen tasks running, append a `task.started` event each, load transcripts,
-//!    notify, commit. Unchosen candidates are released by the commit.
+//!    notify, commit (without waiting for the disk: `bound_claim_waits` says why that is
+//!    safe). Unchosen candidates are released by the commit.
 //!
 //! Lock waits are bounded to 5 s and statements to 30 s; a claim that times out claims
 //! nothing (with a warning) and the loop tries again later.
@@ -36,12 +37,14 @@ use uuid::Uuid;
 use super::choose::{AgentKey, AgentState, Candidate, ClaimPlan, round_robin};
 use super::round::{list_workspaces, select_candidates};
 use super::{
-    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, WorkerLabels, bound_waits,
+    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, WorkerLabels, bound_claim_waits,
     is_wait_timeout, unzip_pairs,
 };
 
-/// Candidates looked at per task wanted.
-const WINDOW_PER_TASK: usize = 4;
+/// Candidates looked at (and locked) per task wanted. Each locked candidate costs a row lock
+/// and its WAL; at 4 per task, the candidates a claim locked and released were three times
+/// the tasks it took. The passes after the first look past full agents.
+const WINDOW_PER_TASK: usize = 2;
 /// Candidate passes per claim; later passes skip the agents that are out of room.
 const MAX_PASSES: usize = 3;
 /// Workspaces visited per task wanted, and at most per claim: enough to fill the claim when
@@ -122,7 +125,7 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     let window = max.saturating_mul(WINDOW_PER_TASK);
     let round_size = max.saturating_mul(WORKSPACES_PER_TASK).min(MAX_WORKSPACES);
     let mut tx = pool.begin().await?;
-    bound_waits(&mut tx).await?;
+    bound_claim_waits(&mut tx).await?;
     // One workspace more than the round takes says whether any was left for the next.
     let mut round = list_workspaces(&mut tx, request.resume_after, round_size + 1).await?;
     let more_workspaces = round.len() > round_size;

@@ -226,3 +226,53 @@ async fn the_worker_role_cannot_forge_events_touch_finished_tasks_or_read_result
             .unwrap();
     assert_eq!(events, ["task.started", "task.retrying"]);
 }
+
+/// Whether a role is held to the worker's transitions (the trigger's condition,
+/// `app_acting_as_worker()`): members of the worker role only, not the control plane's
+/// role, a superuser or a role that bypasses row-level security, even one that is also a
+/// member of the worker role.
+#[tokio::test]
+async fn only_plain_members_of_the_worker_role_are_held_to_its_transitions() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let suffix = Uuid::now_v7().simple().to_string();
+    let (worker, bypassing, both) = (
+        format!("w_{suffix}"),
+        format!("wb_{suffix}"),
+        format!("wa_{suffix}"),
+    );
+    for sql in [
+        format!("CREATE ROLE {worker} IN ROLE agentplane_worker"),
+        format!("CREATE ROLE {bypassing} BYPASSRLS IN ROLE agentplane_worker"),
+        format!("CREATE ROLE {both} IN ROLE agentplane_worker, agentplane_app"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&owner)
+            .await
+            .unwrap();
+    }
+    let mut connection = owner.acquire().await.unwrap();
+    let mut acting = Vec::new();
+    for role in [
+        worker.as_str(),
+        bypassing.as_str(),
+        both.as_str(),
+        "agentplane_app",
+        "postgres",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        let is_worker: bool = sqlx::query_scalar("SELECT app_acting_as_worker()")
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        acting.push(is_worker);
+        sqlx::raw_sql("RESET ROLE")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+    }
+    assert_eq!(acting, [true, false, false, false, false]);
+}

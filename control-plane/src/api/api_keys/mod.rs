@@ -101,6 +101,9 @@ impl ApiKeyService for ApiKeyApi {
             .revoke_api_key(revoke.key, &actor, revoke.request_id.as_deref())
             .await?;
         tx.commit().await?;
+        self.state
+            .api_keys
+            .revoked(revoke.key, tokio::time::Instant::now());
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(convert::api_key(&row)),
         }))

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::fanout::{Delivery, Subscription};
 use crate::ids::{TaskId, TenantId, WorkerId};
 use crate::spawn::spawn_named;
-use crate::store::{LeaseCheck, NewEvent, StoreError};
+use crate::store::{AttemptEvent, LeaseCheck, StoreError};
 use agentplane_core::notify::Notification;
 
 pub(super) type Sender = mpsc::Sender<Result<pb::SessionResponse, Status>>;
@@ -274,30 +274,31 @@ impl Session {
             // Steps first: a result that waits for tool outputs needs its step recorded.
             let stored_steps = tx.record_steps(self.worker, &steps).await?;
             tx.record_usage(self.worker, &usage).await?;
+            // Events are appended together (one statement), before any later release, so
+            // they keep their order relative to it.
+            let mut events: Vec<AttemptEvent> = Vec::new();
             for report in reports {
                 match report {
                     Report::Event {
                         lease,
                         action,
                         data,
-                    } => {
-                        if tx.holds_attempt(self.worker, lease).await? {
-                            let event = NewEvent {
-                                actor: &self.actor,
-                                action: &action,
-                                resource_type: "task",
-                                resource_id: lease.task.0,
-                                request_id: None,
-                                data,
-                            };
-                            tx.append_event(event).await?;
-                        }
-                    }
+                    } => events.push(AttemptEvent {
+                        lease,
+                        action,
+                        data,
+                    }),
                     Report::Result { lease, outcome } => results.push((lease, outcome)),
                     Report::MalformedResult { lease, reason } => {
                         acks.push((lease, LeaseCheck::Rejected(reason)));
                     }
                     Report::Release(lease) => {
+                        tx.append_attempt_events(
+                            self.worker,
+                            &self.actor,
+                            &std::mem::take(&mut events),
+                        )
+                        .await?;
                         let check = tx.release_attempt(self.worker, lease, &self.actor).await?;
                         acks.push((lease, check));
                     }
@@ -308,6 +309,8 @@ impl Session {
                     | Report::Usage { .. } => {}
                 }
             }
+            tx.append_attempt_events(self.worker, &self.actor, &events)
+                .await?;
             let checks = tx
                 .record_results(self.worker, &results, &stored_steps, &self.actor)
                 .await?;
