@@ -117,6 +117,9 @@ impl Application {
                     database_summary(&config.database_url)
                 )
             })?;
+        store::check_row_security(&pool)
+            .await
+            .map_err(|problem| anyhow::anyhow!(problem))?;
         let streams = CancellationToken::new();
         let fanout = Fanout::start(&pool, streams.clone())
             .await

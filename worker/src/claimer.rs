@@ -66,6 +66,10 @@ impl Claimer {
         let mut resume_after: Option<TenantId> = None;
         // Rounds in a row that took nothing but left workspaces unvisited.
         let mut empty_rounds = 0;
+        // Whether the last claim took tasks: only then is a backlog likely, and worth a
+        // moment's wait for more slots to free (never after a wake-up, a poll or an empty
+        // round, where a new task would only wait longer).
+        let mut backlog = false;
         loop {
             let lease_duration = tokio::select! {
                 up = link.wait_until_up() => match up {
@@ -75,7 +79,7 @@ impl Claimer {
                 () = self.stop.cancelled() => return,
             };
             let permits = tokio::select! {
-                permits = self.free_slots() => permits,
+                permits = self.free_slots(std::mem::take(&mut backlog)) => permits,
                 () = self.stop.cancelled() => return,
             };
             let Some(permits) = permits else { return };
@@ -97,6 +101,7 @@ impl Claimer {
                     empty_rounds = 0;
                     self.start_attempts(claim.tasks, permits, claimed_at).await;
                     idle.reset();
+                    backlog = true;
                     // Capacity may still be free: try again at once.
                     continue;
                 }
@@ -122,10 +127,10 @@ impl Claimer {
         }
     }
 
-    /// Waits for one free slot, then takes every other free one; if that is less than half
-    /// the capacity, it waits up to [`CLAIM_GATHER`] for more to free. `None` if the
-    /// semaphore was closed.
-    async fn free_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+    /// Waits for one free slot, then takes every other free one; with `gather` (the last
+    /// claim took tasks), if that is less than half the capacity, it waits up to
+    /// [`CLAIM_GATHER`] for more to free. `None` if the semaphore was closed.
+    async fn free_slots(&self, gather: bool) -> Option<Vec<OwnedSemaphorePermit>> {
         let first = Arc::clone(&self.slots).acquire_owned().await.ok()?;
         let mut permits = vec![first];
         let capacity = usize::try_from(self.capacity).unwrap_or(usize::MAX);
@@ -138,7 +143,7 @@ impl Claimer {
                     Err(_) => break,
                 }
             }
-            if permits.len() >= enough {
+            if !gather || permits.len() >= enough {
                 break;
             }
             match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {

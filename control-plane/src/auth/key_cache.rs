@@ -69,7 +69,7 @@ impl ApiKeyCache {
             return;
         }
         if entries.len() >= MAX_CACHED_KEYS {
-            entries.clear();
+            forget_reads(&mut entries);
         }
         entries.insert(id, Entry::Read { key, read_at });
     }
@@ -79,10 +79,29 @@ impl ApiKeyCache {
     pub fn revoked(&self, id: ApiKeyId, now: Instant) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= MAX_CACHED_KEYS {
-                entries.clear();
+                forget_reads(&mut entries);
             }
             entries.insert(id, Entry::Revoked { at: now });
         }
+    }
+}
+
+/// Makes room: drops every remembered read, but keeps the revocation markers (a read that
+/// began before a revocation must still not be remembered after it), unless they alone fill
+/// the map, when the oldest half goes.
+fn forget_reads(entries: &mut HashMap<ApiKeyId, Entry>) {
+    entries.retain(|_, entry| matches!(entry, Entry::Revoked { .. }));
+    if entries.len() >= MAX_CACHED_KEYS / 2 {
+        let mut times: Vec<Instant> = entries
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Revoked { at } => Some(*at),
+                Entry::Read { .. } => None,
+            })
+            .collect();
+        times.sort_unstable();
+        let cutoff = times[times.len() / 2];
+        entries.retain(|_, entry| matches!(entry, Entry::Revoked { at } if *at > cutoff));
     }
 }
 

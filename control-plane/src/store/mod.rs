@@ -218,3 +218,39 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 }
+
+/// The workspace tables whose row-level security must be enabled and forced: tenant
+/// isolation rests on it, and so does the worker role's trigger (its condition,
+/// `app_acting_as_worker()`, reads `row_security_active(tasks)`).
+const FORCED_RLS_TABLES: &[&str] = &[
+    "agents",
+    "tasks",
+    "task_messages",
+    "task_output_chunks",
+    "usage_records",
+    "events",
+];
+
+/// Fails unless every workspace table has row-level security enabled and forced.
+pub async fn check_row_security(pool: &PgPool) -> Result<(), String> {
+    let off: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c \
+         WHERE c.relname = ANY($1) AND c.relkind = 'r' \
+           AND c.relnamespace = to_regnamespace(current_schema())::oid \
+           AND NOT (c.relrowsecurity AND c.relforcerowsecurity) \
+         ORDER BY 1",
+    )
+    .bind(FORCED_RLS_TABLES)
+    .fetch_all(pool)
+    .await
+    .map_err(|error| format!("reading the tables' row-level security: {error}"))?;
+    if off.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "row-level security is not enabled and forced on {off:?}: tenant isolation and the \
+             worker role's restrictions depend on it (ALTER TABLE ... ENABLE ROW LEVEL \
+             SECURITY, ... FORCE ROW LEVEL SECURITY)"
+        ))
+    }
+}

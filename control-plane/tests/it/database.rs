@@ -107,3 +107,24 @@ async fn zero_turns_a_timeout_off() {
     );
     pool.close().await;
 }
+
+/// Tenant isolation, and the worker role's restrictions, rest on row-level security being
+/// enabled and forced on every workspace table: a control plane refuses to start without.
+#[tokio::test]
+async fn the_control_plane_refuses_to_start_without_forced_row_security() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    sqlx::query("ALTER TABLE tasks NO FORCE ROW LEVEL SECURITY")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let config = crate::app::test_config(&db);
+    let error = agentplane_control_plane::startup::Application::build(config)
+        .await
+        .expect_err("must not start");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("row-level security") && message.contains("tasks"),
+        "{message}"
+    );
+}

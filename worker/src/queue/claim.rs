@@ -20,8 +20,7 @@
 //!    that are out of room, so one busy agent cannot starve the others (advisory locks are
 //!    only tried on these later passes, as they are taken out of sorted order).
 //! 7. Mark the chosen tasks running, append a `task.started` event each, load transcripts,
-//!    notify, commit (without waiting for the disk: `bound_claim_waits` says why that is
-//!    safe). Unchosen candidates are released by the commit.
+//!    notify, commit. Unchosen candidates are released by the commit.
 //!
 //! Lock waits are bounded to 5 s and statements to 30 s; a claim that times out claims
 //! nothing (with a warning) and the loop tries again later.
@@ -37,7 +36,7 @@ use uuid::Uuid;
 use super::choose::{AgentKey, AgentState, Candidate, ClaimPlan, round_robin};
 use super::round::{list_workspaces, select_candidates};
 use super::{
-    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, WorkerLabels, bound_claim_waits,
+    AgentSettings, ClaimedTask, Notifications, TranscriptMessage, WorkerLabels, bound_waits,
     is_wait_timeout, unzip_pairs,
 };
 
@@ -125,7 +124,7 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     let window = max.saturating_mul(WINDOW_PER_TASK);
     let round_size = max.saturating_mul(WORKSPACES_PER_TASK).min(MAX_WORKSPACES);
     let mut tx = pool.begin().await?;
-    bound_claim_waits(&mut tx).await?;
+    bound_waits(&mut tx).await?;
     // One workspace more than the round takes says whether any was left for the next.
     let mut round = list_workspaces(&mut tx, request.resume_after, round_size + 1).await?;
     let more_workspaces = round.len() > round_size;

@@ -217,28 +217,6 @@ async fn bound_waits(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// [`bound_waits`] for a claim, whose commit also does not wait for its WAL to reach the
-/// disk (`synchronous_commit = off` for this transaction only). A claim lost to a database
-/// crash in the fraction of a second before the WAL writer flushes it is harmless: the
-/// task is pending again at its previous attempt, and whatever the worker then reports
-/// about the lost attempt is refused by the fencing (the task is not running under it). Every
-/// effect that outlives the claim is written by a later, synchronous commit (a result,
-/// stored output, a lease renewal), whose flush writes the claim's WAL, which comes
-/// earlier, too. So nothing durable can depend on a claim that was lost. What it saves: the
-/// claimer's wait for the disk while it holds its agents' advisory locks (every other
-/// claimer of those agents waits behind it).
-async fn bound_claim_waits(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT set_config('lock_timeout', '5s', true), \
-                set_config('statement_timeout', '30s', true), \
-                set_config('jit', 'off', true), \
-                set_config('synchronous_commit', 'off', true)",
-    )
-    .execute(connection)
-    .await?;
-    Ok(())
-}
-
 /// Whether `error` is a lock timeout (55P03) or statement timeout (57014) set by
 /// [`bound_waits`]: the transaction gave up waiting, and is best treated as having found
 /// nothing to do.

@@ -276,3 +276,25 @@ async fn only_plain_members_of_the_worker_role_are_held_to_its_transitions() {
     }
     assert_eq!(acting, [true, false, false, false, false]);
 }
+
+/// The worker check names its table in a form a dump and restore keep: a SQL-standard body,
+/// stored parsed, which pg_dump writes back as `'tasks'::regclass` (a body with the table's
+/// oid written in as a number would name nothing after a restore, and so switch the
+/// worker's restrictions off).
+#[tokio::test]
+async fn the_worker_check_names_its_table_so_that_a_restore_keeps_it() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let (definition, parsed): (String, bool) = sqlx::query_as(
+        "SELECT pg_get_functiondef(p.oid), p.prosqlbody IS NOT NULL FROM pg_proc p \
+         WHERE p.proname = 'app_acting_as_worker'",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert!(parsed, "a SQL-standard body: {definition}");
+    assert!(
+        definition.contains("'tasks'::regclass"),
+        "the table by name: {definition}"
+    );
+}
