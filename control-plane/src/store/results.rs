@@ -239,7 +239,7 @@ impl TenantTx {
                             AS cache_write, \
                         least(coalesce(sum(r.reasoning_tokens), 0), $5)::bigint AS reasoning \
                  FROM usage_records r WHERE r.tenant_id = $1 AND r.task_id = s.id) u \
-             WHERE t.tenant_id = $1 AND t.id = s.id",
+             WHERE t.tenant_id = $1 AND t.id = ANY($2) AND t.id = s.id",
         )
         .bind(&c.done_ids)
         .bind(&c.outputs)

@@ -41,6 +41,9 @@ impl TenantTx {
                     .then(|| serde_json::to_string(&step.tool_calls).unwrap_or_default())
             })
             .collect();
+        // Tasks are probed by primary key per step (a LATERAL with LIMIT is never flattened
+        // into a join): a cached generic plan made while the table was young would otherwise
+        // keep hash-joining the workspace's whole task list as it grows.
         let stored: Vec<(TaskId, i32)> = self
             .query_as(
                 "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content, \
@@ -50,8 +53,10 @@ impl TenantTx {
              FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::int[], $6::int[], $7::text[], \
                          $8::text[]) AS s(id, task_id, attempt, position, step, content, \
                                           tool_calls) \
-             JOIN tasks t ON t.tenant_id = $1 AND t.id = s.task_id AND t.attempt = s.attempt \
-                         AND t.status = 'running' AND t.worker_id = $9 \
+             CROSS JOIN LATERAL (SELECT 1 FROM tasks t \
+                                 WHERE t.tenant_id = $1 AND t.id = s.task_id \
+                                   AND t.attempt = s.attempt AND t.status = 'running' \
+                                   AND t.worker_id = $9 LIMIT 1) held \
              ON CONFLICT (tenant_id, task_id, position) DO NOTHING \
              RETURNING task_id, position",
             )
@@ -118,14 +123,17 @@ impl TenantTx {
                   AS c(id, task_id, attempt, step, provider, model, request_id, input_tokens, \
                        output_tokens, cache_read, cache_write, reasoning, cost_micros, \
                        unpriced, vendor_id, latency_ms, first_token_ms, outcome) \
-             JOIN tasks t ON t.tenant_id = $1 AND t.id = c.task_id AND c.attempt <= t.attempt \
-             JOIN agents a ON a.tenant_id = $1 AND a.id = t.agent_id \
-             WHERE (t.worker_id = $20 AND t.attempt = c.attempt) \
+             CROSS JOIN LATERAL (SELECT t.agent_id, t.attempt, t.worker_id FROM tasks t \
+                                 WHERE t.tenant_id = $1 AND t.id = c.task_id LIMIT 1) t \
+             CROSS JOIN LATERAL (SELECT a.provider FROM agents a \
+                                 WHERE a.tenant_id = $1 AND a.id = t.agent_id LIMIT 1) a \
+             WHERE c.attempt <= t.attempt \
+               AND ((t.worker_id = $20 AND t.attempt = c.attempt) \
                 OR EXISTS (SELECT 1 FROM events e \
                            WHERE e.tenant_id = $1 AND e.resource_id = c.task_id \
                              AND e.action = 'task.started' \
                              AND e.actor = 'worker:' || $20::text \
-                             AND e.data ->> 'attempt' = c.attempt::text) \
+                             AND e.data ->> 'attempt' = c.attempt::text)) \
              ON CONFLICT (tenant_id, id) DO NOTHING",
         )
         .bind(&ids)

@@ -170,7 +170,7 @@ impl Session {
             // In id order, like every statement that locks several tasks, so a renewal
             // cannot deadlock with a batch of reports or output of the same worker.
             held.sort_unstable();
-            let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let mut tx = self.state.store.tenant_for_reports(tenant).await?;
             let now_renewed = tx
                 .renew_leases(self.worker, &held, self.state.lease_duration)
                 .await?;
@@ -245,7 +245,7 @@ impl Session {
         }
         let mut acks = Vec::new();
         for (tenant, reports) in by_tenant {
-            let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let mut tx = self.state.store.tenant_for_reports(tenant).await?;
             let deltas = output.take(tenant);
             let mut tasks: Vec<TaskId> = reports
                 .iter()
@@ -357,7 +357,7 @@ impl Session {
     async fn store_output(&self, output: &mut LiveOutput) -> Result<(), Failure> {
         for tenant in output.pending_tenants() {
             let deltas = output.take(tenant);
-            let mut tx = self.state.store.tenant_unchecked(tenant).await?;
+            let mut tx = self.state.store.tenant_for_reports(tenant).await?;
             let chains = tx.append_outputs(self.worker, &deltas).await?;
             tx.commit().await?;
             output.stored(&deltas, &chains);
