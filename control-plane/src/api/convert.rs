@@ -46,17 +46,16 @@ pub(super) fn workspace(row: &WorkspaceRow) -> pb::Workspace {
     }
 }
 
-/// Protobuf enum → the provider's stored name (`None` for unspecified).
-pub(super) fn provider_name(provider: pb::Provider) -> Option<&'static str> {
-    let known = match provider {
-        pb::Provider::Unspecified => return None,
-        pb::Provider::Echo => Provider::Echo,
-        pb::Provider::Anthropic => Provider::Anthropic,
-        pb::Provider::Openai => Provider::OpenAi,
-        pb::Provider::Gemini => Provider::Gemini,
-        pb::Provider::OpenaiCompatible => Provider::OpenAiCompatible,
-    };
-    Some(known.as_str())
+/// Protobuf enum value → provider (`None` for unspecified or unknown).
+pub(super) fn provider_from_wire(value: i32) -> Option<Provider> {
+    match pb::Provider::try_from(value).ok()? {
+        pb::Provider::Unspecified => None,
+        pb::Provider::Echo => Some(Provider::Echo),
+        pb::Provider::Anthropic => Some(Provider::Anthropic),
+        pb::Provider::Openai => Some(Provider::OpenAi),
+        pb::Provider::Gemini => Some(Provider::Gemini),
+        pb::Provider::OpenaiCompatible => Some(Provider::OpenAiCompatible),
+    }
 }
 
 /// Provider → protobuf enum.

@@ -94,11 +94,6 @@ impl TenantTx {
         Ok(())
     }
 
-    /// Whether `worker` holds the attempt (and locks the task until commit if it does).
-    pub async fn holds_attempt(&mut self, worker: WorkerId, lease: Lease) -> StoreResult<bool> {
-        self.lock_held_attempt(worker, lease).await
-    }
-
     /// Drops live output of an attempt that stopped running, tells watchers, and wakes
     /// workers: a slot under the agent's max_concurrency opened.
     async fn left_running(&mut self, lease: Lease) -> StoreResult<()> {

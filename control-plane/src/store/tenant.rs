@@ -39,16 +39,10 @@ impl Store {
     /// Opens a tenant-scoped transaction without checking that the workspace is live: for
     /// the worker channel, whose results must land even while a workspace is being deleted.
     pub async fn tenant_unchecked(&self, tenant: TenantId) -> StoreResult<TenantTx> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await?;
-        Ok(TenantTx { tx, tenant })
+        self.begin_tenant(tenant, "SELECT set_config('app.tenant_id', $1, true)")
+            .await
     }
-}
 
-impl Store {
     /// [`Store::tenant_unchecked`] for a worker's batch of reports, whose statements are
     /// planned for their parameters every time (`plan_cache_mode = force_custom_plan`): a
     /// generic plan cached while the tables were small (a fresh deployment) kept scanning a
@@ -56,14 +50,26 @@ impl Store {
     /// 1.3 ms of PostgreSQL CPU per task within three 40,000-task runs), where a custom plan
     /// probes the primary key. The planning costs a fraction of that.
     pub async fn tenant_for_reports(&self, tenant: TenantId) -> StoreResult<TenantTx> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        self.begin_tenant(
+            tenant,
             "SELECT set_config('app.tenant_id', $1, true), \
                     set_config('plan_cache_mode', 'force_custom_plan', true)",
         )
-        .bind(tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
+        .await
+    }
+
+    /// Begins a transaction and runs `settings`, one statement that sets the tenant (`$1`)
+    /// and any other transaction-local setting.
+    async fn begin_tenant(
+        &self,
+        tenant: TenantId,
+        settings: &'static str,
+    ) -> StoreResult<TenantTx> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(settings)
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
         Ok(TenantTx { tx, tenant })
     }
 }

@@ -52,13 +52,12 @@ impl TenantTx {
             .map(|call| (call.id.as_str(), call.name.as_str()))
             .collect();
         let given: HashSet<&str> = outputs.iter().map(|o| o.call_id.as_str()).collect();
-        let mut missing: Vec<&str> = waiting
+        let missing: Vec<&str> = waiting
             .tool_calls
             .iter()
             .map(|call| call.id.as_str())
             .filter(|id| !given.contains(id))
             .collect();
-        missing.dedup();
         let unknown: Vec<&str> = outputs
             .iter()
             .map(|o| o.call_id.as_str())

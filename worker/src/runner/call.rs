@@ -126,34 +126,24 @@ pub(super) async fn call_step(
                 .get()
                 .map_or(0, |first| millis(first.saturating_duration_since(started))),
         };
-        let called = match (result, forwarded) {
-            (result, Err(too_large)) => {
-                // Stopped at the output cap: the call still cost what the vendor said.
-                if let Some(spent) = spend_of(&result) {
-                    let record = CallRecord {
-                        step,
-                        request_id: &request_id,
-                        provider: *provider_name,
-                        model,
-                        timing,
-                    };
-                    let usage = Outbound::Usage {
-                        attempt: Arc::clone(attempt),
-                        calls: vec![record.call(&spent, None, "output_too_large")],
-                    };
-                    let _ = context.link.send(usage).await;
-                }
-                Called::TooLarge(too_large)
-            }
-            (Ok(response), Ok(())) => Called::Answered(response),
-            (Err(error), Ok(())) => Called::Failed(error),
-        };
         let record = CallRecord {
             step,
             request_id: &request_id,
             provider: *provider_name,
             model,
             timing,
+        };
+        let called = match (result, forwarded) {
+            (result, Err(too_large)) => {
+                // Stopped at the output cap: the call still cost what the vendor said.
+                if let Some(spent) = spend_of(&result) {
+                    let call = record.call(&spent, None, "output_too_large");
+                    report_usage(context, attempt, call).await;
+                }
+                Called::TooLarge(too_large)
+            }
+            (Ok(response), Ok(())) => Called::Answered(response),
+            (Err(error), Ok(())) => Called::Failed(error),
         };
         match called {
             Called::Answered(response) => {
@@ -177,11 +167,7 @@ pub(super) async fn call_step(
                 // Spend is a fact whatever became of the call: canceled, failed, fenced.
                 if let Some(spent) = error.spent() {
                     let call = record.call(&spent, None, error.code());
-                    let usage = Outbound::Usage {
-                        attempt: Arc::clone(attempt),
-                        calls: vec![call],
-                    };
-                    let _ = context.link.send(usage).await;
+                    report_usage(context, attempt, call).await;
                 }
                 if error.is_canceled() && attempt.cancellation().is_cancelled() {
                     return Outcome::Stopped;
@@ -254,6 +240,16 @@ impl CallRecord<'_> {
             unpriced: usage.unpriced,
         }
     }
+}
+
+/// Reports a call that consumed tokens but produced no step, for metering.
+async fn report_usage(context: &RunContext, attempt: &Arc<Attempt>, call: ModelCall) {
+    let usage = Outbound::Usage {
+        attempt: Arc::clone(attempt),
+        calls: vec![call],
+    };
+    // A stopped link is noticed when the ending is reported.
+    let _ = context.link.send(usage).await;
 }
 
 /// Records a switch to the next (provider, model) as an event.
@@ -394,11 +390,7 @@ async fn answered(
     };
     if let Some(refused) = refused {
         call.outcome = "refused".to_owned();
-        let usage = Outbound::Usage {
-            attempt: Arc::clone(attempt),
-            calls: vec![call],
-        };
-        let _ = context.link.send(usage).await;
+        report_usage(context, attempt, call).await;
         return refused;
     }
     let waits = !response.tool_calls.is_empty();

@@ -5,7 +5,7 @@ use std::fmt::Display;
 
 use agentplane_proto::v1 as pb;
 
-use crate::api::convert::{provider_name, struct_to_json};
+use crate::api::convert::{provider_from_wire, struct_to_json};
 use crate::api::mask::update_paths;
 use crate::api::paging::page_after;
 use crate::domain::agent::{
@@ -186,21 +186,14 @@ fn or_default(value: i32, default: i32) -> i32 {
 }
 
 fn provider(v: &mut Violations, value: i32) -> Provider {
-    match pb::Provider::try_from(value) {
-        Ok(pb::Provider::Echo) => Provider::Echo,
-        Ok(pb::Provider::Anthropic) => Provider::Anthropic,
-        Ok(pb::Provider::Openai) => Provider::OpenAi,
-        Ok(pb::Provider::Gemini) => Provider::Gemini,
-        Ok(pb::Provider::OpenaiCompatible) => Provider::OpenAiCompatible,
-        Ok(pb::Provider::Unspecified) | Err(_) => {
-            v.add(
-                "agent.provider",
-                "must be a supported provider (PROVIDER_ECHO, PROVIDER_ANTHROPIC, \
-                 PROVIDER_OPENAI, PROVIDER_GEMINI or PROVIDER_OPENAI_COMPATIBLE)",
-            );
-            Provider::Echo
-        }
-    }
+    provider_from_wire(value).unwrap_or_else(|| {
+        v.add(
+            "agent.provider",
+            "must be a supported provider (PROVIDER_ECHO, PROVIDER_ANTHROPIC, \
+             PROVIDER_OPENAI, PROVIDER_GEMINI or PROVIDER_OPENAI_COMPATIBLE)",
+        );
+        Provider::Echo
+    })
 }
 
 /// The declared tools as stored (checked by `AgentSpec::check`).
@@ -224,10 +217,8 @@ fn fallbacks(choices: &[pb::ModelChoice]) -> Vec<ModelChoice> {
     choices
         .iter()
         .map(|choice| ModelChoice {
-            provider: pb::Provider::try_from(choice.provider)
-                .ok()
-                .and_then(provider_name)
-                .unwrap_or_default()
+            provider: provider_from_wire(choice.provider)
+                .map_or("", Provider::as_str)
                 .to_owned(),
             model: choice.model.clone(),
         })
