@@ -48,7 +48,7 @@ impl TenantTx {
                           AS r(id, task_id, attempt, action, data, n)), \
                  held AS ( \
                      SELECT t.id, t.attempt FROM tasks t \
-                     WHERE t.tenant_id = $1 \
+                     WHERE t.tenant_id = (SELECT $1::uuid) \
                        AND (t.id, t.attempt) IN (SELECT task_id, attempt FROM reported) \
                        AND t.status = 'running' AND t.worker_id = $7 \
                      ORDER BY t.id FOR UPDATE) \

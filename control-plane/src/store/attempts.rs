@@ -86,7 +86,7 @@ impl TenantTx {
             return Ok(());
         }
         self.query(
-            "SELECT 1 FROM tasks WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
+            "SELECT 1 FROM tasks WHERE tenant_id = (SELECT $1::uuid) AND id = ANY($2) ORDER BY id FOR UPDATE",
         )
         .bind(ids)
         .execute(self.executor())

@@ -70,7 +70,7 @@ impl TenantTx {
         let held: HashMap<(TaskId, i32), Held> = self
             .query_as::<Held>(
                 "SELECT id, attempt, releases, max_attempts FROM tasks \
-                 WHERE tenant_id = $1 AND (id, attempt) IN \
+                 WHERE tenant_id = (SELECT $1::uuid) AND (id, attempt) IN \
                        (SELECT * FROM unnest($2::uuid[], $3::int[])) \
                    AND status = 'running' AND worker_id = $4 \
                  ORDER BY id FOR UPDATE",
@@ -192,7 +192,7 @@ impl TenantTx {
         let rows: Vec<(TaskId, i32, i32, Json<Vec<ToolCallRecord>>)> = self
             .query_as(
                 "SELECT task_id, position, step, tool_calls FROM task_messages \
-                 WHERE tenant_id = $1 AND (task_id, position) IN \
+                 WHERE tenant_id = (SELECT $1::uuid) AND (task_id, position) IN \
                        (SELECT * FROM unnest($2::uuid[], $3::int[])) \
                    AND step IS NOT NULL AND tool_calls IS NOT NULL",
             )
@@ -238,8 +238,8 @@ impl TenantTx {
                         least(coalesce(sum(r.cache_write_input_tokens), 0), $5)::bigint \
                             AS cache_write, \
                         least(coalesce(sum(r.reasoning_tokens), 0), $5)::bigint AS reasoning \
-                 FROM usage_records r WHERE r.tenant_id = $1 AND r.task_id = s.id) u \
-             WHERE t.tenant_id = $1 AND t.id = ANY($2) AND t.id = s.id",
+                 FROM usage_records r WHERE r.tenant_id = (SELECT $1::uuid) AND r.task_id = s.id) u \
+             WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = ANY($2) AND t.id = s.id",
         )
         .bind(&c.done_ids)
         .bind(&c.outputs)
@@ -258,7 +258,7 @@ impl TenantTx {
              SELECT $1, m.id, m.task_id, \
                     CASE WHEN m.position > 0 THEN m.position \
                          ELSE (SELECT coalesce(max(p.position), -1) + 1 FROM task_messages p \
-                               WHERE p.tenant_id = $1 AND p.task_id = m.task_id) END, \
+                               WHERE p.tenant_id = (SELECT $1::uuid) AND p.task_id = m.task_id) END, \
                     'assistant', m.content, m.attempt \
              FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::int[], $6::int[]) \
                   AS m(id, task_id, content, attempt, position) \
@@ -284,7 +284,7 @@ impl TenantTx {
                     lease_expires_at = NULL, updated_at = now(), \
                     error_code = NULL, error_message = NULL \
              FROM unnest($2::uuid[], $3::text[]) AS w(id, action) \
-             WHERE t.tenant_id = $1 AND t.id = w.id",
+             WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = w.id",
         )
         .bind(&c.waiting_ids)
         .bind(&c.waiting_actions)
@@ -306,7 +306,7 @@ impl TenantTx {
                     error_code = f.code, error_message = f.message \
              FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bool[], $6::float8[]) \
                   AS f(id, code, message, retry, delay) \
-             WHERE t.tenant_id = $1 AND t.id = f.id",
+             WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = f.id",
         )
         .bind(&c.failed_ids)
         .bind(&c.codes)

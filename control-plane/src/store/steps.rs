@@ -54,7 +54,7 @@ impl TenantTx {
                          $8::text[]) AS s(id, task_id, attempt, position, step, content, \
                                           tool_calls) \
              CROSS JOIN LATERAL (SELECT 1 FROM tasks t \
-                                 WHERE t.tenant_id = $1 AND t.id = s.task_id \
+                                 WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = s.task_id \
                                    AND t.attempt = s.attempt AND t.status = 'running' \
                                    AND t.worker_id = $9 LIMIT 1) held \
              ON CONFLICT (tenant_id, task_id, position) DO NOTHING \
@@ -124,13 +124,13 @@ impl TenantTx {
                        output_tokens, cache_read, cache_write, reasoning, cost_micros, \
                        unpriced, vendor_id, latency_ms, first_token_ms, outcome) \
              CROSS JOIN LATERAL (SELECT t.agent_id, t.attempt, t.worker_id FROM tasks t \
-                                 WHERE t.tenant_id = $1 AND t.id = c.task_id LIMIT 1) t \
+                                 WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = c.task_id LIMIT 1) t \
              CROSS JOIN LATERAL (SELECT a.provider FROM agents a \
-                                 WHERE a.tenant_id = $1 AND a.id = t.agent_id LIMIT 1) a \
+                                 WHERE a.tenant_id = (SELECT $1::uuid) AND a.id = t.agent_id LIMIT 1) a \
              WHERE c.attempt <= t.attempt \
                AND ((t.worker_id = $20 AND t.attempt = c.attempt) \
                 OR EXISTS (SELECT 1 FROM events e \
-                           WHERE e.tenant_id = $1 AND e.resource_id = c.task_id \
+                           WHERE e.tenant_id = (SELECT $1::uuid) AND e.resource_id = c.task_id \
                              AND e.action = 'task.started' \
                              AND e.actor = 'worker:' || $20::text \
                              AND e.data ->> 'attempt' = c.attempt::text)) \

@@ -205,12 +205,16 @@ impl Notifications {
 /// with 57014, so a stuck lock cannot hold a claim (or shutdown) forever. It also turns JIT
 /// compilation off: the planner's cost of the claim grows with the backlog and passes
 /// `jit_above_cost` at a few thousand pending tasks, and then every claim spent 13-19 ms
-/// compiling a query that runs in under 1 ms (a third of all CPU in the profile).
+/// compiling a query that runs in under 1 ms (a third of all CPU in the profile). And it
+/// plans each statement for its parameters: a generic plan that sqlx's prepared statement
+/// settles on while the table is small is kept until autovacuum next analyzes `tasks`, and
+/// one made from a small table scans it whole once the backlog has grown.
 async fn bound_waits(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query(
         "SELECT set_config('lock_timeout', '5s', true), \
                 set_config('statement_timeout', '30s', true), \
-                set_config('jit', 'off', true)",
+                set_config('jit', 'off', true), \
+                set_config('plan_cache_mode', 'force_custom_plan', true)",
     )
     .execute(connection)
     .await?;
