@@ -139,6 +139,7 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
             .iter()
             .filter_map(|w| w.max_running_tasks.map(|cap| (w.tenant_id, i64::from(cap)))),
     );
+    let mut row_versions: HashMap<Uuid, String> = HashMap::new();
     for pass in 0..MAX_PASSES {
         let workspaces: Vec<Uuid> = round
             .iter()
@@ -149,7 +150,15 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
             break;
         };
         let ranked =
-            select_candidates(&mut tx, &workspaces, per_workspace, &request.labels, &plan).await?;
+            select_candidates(
+                &mut tx,
+                &workspaces,
+                per_workspace,
+                &request.labels,
+                &plan,
+                &mut row_versions,
+            )
+            .await?;
         // A workspace that filled its share may have more behind it.
         let window_was_full = ranked
             .iter()
@@ -183,7 +192,14 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     }
     let resume_after = plan.chosen().last().map(|c| TenantId(c.tenant_id));
 
-    let started = mark_running(&mut tx, plan.chosen(), request.worker_id, request.lease).await?;
+    let started = mark_running(
+        &mut tx,
+        plan.chosen(),
+        &row_versions,
+        request.worker_id,
+        request.lease,
+    )
+    .await?;
     record_started(&mut tx, &started, request.worker_id).await?;
     let mut transcripts = load_transcripts(&mut tx, &started).await?;
     Notifications::for_changed_tasks(
@@ -362,32 +378,45 @@ struct StartedTask {
     traceparent: Option<String>,
 }
 
+/// Marks the chosen tasks running, each by the row version its candidate lock returned
+/// (`ctid`): PostgreSQL fetches those rows directly (TID Scan) whatever its statistics say.
+/// The statistics of `status` describe pending tasks poorly (they come and go within
+/// seconds of an ANALYZE), and a join of the chosen keys to `tasks` was planned from them:
+/// with a stale partial index (`tasks_queue`) it walked every pending task of the workspace
+/// (2,000 buffers per claim at a 40,000-task backlog), and with the worker's policy costed
+/// at one visible row it compared every row of the table with every key (1 s for a claim
+/// of 384). The rows are locked by this transaction since the candidate query, so their
+/// versions cannot have moved; the id check makes a mismatch claim nothing rather than the
+/// wrong task. The expected status comes from an init plan, whose value the planner does
+/// not know, so no partial index qualifies.
 async fn mark_running(
     connection: &mut PgConnection,
     chosen: &[Candidate],
+    row_versions: &HashMap<Uuid, String>,
     worker_id: Uuid,
     lease: Duration,
 ) -> Result<Vec<StartedTask>, sqlx::Error> {
-    let (tenants, task_ids) = unzip_pairs(chosen.iter().map(|c| (c.tenant_id, c.task_id)));
-    // The plan must probe the primary key per chosen task whatever the statistics say. A
-    // plain `t.status = 'pending'` lets the planner use the partial index `tasks_queue`, and
-    // with statistics taken before the backlog arrived (every task finished, or a workspace
-    // too new to be in them) it costs that index at one row and walks every pending task of
-    // the workspace: 2,000 buffers and 10 ms per claim under a 40,000-task backlog. The
-    // expected status comes from an init plan, unknown at planning time, so no partial index
-    // qualifies; there is no tenant condition apart from the join, so no scan of a
-    // workspace's range either; and the claim transaction plans each statement for its
-    // parameters (`bound_waits`), so a plan made while the table was small is not kept.
+    let mut versions = Vec::with_capacity(chosen.len());
+    let mut task_ids = Vec::with_capacity(chosen.len());
+    for candidate in chosen {
+        let Some(version) = row_versions.get(&candidate.task_id) else {
+            // Unreachable: every chosen task was a locked candidate. It stays pending.
+            tracing::error!(task_id = %candidate.task_id, "chose a task without its row version");
+            continue;
+        };
+        versions.push(version.as_str());
+        task_ids.push(candidate.task_id);
+    }
     sqlx::query_as(
         "UPDATE tasks AS t \
          SET status = 'running', attempt = t.attempt + 1, worker_id = $3, \
              lease_expires_at = now() + make_interval(secs => $4), \
              started_at = now(), updated_at = now() \
-         FROM unnest($1::uuid[], $2::uuid[]) AS c(tenant_id, id) \
-         WHERE t.tenant_id = c.tenant_id AND t.id = c.id AND t.status = (SELECT 'pending'::text) \
+         WHERE t.ctid = ANY($1::text[]::tid[]) AND t.id = ANY($2::uuid[]) \
+           AND t.status = (SELECT 'pending'::text) \
          RETURNING t.tenant_id, t.id, t.agent_id, t.attempt, t.run_at, t.traceparent",
     )
-    .bind(tenants)
+    .bind(versions)
     .bind(task_ids)
     .bind(worker_id)
     .bind(lease.as_secs_f64())

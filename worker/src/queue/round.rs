@@ -1,6 +1,8 @@
 //! Steps 1 to 3 of the claim (see `claim.rs`): the round of workspaces with pending tasks,
 //! and each one's share of locked candidates, ranked for round-robin dealing.
 
+use std::collections::HashMap;
+
 use agentplane_core::ids::TenantId;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -76,17 +78,20 @@ struct CandidateRow {
     agent_id: Uuid,
     priority: i32,
     created_at: DateTime<Utc>,
+    row_version: String,
 }
 
 /// Locks up to `per_workspace` candidates of each workspace in `workspaces`, skipping the
 /// plan's exhausted agents and chosen tasks and the tasks whose required labels the worker
-/// lacks; ranked within their workspace in claim order.
+/// lacks; ranked within their workspace in claim order. Each locked candidate's row
+/// version (`ctid`, as text) goes into `row_versions`, by task id, for the claim's UPDATE.
 pub(super) async fn select_candidates(
     connection: &mut PgConnection,
     workspaces: &[Uuid],
     per_workspace: i64,
     labels: &WorkerLabels,
     plan: &ClaimPlan,
+    row_versions: &mut HashMap<Uuid, String>,
 ) -> Result<Vec<RankedCandidate>, sqlx::Error> {
     if workspaces.is_empty() {
         return Ok(Vec::new());
@@ -103,10 +108,13 @@ pub(super) async fn select_candidates(
         .collect();
     let skip_tasks: Vec<Uuid> = plan.chosen().iter().map(|c| c.task_id).collect();
     let mut rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT w.n AS round_position, c.tenant_id, c.id, c.agent_id, c.priority, c.created_at \
+        "SELECT w.n AS round_position, c.tenant_id, c.id, c.agent_id, c.priority, c.created_at, \
+                c.row_version \
          FROM unnest($1::uuid[]) WITH ORDINALITY AS w(tenant_id, n) \
          CROSS JOIN LATERAL ( \
-             SELECT t.tenant_id, t.id, t.agent_id, t.priority, t.created_at FROM tasks AS t \
+             SELECT t.tenant_id, t.id, t.agent_id, t.priority, t.created_at, \
+                    t.ctid::text AS row_version \
+             FROM tasks AS t \
              WHERE t.tenant_id = w.tenant_id AND t.status = 'pending' AND t.run_at <= now() \
                AND t.required_labels <@ $3::jsonb \
                AND t.agent_id <> ALL ($4::uuid[]) AND t.id <> ALL ($5::uuid[]) \
@@ -139,6 +147,7 @@ pub(super) async fn select_candidates(
     let mut ranked = Vec::with_capacity(rows.len());
     let mut previous: Option<(i64, usize)> = None;
     for row in rows {
+        row_versions.insert(row.id, row.row_version);
         let rank = match previous {
             Some((position, rank)) if position == row.round_position => rank + 1,
             _ => 0,
