@@ -10,6 +10,8 @@
 --    which PostgreSQL fetches directly (TID Scan) whatever the statistics say; the worker
 --    reads the ctid of the candidates it locks, so it needs SELECT on that column. A ctid
 --    names a row version, not data: it reveals nothing the worker cannot already read.
+SET LOCAL lock_timeout = '5s';
+
 GRANT SELECT (ctid) ON tasks TO agentplane_worker;
 
 -- 2. The worker may read the transcripts of running tasks only. The policy's subquery had
@@ -17,7 +19,10 @@ GRANT SELECT (ctid) ON tasks TO agentplane_worker;
 --    running tasks, keyed by (tenant_id, agent_id): it walked every running task of the
 --    workspace for each transcript row (22,000 buffers for a claim of 496 rows). With the
 --    status from an init plan the partial index cannot serve it, and the primary key (or
---    tasks_by_status on all three of its columns) does. The rule is unchanged.
+--    tasks_by_status on all three of its columns) does. The rule is unchanged. ALTER POLICY
+--    locks task_messages exclusively for the moment it takes; the lock wait is bounded to
+--    5 s above, so a long transaction on the table fails the migration (to be retried)
+--    rather than stall every claim queued behind it.
 ALTER POLICY worker_read ON task_messages
     USING (EXISTS (
         SELECT 1 FROM tasks t

@@ -128,3 +128,80 @@ async fn the_control_plane_refuses_to_start_without_forced_row_security() {
         "{message}"
     );
 }
+
+/// Inserts `count` tasks of `agent` in `tenant`, in `status` (`pending` or `succeeded`).
+async fn many_tasks(
+    owner: &PgPool,
+    tenant: uuid::Uuid,
+    agent: uuid::Uuid,
+    status: &str,
+    count: i32,
+) {
+    sqlx::query(
+        "INSERT INTO tasks (tenant_id, id, agent_id, status, max_attempts) \
+         SELECT $1, gen_random_uuid(), $2, $3, 3 FROM generate_series(1, $4)",
+    )
+    .bind(tenant)
+    .bind(agent)
+    .bind(status)
+    .bind(count)
+    .execute(owner)
+    .await
+    .unwrap();
+}
+
+/// The index names in a JSON plan, depth first.
+fn indexes_in(plan: &serde_json::Value, found: &mut Vec<String>) {
+    match plan {
+        serde_json::Value::Object(fields) => {
+            if let Some(serde_json::Value::String(name)) = fields.get("Index Name") {
+                found.push(name.clone());
+            }
+            fields.values().for_each(|value| indexes_in(value, found));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| indexes_in(item, found)),
+        _ => {}
+    }
+}
+
+/// A workspace that appeared after `tasks` was last analyzed is costed at its share of the
+/// table, not at one row (`tenant_id` keeps no statistics). At one row its whole
+/// range in any index that leads with `tenant_id` cost the same as a key probe, and
+/// PostgreSQL's own foreign-key check of every transcript row (a statement we do not write)
+/// walked the workspace's entries in `tasks_by_status` (docs/benchmarks.md, "Plans that do
+/// not trust the statistics").
+#[tokio::test]
+async fn a_workspace_new_since_the_last_analyze_is_probed_by_key() {
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let old = agentplane_testkit::fixtures::workspace(&owner).await;
+    let old_agent = agentplane_testkit::fixtures::agent(&owner, old, 10).await;
+    many_tasks(&owner, old, old_agent, "succeeded", 3_000).await;
+    sqlx::query("ANALYZE tasks").execute(&owner).await.unwrap();
+
+    let young = agentplane_testkit::fixtures::workspace(&owner).await;
+    let young_agent = agentplane_testkit::fixtures::agent(&owner, young, 10).await;
+    many_tasks(&owner, young, young_agent, "pending", 3_000).await;
+    let task: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM tasks WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1")
+            .bind(young)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+
+    // The foreign-key check's statement, with the values written in as a custom plan has them.
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY tasks x \
+         WHERE tenant_id = '{young}' AND id = '{task}' FOR KEY SHARE OF x"
+    )))
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    let mut used = Vec::new();
+    indexes_in(&plan, &mut used);
+    assert_eq!(used, ["tasks_pkey"], "{plan:#}");
+}

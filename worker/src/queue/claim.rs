@@ -149,16 +149,15 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
         let Some(per_workspace) = window.div_ceil(workspaces.len().max(1)).try_into().ok() else {
             break;
         };
-        let ranked =
-            select_candidates(
-                &mut tx,
-                &workspaces,
-                per_workspace,
-                &request.labels,
-                &plan,
-                &mut row_versions,
-            )
-            .await?;
+        let ranked = select_candidates(
+            &mut tx,
+            &workspaces,
+            per_workspace,
+            &request.labels,
+            &plan,
+            &mut row_versions,
+        )
+        .await?;
         // A workspace that filled its share may have more behind it.
         let window_was_full = ranked
             .iter()
@@ -386,8 +385,8 @@ struct StartedTask {
 /// (2,000 buffers per claim at a 40,000-task backlog), and with the worker's policy costed
 /// at one visible row it compared every row of the table with every key (1 s for a claim
 /// of 384). The rows are locked by this transaction since the candidate query, so their
-/// versions cannot have moved; the id check makes a mismatch claim nothing rather than the
-/// wrong task. The expected status comes from an init plan, whose value the planner does
+/// versions cannot have moved; the ids given must match too, so a version that somehow
+/// held another row would claim nothing rather than a task that was not chosen. The expected status comes from an init plan, whose value the planner does
 /// not know, so no partial index qualifies.
 async fn mark_running(
     connection: &mut PgConnection,
@@ -407,7 +406,8 @@ async fn mark_running(
         versions.push(version.as_str());
         task_ids.push(candidate.task_id);
     }
-    sqlx::query_as(
+    let wanted = task_ids.len();
+    let started: Vec<StartedTask> = sqlx::query_as(
         "UPDATE tasks AS t \
          SET status = 'running', attempt = t.attempt + 1, worker_id = $3, \
              lease_expires_at = now() + make_interval(secs => $4), \
@@ -421,7 +421,17 @@ async fn mark_running(
     .bind(worker_id)
     .bind(lease.as_secs_f64())
     .fetch_all(connection)
-    .await
+    .await?;
+    if started.len() != wanted {
+        // Unreachable while the candidates stay locked: the tasks not marked stay pending
+        // and are claimed later.
+        tracing::error!(
+            wanted,
+            marked = started.len(),
+            "the claim marked fewer tasks running than it chose"
+        );
+    }
+    Ok(started)
 }
 
 /// Appends one `task.started` event per claimed task (no RETURNING: the worker role cannot

@@ -200,7 +200,8 @@ impl Notifications {
     }
 }
 
-/// Bounds the waits of the current transaction, as `SET LOCAL` does: a lock not granted
+/// Bounds the waits of the current transaction (a claim's or the reaper's), as `SET LOCAL`
+/// does: a lock not granted
 /// within 5 s fails its statement with SQLSTATE 55P03, and any statement running 30 s fails
 /// with 57014, so a stuck lock cannot hold a claim (or shutdown) forever. It also turns JIT
 /// compilation off: the planner's cost of the claim grows with the backlog and passes
