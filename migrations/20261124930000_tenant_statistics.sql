@@ -27,32 +27,37 @@
 -- and be retried rather than hold up everything queued behind it).
 --
 -- ANALYZE skips a column with target 0 but leaves the statistics it kept before, and they
--- would then never change. They are deleted here when the migration runs as a superuser;
--- otherwise the migration warns, and docs/operations.md gives the statement for a superuser
--- to run (the control plane cannot see them: pg_stats hides the statistics of tables under
--- row-level security from the roles it applies to).
+-- would then never change: worse than before, since the next ANALYZE used to correct them.
+-- So each table's old statistics of tenant_id are deleted when the migration runs as a
+-- superuser (only a superuser may write pg_statistic on PostgreSQL 15 to 17). Otherwise a
+-- table that may have statistics (it was analyzed, or vacuum or an index build counted
+-- rows in it) keeps the default target, and the migration warns; docs/operations.md,
+-- "Planner statistics", says what a superuser runs to finish the change. A database
+-- created by these migrations has no statistics yet, so any role finishes it here.
 SET LOCAL lock_timeout = '5s';
 
-ALTER TABLE tasks ALTER COLUMN tenant_id SET STATISTICS 0;
-ALTER TABLE task_messages ALTER COLUMN tenant_id SET STATISTICS 0;
-ALTER TABLE task_output_chunks ALTER COLUMN tenant_id SET STATISTICS 0;
-ALTER TABLE events ALTER COLUMN tenant_id SET STATISTICS 0;
-ALTER TABLE usage_records ALTER COLUMN tenant_id SET STATISTICS 0;
-
 DO $$
+DECLARE
+    target regclass;
+    superuser boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
 BEGIN
-    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        DELETE FROM pg_statistic s USING pg_attribute a
-        WHERE a.attrelid = s.starelid AND a.attnum = s.staattnum AND a.attname = 'tenant_id'
-          AND s.starelid IN ('tasks'::regclass, 'task_messages'::regclass,
-                             'task_output_chunks'::regclass, 'events'::regclass,
-                             'usage_records'::regclass);
-    ELSIF EXISTS (SELECT 1 FROM pg_stats
-                  WHERE attname = 'tenant_id'
-                    AND tablename IN ('tasks', 'task_messages', 'task_output_chunks',
-                                      'events', 'usage_records')) THEN
-        RAISE WARNING 'statistics of tenant_id kept from before this migration stay until a '
-            'superuser deletes them (docs/operations.md, "Planner statistics")';
-    END IF;
+    FOREACH target IN ARRAY ARRAY['tasks', 'task_messages', 'task_output_chunks', 'events',
+                                  'usage_records']::regclass[] LOOP
+        -- ANALYZE takes this lock too: none can add statistics between the check and the
+        -- change below.
+        EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', target);
+        IF superuser THEN
+            DELETE FROM pg_statistic s USING pg_attribute a
+            WHERE s.starelid = target AND a.attrelid = target
+              AND a.attnum = s.staattnum AND a.attname = 'tenant_id';
+        ELSIF pg_stat_get_last_analyze_time(target) IS NOT NULL
+           OR pg_stat_get_last_autoanalyze_time(target) IS NOT NULL
+           OR (SELECT reltuples > 0 FROM pg_class WHERE oid = target) THEN
+            RAISE WARNING 'tenant_id of % keeps its planner statistics: only a superuser can '
+                'delete the ones it has (docs/operations.md, "Planner statistics")', target;
+            CONTINUE;
+        END IF;
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN tenant_id SET STATISTICS 0', target);
+    END LOOP;
 END
 $$;

@@ -383,11 +383,12 @@ struct StartedTask {
 /// seconds of an ANALYZE), and a join of the chosen keys to `tasks` was planned from them:
 /// with a stale partial index (`tasks_queue`) it walked every pending task of the workspace
 /// (2,000 buffers per claim at a 40,000-task backlog), and with the worker's policy costed
-/// at one visible row it compared every row of the table with every key (1 s for a claim
-/// of 384). The rows are locked by this transaction since the candidate query, so their
-/// versions cannot have moved; the ids given must match too, so a version that somehow
-/// held another row would claim nothing rather than a task that was not chosen. The expected status comes from an init plan, whose value the planner does
-/// not know, so no partial index qualifies.
+/// at one visible row it compared every row of the table with every key (1 s for a claim of
+/// 384). The rows are locked by this transaction since the candidate query, so their
+/// versions cannot have moved; the ids given must match too, so a version that somehow held
+/// another row would claim nothing rather than a task that was not chosen. The expected
+/// status comes from an init plan, whose value the planner does not know, so no partial
+/// index qualifies.
 async fn mark_running(
     connection: &mut PgConnection,
     chosen: &[Candidate],

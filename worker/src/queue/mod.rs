@@ -201,18 +201,18 @@ impl Notifications {
 }
 
 /// Bounds the waits of the current transaction (a claim's or the reaper's), as `SET LOCAL`
-/// does: a lock not granted
-/// within 5 s fails its statement with SQLSTATE 55P03, and any statement running 30 s fails
-/// with 57014, so a stuck lock cannot hold a claim (or shutdown) forever. It also turns JIT
-/// compilation off: the planner's cost of the claim grows with the backlog and passes
-/// `jit_above_cost` at a few thousand pending tasks, and then every claim spent 13-19 ms
-/// compiling a query that runs in under 1 ms (a third of all CPU in the profile). And it
-/// plans each statement for its parameters: a generic plan that sqlx's prepared statement
-/// settles on while the table is small is kept until autovacuum next analyzes `tasks`, and
-/// one made from a small table scans it whole once the backlog has grown. Random page
-/// reads are costed as what they are for a table in memory (1.1, PostgreSQL's advice for
-/// SSDs, instead of the default 4 for spinning disks), so that fetching a claim's few
-/// hundred rows by version or key is not costed above reading a young table whole.
+/// does: a lock not granted within 5 s fails its statement with SQLSTATE 55P03, and any
+/// statement running 30 s fails with 57014, so a stuck lock cannot hold a claim (or
+/// shutdown) forever. It also turns JIT compilation off: the planner's cost of the claim
+/// grows with the backlog and passes `jit_above_cost` at a few thousand pending tasks, and
+/// then every claim spent 13-19 ms compiling a query that runs in under 1 ms (a third of
+/// all CPU in the profile). And it plans each statement for its parameters: a generic plan
+/// that sqlx's prepared statement settles on while the table is small is kept until
+/// autovacuum next analyzes `tasks`, and one made from a small table scans it whole once
+/// the backlog has grown. Random page reads are costed as what they are for a table in
+/// memory (1.1, PostgreSQL's advice for SSDs, instead of the default 4 for spinning disks),
+/// so that fetching a claim's few hundred rows by version or key is not costed above
+/// reading a young table whole.
 async fn bound_waits(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query(
         "SELECT set_config('lock_timeout', '5s', true), \
