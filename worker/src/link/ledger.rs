@@ -85,9 +85,7 @@ impl Ledger {
         index: i64,
         text: String,
     ) -> Option<SessionRequest> {
-        let entry = self
-            .live_entry(lease)
-            .filter(|entry| entry.ending.is_none())?;
+        let entry = self.running_entry(lease)?;
         let message = SessionRequest {
             kind: Some(session_request::Kind::Output(WorkerOutput {
                 lease: Some(lease.to_proto()),
@@ -103,9 +101,7 @@ impl Ledger {
     /// Records a completed model call of a running attempt; returns the message to send,
     /// or `None` if the attempt is no longer wanted or has already ended.
     pub(crate) fn step(&mut self, lease: LeaseKey, step: WorkerStep) -> Option<SessionRequest> {
-        let entry = self
-            .live_entry(lease)
-            .filter(|entry| entry.ending.is_none())?;
+        let entry = self.running_entry(lease)?;
         let message = SessionRequest {
             kind: Some(session_request::Kind::Step(step)),
         };
@@ -119,9 +115,7 @@ impl Ledger {
     /// Returns the message to send, or `None` if the attempt is no longer wanted or has
     /// already ended.
     pub(crate) fn reset(&mut self, lease: LeaseKey, index: i64) -> Option<SessionRequest> {
-        let entry = self
-            .live_entry(lease)
-            .filter(|entry| entry.ending.is_none())?;
+        let entry = self.running_entry(lease)?;
         let message = SessionRequest {
             kind: Some(session_request::Kind::Output(WorkerOutput {
                 lease: Some(lease.to_proto()),
@@ -281,6 +275,11 @@ impl Ledger {
         self.entries
             .get_mut(&lease)
             .filter(|entry| !entry.attempt.is_abandoned())
+    }
+
+    /// The entry of an attempt still wanted whose ending is not recorded yet.
+    fn running_entry(&mut self, lease: LeaseKey) -> Option<&mut Entry> {
+        self.live_entry(lease).filter(|entry| entry.ending.is_none())
     }
 }
 

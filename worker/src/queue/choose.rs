@@ -19,11 +19,14 @@ pub(super) fn workspace_lock(tenant: Uuid) -> AgentKey {
 }
 
 /// A pending task the claim locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Candidate {
     pub(super) tenant_id: Uuid,
     pub(super) task_id: Uuid,
     pub(super) agent_id: Uuid,
+    /// The version of its row that the lock returned (`ctid`, as text): the claim's UPDATE
+    /// marks the row by it.
+    pub(super) row_version: String,
 }
 
 impl Candidate {
@@ -34,7 +37,7 @@ impl Candidate {
 
 /// A candidate as the candidate query returns it: its workspace's place in the round and
 /// its sort key within the workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RankedCandidate {
     /// The position of its workspace in this claim's round (0 first).
     pub(super) round_position: i64,
@@ -185,7 +188,7 @@ impl ClaimPlan {
                 if let Some(workspace_room) = workspace_room {
                     *workspace_room -= 1;
                 }
-                self.chosen.push(*candidate);
+                self.chosen.push(candidate.clone());
             }
         }
     }
@@ -248,6 +251,7 @@ mod tests {
             tenant_id: TENANT,
             task_id: Uuid::from_u128(task),
             agent_id: Uuid::from_u128(agent_id),
+            row_version: String::new(),
         }
     }
 
@@ -365,6 +369,7 @@ mod tests {
             tenant_id: Uuid::from_u128(tenant),
             task_id: Uuid::from_u128(task),
             agent_id: Uuid::from_u128(agent_id),
+            row_version: String::new(),
         }
     }
 

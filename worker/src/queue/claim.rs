@@ -139,7 +139,6 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
             .iter()
             .filter_map(|w| w.max_running_tasks.map(|cap| (w.tenant_id, i64::from(cap)))),
     );
-    let mut row_versions: HashMap<Uuid, String> = HashMap::new();
     for pass in 0..MAX_PASSES {
         let workspaces: Vec<Uuid> = round
             .iter()
@@ -149,15 +148,8 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
         let Some(per_workspace) = window.div_ceil(workspaces.len().max(1)).try_into().ok() else {
             break;
         };
-        let ranked = select_candidates(
-            &mut tx,
-            &workspaces,
-            per_workspace,
-            &request.labels,
-            &plan,
-            &mut row_versions,
-        )
-        .await?;
+        let ranked =
+            select_candidates(&mut tx, &workspaces, per_workspace, &request.labels, &plan).await?;
         // A workspace that filled its share may have more behind it.
         let window_was_full = ranked
             .iter()
@@ -191,14 +183,7 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     }
     let resume_after = plan.chosen().last().map(|c| TenantId(c.tenant_id));
 
-    let started = mark_running(
-        &mut tx,
-        plan.chosen(),
-        &row_versions,
-        request.worker_id,
-        request.lease,
-    )
-    .await?;
+    let started = mark_running(&mut tx, plan.chosen(), request.worker_id, request.lease).await?;
     record_started(&mut tx, &started, request.worker_id).await?;
     let mut transcripts = load_transcripts(&mut tx, &started).await?;
     Notifications::for_changed_tasks(
@@ -392,21 +377,11 @@ struct StartedTask {
 async fn mark_running(
     connection: &mut PgConnection,
     chosen: &[Candidate],
-    row_versions: &HashMap<Uuid, String>,
     worker_id: Uuid,
     lease: Duration,
 ) -> Result<Vec<StartedTask>, sqlx::Error> {
-    let mut versions = Vec::with_capacity(chosen.len());
-    let mut task_ids = Vec::with_capacity(chosen.len());
-    for candidate in chosen {
-        let Some(version) = row_versions.get(&candidate.task_id) else {
-            // Unreachable: every chosen task was a locked candidate. It stays pending.
-            tracing::error!(task_id = %candidate.task_id, "chose a task without its row version");
-            continue;
-        };
-        versions.push(version.as_str());
-        task_ids.push(candidate.task_id);
-    }
+    let versions: Vec<&str> = chosen.iter().map(|c| c.row_version.as_str()).collect();
+    let task_ids: Vec<Uuid> = chosen.iter().map(|c| c.task_id).collect();
     let wanted = task_ids.len();
     let started: Vec<StartedTask> = sqlx::query_as(
         "UPDATE tasks AS t \

@@ -1,8 +1,6 @@
 //! Steps 1 to 3 of the claim (see `claim.rs`): the round of workspaces with pending tasks,
 //! and each one's share of locked candidates, ranked for round-robin dealing.
 
-use std::collections::HashMap;
-
 use agentplane_core::ids::TenantId;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -83,15 +81,13 @@ struct CandidateRow {
 
 /// Locks up to `per_workspace` candidates of each workspace in `workspaces`, skipping the
 /// plan's exhausted agents and chosen tasks and the tasks whose required labels the worker
-/// lacks; ranked within their workspace in claim order. Each locked candidate's row
-/// version (`ctid`, as text) goes into `row_versions`, by task id, for the claim's UPDATE.
+/// lacks; ranked within their workspace in claim order.
 pub(super) async fn select_candidates(
     connection: &mut PgConnection,
     workspaces: &[Uuid],
     per_workspace: i64,
     labels: &WorkerLabels,
     plan: &ClaimPlan,
-    row_versions: &mut HashMap<Uuid, String>,
 ) -> Result<Vec<RankedCandidate>, sqlx::Error> {
     if workspaces.is_empty() {
         return Ok(Vec::new());
@@ -147,7 +143,6 @@ pub(super) async fn select_candidates(
     let mut ranked = Vec::with_capacity(rows.len());
     let mut previous: Option<(i64, usize)> = None;
     for row in rows {
-        row_versions.insert(row.id, row.row_version);
         let rank = match previous {
             Some((position, rank)) if position == row.round_position => rank + 1,
             _ => 0,
@@ -160,6 +155,7 @@ pub(super) async fn select_candidates(
                 tenant_id: row.tenant_id,
                 task_id: row.id,
                 agent_id: row.agent_id,
+                row_version: row.row_version,
             },
         });
     }
