@@ -470,6 +470,20 @@ impl Clients {
             .unwrap()
     }
 
+    /// A task's transcript (its first page of messages), in order.
+    pub async fn transcript(&mut self, workspace_id: &str, task_id: &str) -> Vec<pb::TaskMessage> {
+        self.tasks
+            .list_task_messages(pb::ListTaskMessagesRequest {
+                workspace_id: workspace_id.to_owned(),
+                task_id: task_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages
+    }
+
     /// Polls until the task reaches a terminal status (at most 30 s).
     pub async fn wait_terminal(&mut self, workspace_id: &str, id: &str) -> pb::Task {
         for _ in 0..600 {

@@ -72,17 +72,7 @@ async fn a_batch_creates_every_task_in_request_order_with_its_own_transcript() {
     assert_eq!(tasks.len(), 50);
     for (n, task) in tasks.iter().enumerate() {
         assert_eq!(task.status, pb::TaskStatus::Pending as i32);
-        let messages = c
-            .tasks
-            .list_task_messages(pb::ListTaskMessagesRequest {
-                workspace_id: ws.clone(),
-                task_id: task.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .messages;
+        let messages = c.transcript(&ws, &task.id).await;
         let last = messages.last().unwrap();
         let content = &last.message.as_ref().unwrap().content;
         assert_eq!(content, &format!("task {n}"), "task {n} has its own input");

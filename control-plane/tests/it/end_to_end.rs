@@ -35,17 +35,7 @@ async fn task_runs_end_to_end_through_a_worker_and_is_recorded() {
     );
 
     // The transcript: system prompt, input, answer.
-    let transcript = c
-        .tasks
-        .list_task_messages(pb::ListTaskMessagesRequest {
-            workspace_id: ws.clone(),
-            task_id: task.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let transcript = c.transcript(&ws, &task.id).await;
     let roles: Vec<i32> = transcript
         .iter()
         .map(|m| m.message.as_ref().unwrap().role)

@@ -221,17 +221,7 @@ async fn a_step_recorded_before_a_crash_is_replayed_by_the_next_attempt_not_paid
     .await
     .unwrap();
     assert_eq!(calls_started, 0, "attempt 2 called no model");
-    let transcript = clients
-        .tasks
-        .list_task_messages(pb::ListTaskMessagesRequest {
-            workspace_id: ws.clone(),
-            task_id: task.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let transcript = clients.transcript(&ws, &task.id).await;
     let last = transcript.last().unwrap();
     assert_eq!(last.message.as_ref().unwrap().content, "sunny, 21C");
     assert_eq!((last.step, last.attempt), (0, 1));
@@ -479,17 +469,7 @@ async fn tool_calls_wait_for_their_outputs_and_the_task_continues() {
     assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
 
     // The transcript holds the step and the outputs in the calls' order.
-    let transcript = clients
-        .tasks
-        .list_task_messages(pb::ListTaskMessagesRequest {
-            workspace_id: ws.clone(),
-            task_id: task.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let transcript = clients.transcript(&ws, &task.id).await;
     let tail: Vec<(i32, String, String, Vec<pb::ToolCall>)> = transcript[2..]
         .iter()
         .map(|m| {

@@ -279,7 +279,8 @@ impl Ledger {
 
     /// The entry of an attempt still wanted whose ending is not recorded yet.
     fn running_entry(&mut self, lease: LeaseKey) -> Option<&mut Entry> {
-        self.live_entry(lease).filter(|entry| entry.ending.is_none())
+        self.live_entry(lease)
+            .filter(|entry| entry.ending.is_none())
     }
 }
 
