@@ -11,10 +11,11 @@ use crate::domain::worker::{Lease, ModelCallRecord, StepRecord};
 use crate::ids::{TaskId, WorkerId};
 
 impl TenantTx {
-    /// Records completed model calls: each call's usage always, and its step (the assistant
-    /// message, with its tool calls) only while `worker` holds the attempt. A transcript
-    /// position is written once: the first record of it wins, a resend changes nothing.
-    /// Returns the (task, position) of each step written now.
+    /// Records completed model calls' steps (the assistant message, with its tool calls),
+    /// only while `worker` holds the attempt; their usage is [`TenantTx::record_usage`]'s,
+    /// which the caller runs first, with the batch's other calls. A transcript position is
+    /// written once: the first record of it wins, a resend changes nothing. Returns the
+    /// (task, position) of each step written now.
     pub async fn record_steps(
         &mut self,
         worker: WorkerId,
@@ -23,11 +24,6 @@ impl TenantTx {
         if steps.is_empty() {
             return Ok(HashSet::new());
         }
-        let calls: Vec<(Lease, &ModelCallRecord)> = steps
-            .iter()
-            .map(|(lease, step)| (*lease, &step.call))
-            .collect();
-        self.record_usage(worker, &calls).await?;
         let ids: Vec<Uuid> = steps.iter().map(|_| Uuid::now_v7()).collect();
         let tasks: Vec<TaskId> = steps.iter().map(|(lease, _)| lease.task).collect();
         let attempts: Vec<i32> = steps.iter().map(|(lease, _)| lease.attempt).collect();

@@ -264,16 +264,21 @@ impl Session {
             let mut usage = Vec::new();
             for report in &reports {
                 match report {
-                    Report::Step { lease, step } => steps.push((*lease, &**step)),
+                    Report::Step { lease, step } => {
+                        steps.push((*lease, &**step));
+                        usage.push((*lease, &step.call));
+                    }
                     Report::Usage { lease, calls } => {
                         usage.extend(calls.iter().map(|call| (*lease, call)));
                     }
                     _ => {}
                 }
             }
-            // Steps first: a result that waits for tool outputs needs its step recorded.
-            let stored_steps = tx.record_steps(self.worker, &steps).await?;
+            // Every call's usage (the steps' and the failed calls') in one statement, then
+            // the steps, before the results: a result that waits for tool outputs needs its
+            // step recorded.
             tx.record_usage(self.worker, &usage).await?;
+            let stored_steps = tx.record_steps(self.worker, &steps).await?;
             // Events are appended together (one statement), before any later release, so
             // they keep their order relative to it.
             let mut events: Vec<AttemptEvent> = Vec::new();
