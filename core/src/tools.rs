@@ -85,6 +85,12 @@ pub fn is_valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Whether a tool call's id can be stored and sent back to the vendor: 1 to
+/// [`MAX_TOOL_CALL_ID_CHARS`] characters, without NUL (PostgreSQL text cannot hold it).
+pub fn is_storable_tool_call_id(id: &str) -> bool {
+    (1..=MAX_TOOL_CALL_ID_CHARS).contains(&id.chars().count()) && !id.contains('\0')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use agentplane_core::columns::Provider;
 use agentplane_core::limits::MAX_MODEL_CALL_FIELD_CHARS;
 use agentplane_core::limits::MAX_OUTPUT_BYTES;
 use agentplane_core::text::without_nul;
-use agentplane_core::tools::{MAX_TOOL_ARGUMENTS_BYTES, MAX_TOOL_CALL_ID_CHARS, MAX_TOOL_CALLS};
+use agentplane_core::tools::{MAX_TOOL_ARGUMENTS_BYTES, MAX_TOOL_CALLS, is_storable_tool_call_id};
 use agentplane_proto::v1::{
     ModelCall, ToolCall as WireToolCall, Usage, WorkerRequiresAction, WorkerStep, WorkerSuccess,
     worker_result,
@@ -300,9 +300,7 @@ struct Known<'a> {
 fn settle_call_ids(calls: &mut [ToolCall], request_id: &str, used: &[String]) {
     let mut seen: HashSet<String> = used.iter().cloned().collect();
     for (index, call) in calls.iter_mut().enumerate() {
-        let chars = call.id.chars().count();
-        let storable = (1..=MAX_TOOL_CALL_ID_CHARS).contains(&chars) && !call.id.contains('\0');
-        if !storable || seen.contains(&call.id) {
+        if !is_storable_tool_call_id(&call.id) || seen.contains(&call.id) {
             call.id = made_up_tool_call_id(request_id, index);
         }
         seen.insert(call.id.clone());
@@ -438,6 +436,7 @@ async fn answered(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentplane_core::tools::MAX_TOOL_CALL_ID_CHARS;
 
     fn call(id: &str) -> ToolCall {
         ToolCall {

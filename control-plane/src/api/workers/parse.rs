@@ -351,11 +351,7 @@ fn step_report(step: pb::WorkerStep) -> Result<Report, ApiError> {
         .take(tools::MAX_TOOL_CALLS)
         .enumerate()
     {
-        let id_chars = call.id.chars().count();
-        if !(1..=tools::MAX_TOOL_CALL_ID_CHARS).contains(&id_chars)
-            || call.id.contains('\0')
-            || !ids.insert(call.id.as_str())
-        {
+        if !tools::is_storable_tool_call_id(&call.id) || !ids.insert(call.id.as_str()) {
             problems.push(format!(
                 "step.tool_calls[{i}].id must be 1 to {} characters without NUL, unique in the step",
                 tools::MAX_TOOL_CALL_ID_CHARS
