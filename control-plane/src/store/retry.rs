@@ -80,7 +80,6 @@ impl TenantTx {
         self.notify(&[
             Notification::TaskReady,
             Notification::TaskState { tenant, task: id },
-            Notification::Events { tenant },
         ])
         .await?;
         Ok(retried)

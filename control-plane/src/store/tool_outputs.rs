@@ -1,7 +1,7 @@
 //! SubmitToolOutputs: the caller's outputs of the tools a task's model called join its
 //! transcript, and the task goes back in the queue to continue on any worker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use agentplane_core::notify::Notification;
 use uuid::Uuid;
@@ -46,10 +46,10 @@ impl TenantTx {
                 )));
             }
         };
-        let wanted: HashMap<&str, &str> = waiting
+        let wanted: HashSet<&str> = waiting
             .tool_calls
             .iter()
-            .map(|call| (call.id.as_str(), call.name.as_str()))
+            .map(|call| call.id.as_str())
             .collect();
         let given: HashSet<&str> = outputs.iter().map(|o| o.call_id.as_str()).collect();
         let missing: Vec<&str> = waiting
@@ -61,7 +61,7 @@ impl TenantTx {
         let unknown: Vec<&str> = outputs
             .iter()
             .map(|o| o.call_id.as_str())
-            .filter(|id| !wanted.contains_key(id))
+            .filter(|id| !wanted.contains(id))
             .collect();
         if !missing.is_empty() || !unknown.is_empty() {
             let mut problems = Vec::new();
@@ -145,7 +145,6 @@ impl TenantTx {
         self.notify(&[
             Notification::TaskReady,
             Notification::TaskState { tenant, task: id },
-            Notification::Events { tenant },
         ])
         .await?;
         Ok(resumed)
