@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{StoreError, StoreResult, TenantTx};
+use super::{StoreResult, TenantTx};
 use crate::domain::event::{EventFilter, EventPosition};
 use crate::ids::TenantId;
 use agentplane_core::notify::Notification;
@@ -95,40 +95,80 @@ impl TenantTx {
         Ok(found.map(|(xid, seq)| EventPosition { xid, seq }))
     }
 
-    /// Events after `after` in log order. Only events of transactions older than every
-    /// transaction still in flight are returned, so a later read after the last position
-    /// returned can never miss an event that commits late.
+    /// Events after `after` in log order, at most `limit`. Only events of transactions older
+    /// than every transaction still in flight are returned, so a later read after the last
+    /// position returned can never miss an event that commits late; the page says whether it
+    /// stopped short of committed events held back that way.
     pub async fn list_events(
         &mut self,
         filter: &EventFilter,
         after: Option<EventPosition>,
         limit: i64,
-    ) -> StoreResult<Vec<EventRow>> {
-        self.query_as::<EventRow>(
-            "SELECT tenant_id, id, xid::text::bigint AS xid, seq, actor, action, resource_type, \
-                    resource_id, request_id, data, created_at \
-             FROM events \
-             WHERE tenant_id = $1 \
-               AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-               AND ($2::bigint IS NULL OR (xid, seq) > ($2::bigint::text::xid8, $3::bigint)) \
-               AND ($4::text IS NULL OR resource_type = $4) \
-               AND ($5::uuid IS NULL OR resource_id = $5) \
-               AND ($6::text IS NULL OR action = $6) \
-               AND ($7::timestamptz IS NULL OR created_at >= $7) \
-               AND ($8::timestamptz IS NULL OR created_at < $8) \
-             ORDER BY xid, seq \
-             LIMIT $9",
-        )
-        .bind(after.map(|p| p.xid))
-        .bind(after.map(|p| p.seq))
-        .bind(filter.resource_type.as_deref())
-        .bind(filter.resource_id)
-        .bind(filter.action.as_deref())
-        .bind(filter.start_time)
-        .bind(filter.end_time)
-        .bind(limit)
-        .fetch_all(self.executor())
-        .await
-        .map_err(StoreError::from)
+    ) -> StoreResult<EventPage> {
+        // The rows past the horizon are read too (they sort after every row before it), so
+        // that one statement, with one snapshot, both pages and says what is held back.
+        let rows = self
+            .query_as::<PageRow>(
+                "SELECT tenant_id, id, xid::text::bigint AS xid, seq, actor, action, \
+                        resource_type, resource_id, request_id, data, created_at, \
+                        xid < pg_snapshot_xmin(pg_current_snapshot()) AS settled \
+                 FROM events \
+                 WHERE tenant_id = $1 \
+                   AND ($2::bigint IS NULL OR (xid, seq) > ($2::bigint::text::xid8, $3::bigint)) \
+                   AND ($4::text IS NULL OR resource_type = $4) \
+                   AND ($5::uuid IS NULL OR resource_id = $5) \
+                   AND ($6::text IS NULL OR action = $6) \
+                   AND ($7::timestamptz IS NULL OR created_at >= $7) \
+                   AND ($8::timestamptz IS NULL OR created_at < $8) \
+                 ORDER BY xid, seq \
+                 LIMIT $9",
+            )
+            .bind(after.map(|p| p.xid))
+            .bind(after.map(|p| p.seq))
+            .bind(filter.resource_type.as_deref())
+            .bind(filter.resource_id)
+            .bind(filter.action.as_deref())
+            .bind(filter.start_time)
+            .bind(filter.end_time)
+            .bind(limit)
+            .fetch_all(self.executor())
+            .await?;
+        Ok(EventPage::from_rows(rows))
     }
+}
+
+/// A page of the event log, as [`TenantTx::list_events`] reads it.
+#[derive(Debug)]
+pub struct EventPage {
+    /// The events, each of a transaction older than every one still in flight.
+    pub rows: Vec<EventRow>,
+    /// Whether committed events after the page are held back behind an older transaction
+    /// still in flight. That transaction may be anyone's and sends no word when it ends, so
+    /// a reader waiting at the head must look again by itself.
+    pub held_back: bool,
+}
+
+impl EventPage {
+    /// Keeps the rows before the first unsettled one: settled means `xid` below the
+    /// horizon, so in log order every settled row comes before every other.
+    fn from_rows(rows: Vec<PageRow>) -> Self {
+        let read = rows.len();
+        let rows: Vec<EventRow> = rows
+            .into_iter()
+            .map_while(|row| row.settled.then_some(row.event))
+            .collect();
+        Self {
+            held_back: rows.len() < read,
+            rows,
+        }
+    }
+}
+
+/// A row of [`TenantTx::list_events`]'s statement.
+#[derive(sqlx::FromRow)]
+struct PageRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    /// Whether its transaction is older than every transaction still in flight.
+    settled: bool,
 }

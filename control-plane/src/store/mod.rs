@@ -33,7 +33,7 @@ pub use agents::AgentRow;
 pub use api_keys::{ApiKeyCredential, ApiKeyRow, NewApiKey};
 pub use attempt_events::AttemptEvent;
 pub use attempts::LeaseCheck;
-pub use events::{EventRow, NewEvent};
+pub use events::{EventPage, EventRow, NewEvent};
 pub use live_output::PendingDelta;
 pub use members::MemberRow;
 pub use queue_stats::{PRIORITY_BANDS, QueueBand};

@@ -8,7 +8,10 @@ use tonic_types::StatusExt;
 use crate::app::TestApp;
 use crate::pg::TestDb;
 
-async fn next_event(stream: &mut tonic::Streaming<pb::WatchEventsResponse>) -> pb::Event {
+/// The next event on a WatchEvents stream, within 10 s.
+pub(crate) async fn next_event(
+    stream: &mut tonic::Streaming<pb::WatchEventsResponse>,
+) -> pb::Event {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .unwrap()
@@ -91,6 +94,50 @@ async fn watch_events_replays_then_tails_and_resumes_from_a_cursor() {
     assert_eq!(canceled.request_id, "req-9");
     // The actor is the API key that asked (the workspace's admin key, made by the harness).
     assert!(canceled.actor.starts_with("api_key:"), "{}", canceled.actor);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_held_back_behind_an_older_transaction_is_shown_when_it_ends() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("held-back").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let mut stream = c
+        .events
+        .watch_events(pb::WatchEventsRequest {
+            workspace_id: ws.clone(),
+            after_cursor: String::new(),
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while next_event(&mut stream).await.action != "agent.created" {}
+
+    // A transaction older than the task's creation, of nobody in this workspace: while it
+    // is open the creation is committed (and notified) but held back; its end sends no
+    // notification at all.
+    let owner = db.owner_pool().await;
+    let mut older = owner.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let task = c.task(&ws, &agent.id, "held back").await;
+    let early = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(
+        early.is_err(),
+        "shown past an open older transaction: {early:?}"
+    );
+    older.commit().await.unwrap();
+
+    let shown = next_event(&mut stream).await;
+    assert_eq!(
+        (shown.action.as_str(), shown.resource_id.as_str()),
+        ("task.created", task.id.as_str())
+    );
     app.stop().await;
 }
 

@@ -7,6 +7,7 @@ use pb::watch_task_response::Kind;
 use uuid::Uuid;
 
 use crate::app::{Clients, TestApp};
+use crate::events::next_event;
 use crate::pg::TestDb;
 
 /// What a watcher has seen so far, assembled by the client's rule: deltas append in
@@ -314,6 +315,7 @@ async fn a_stream_past_the_servers_cap_is_refused_until_one_closes() {
 #[tokio::test]
 async fn idle_watchers_issue_no_queries() {
     const WATCHERS: usize = 50;
+    const EVENT_WATCHERS: usize = 10;
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
     let mut c = app.admin().await;
@@ -327,6 +329,24 @@ async fn idle_watchers_issue_no_queries() {
         let first = stream.message().await.unwrap().unwrap();
         assert!(matches!(first.kind, Some(Kind::Snapshot(_))), "{first:?}");
         streams.push(stream);
+    }
+    // WatchEvents streams too, each at the head of the log once it has shown the task's
+    // creation (until then it may still be polling for events held back behind another
+    // test's open transaction).
+    let mut event_streams = Vec::with_capacity(EVENT_WATCHERS);
+    for _ in 0..EVENT_WATCHERS {
+        let mut stream = c
+            .events
+            .watch_events(pb::WatchEventsRequest {
+                workspace_id: ws.clone(),
+                after_cursor: String::new(),
+                filter: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while next_event(&mut stream).await.resource_id != task.id {}
+        event_streams.push(stream);
     }
 
     // Watch the control plane's database sessions for longer than any re-read period they
@@ -357,7 +377,7 @@ async fn idle_watchers_issue_no_queries() {
     }
     assert!(
         seen.is_empty(),
-        "{WATCHERS} idle watchers ran statements: {seen:#?}"
+        "{WATCHERS} + {EVENT_WATCHERS} idle watchers ran statements: {seen:#?}"
     );
     // They still work: a change reaches every one of them.
     c.tasks
@@ -378,6 +398,9 @@ async fn idle_watchers_issue_no_queries() {
             panic!("expected the canceled task, got {message:?}");
         };
         assert_eq!(task.status, pb::TaskStatus::Canceled as i32);
+    }
+    for stream in &mut event_streams {
+        assert_eq!(next_event(stream).await.action, "task.canceled");
     }
     app.stop().await;
 }

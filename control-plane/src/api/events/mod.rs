@@ -44,7 +44,7 @@ impl EventService for EventApi {
         let mut tx = self.state.store.tenant(query.tenant).await?;
         let after = position(&mut tx, &PAGE_TOKEN, query.after).await?;
         let (filter, limit) = (&query.filter, query.limit);
-        let rows = tx.list_events(filter, after, limit + 1).await?;
+        let rows = tx.list_events(filter, after, limit + 1).await?.rows;
         let (items, next) = super::paging::split_page(rows, limit, convert::event, |row| {
             page::encode_event(row.tenant_id, row.id)
         });

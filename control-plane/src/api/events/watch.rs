@@ -14,12 +14,18 @@ use crate::fanout::Subscription;
 /// Events read per query while replaying; a watch holds one batch while its client reads
 /// it, so this bounds the stream's memory (see `STREAM_BUFFER`).
 const WATCH_BATCH: i64 = 100;
-/// How often a quiet watch re-reads anyway (covers lost notifications and events held back
-/// while an older transaction was still running).
-const WATCH_POLL: Duration = Duration::from_secs(1);
+/// How soon a watch looks again while events are held back behind an older transaction
+/// still in flight (whose end sends no notification): first after this, then twice as
+/// long each time they are still held back, up to [`HELD_BACK_POLL_MAX`].
+const HELD_BACK_POLL_MIN: Duration = Duration::from_millis(20);
+/// The longest wait between reads while events are held back.
+const HELD_BACK_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Streams the workspace's events after `after` to `sender` until the client leaves or
 /// the server shuts down: replays in batches, then waits for news about the workspace.
+/// Every transaction that appends events notifies the workspace's topic, and the fan-out
+/// tells a subscription to resync whenever a notification may have been lost, so a watch at
+/// the head with nothing held back waits without reading: an idle watcher costs no queries.
 pub(super) async fn follow(
     state: State,
     request: EventWatch,
@@ -28,22 +34,23 @@ pub(super) async fn follow(
     sender: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
 ) {
     let EventWatch { tenant, filter, .. } = request;
+    let mut held_back_poll = HELD_BACK_POLL_MIN;
     loop {
         // Replay (or catch up) until a short page says we are at the head.
-        loop {
+        let held_back = loop {
             let read = async {
                 let mut tx = state.store.tenant_unchecked(tenant).await?;
                 tx.list_events(&filter, after, WATCH_BATCH).await
             };
-            let rows = match read.await {
-                Ok(rows) => rows,
+            let page = match read.await {
+                Ok(page) => page,
                 Err(error) => {
                     let _ = sender.send(Err(ApiError::from(error).into())).await;
                     return;
                 }
             };
-            let full = rows.len() as i64 == WATCH_BATCH;
-            for row in rows {
+            let full = page.rows.len() as i64 == WATCH_BATCH;
+            for row in page.rows {
                 after = Some(row.position());
                 let message = pb::WatchEventsResponse {
                     event: Some(convert::event(&row)),
@@ -52,17 +59,34 @@ pub(super) async fn follow(
                     return;
                 }
             }
-            if !full {
-                break;
+            if page.held_back || !full {
+                break page.held_back;
             }
-        }
-        // Wait for news about this workspace (the subscription gets no other), or re-read
-        // at the deadline anyway.
-        let deadline = tokio::time::Instant::now() + WATCH_POLL;
+        };
+        // Wait for news about this workspace (the subscription gets no other), and while
+        // events are held back, no longer than the poll.
+        let poll = if held_back {
+            let poll = held_back_poll;
+            held_back_poll = (held_back_poll * 2).min(HELD_BACK_POLL_MAX);
+            Some(poll)
+        } else {
+            held_back_poll = HELD_BACK_POLL_MIN;
+            None
+        };
+        let news = async {
+            match poll {
+                Some(poll) => {
+                    let _ = tokio::time::timeout(poll, notices.recv()).await;
+                }
+                None => {
+                    notices.recv().await;
+                }
+            }
+        };
         tokio::select! {
             () = state.shutdown.cancelled() => return,
             () = sender.closed() => return,
-            _ = tokio::time::timeout_at(deadline, notices.recv()) => {}
+            () = news => {}
         }
     }
 }
