@@ -124,18 +124,11 @@ impl Fanout {
         let hub = Arc::clone(&fanout.hub);
         let pool = pool.clone();
         spawn_named("fanout", async move {
-            // After a reconnect, LISTEN is re-issued on the next receive; whatever was
-            // notified before that is lost, so streams re-read once more a moment later.
-            let mut resync_at: Option<tokio::time::Instant> = None;
             loop {
-                let later = resync_at.unwrap_or_else(tokio::time::Instant::now);
+                // Only shutdown interrupts a receive: one cancelled while it reconnects
+                // would leave the next to reconnect without saying so.
                 let received = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep_until(later), if resync_at.is_some() => {
-                        resync_at = None;
-                        hub.resync_all();
-                        continue;
-                    }
                     received = listener.try_recv() => received,
                 };
                 match received {
@@ -150,9 +143,17 @@ impl Fanout {
                         ),
                     },
                     Ok(None) => {
+                        // LISTEN is re-issued on the next receive; whatever was notified
+                        // before that is lost, so streams re-read now and once more a
+                        // moment later (from a task of its own, so that no receive is
+                        // cancelled for it).
                         tracing::warn!("notification listener reconnecting");
                         hub.resync_all();
-                        resync_at = Some(tokio::time::Instant::now() + RESYNC_AFTER_RECONNECT);
+                        let hub = Arc::clone(&hub);
+                        spawn_named("fanout_resync", async move {
+                            tokio::time::sleep(RESYNC_AFTER_RECONNECT).await;
+                            hub.resync_all();
+                        });
                     }
                     Err(error) => {
                         // Idle streams no longer re-read on a timer, so they must re-read
@@ -174,7 +175,6 @@ impl Fanout {
                         };
                         tracing::info!("notification listener back");
                         hub.resync_all();
-                        resync_at = None;
                     }
                 }
             }

@@ -105,23 +105,37 @@ impl TenantTx {
         after: Option<EventPosition>,
         limit: i64,
     ) -> StoreResult<EventPage> {
-        // The rows past the horizon are read too (they sort after every row before it), so
-        // that one statement, with one snapshot, both pages and says what is held back.
+        // One statement, so one snapshot and one horizon (`pg_snapshot_xmin`) for both
+        // parts: the page below the horizon, and a probe for one committed event of the
+        // workspace at or past it (whatever the filter: a held-back event the filter would
+        // drop only costs a watcher an early look).
         let rows = self
             .query_as::<PageRow>(
-                "SELECT tenant_id, id, xid::text::bigint AS xid, seq, actor, action, \
-                        resource_type, resource_id, request_id, data, created_at, \
-                        xid < pg_snapshot_xmin(pg_current_snapshot()) AS settled \
-                 FROM events \
-                 WHERE tenant_id = $1 \
-                   AND ($2::bigint IS NULL OR (xid, seq) > ($2::bigint::text::xid8, $3::bigint)) \
-                   AND ($4::text IS NULL OR resource_type = $4) \
-                   AND ($5::uuid IS NULL OR resource_id = $5) \
-                   AND ($6::text IS NULL OR action = $6) \
-                   AND ($7::timestamptz IS NULL OR created_at >= $7) \
-                   AND ($8::timestamptz IS NULL OR created_at < $8) \
-                 ORDER BY xid, seq \
-                 LIMIT $9",
+                "SELECT * FROM ( \
+                     (SELECT tenant_id, id, xid::text::bigint AS xid, seq, actor, action, \
+                             resource_type, resource_id, request_id, data, created_at, \
+                             true AS settled \
+                      FROM events \
+                      WHERE tenant_id = $1 \
+                        AND xid < (SELECT pg_snapshot_xmin(pg_current_snapshot())) \
+                        AND ($2::bigint IS NULL \
+                             OR (xid, seq) > ($2::bigint::text::xid8, $3::bigint)) \
+                        AND ($4::text IS NULL OR resource_type = $4) \
+                        AND ($5::uuid IS NULL OR resource_id = $5) \
+                        AND ($6::text IS NULL OR action = $6) \
+                        AND ($7::timestamptz IS NULL OR created_at >= $7) \
+                        AND ($8::timestamptz IS NULL OR created_at < $8) \
+                      ORDER BY xid, seq \
+                      LIMIT $9) \
+                   UNION ALL \
+                     (SELECT tenant_id, id, xid::text::bigint, seq, actor, action, \
+                             resource_type, resource_id, request_id, data, created_at, \
+                             false \
+                      FROM events \
+                      WHERE tenant_id = $1 \
+                        AND xid >= (SELECT pg_snapshot_xmin(pg_current_snapshot())) \
+                      LIMIT 1)) AS page \
+                 ORDER BY xid, seq",
             )
             .bind(after.map(|p| p.xid))
             .bind(after.map(|p| p.seq))
@@ -140,7 +154,8 @@ impl TenantTx {
 /// A page of the event log, as [`TenantTx::list_events`] reads it.
 #[derive(Debug)]
 pub struct EventPage {
-    /// The events, each of a transaction older than every one still in flight.
+    /// The events, each with a transaction id below the snapshot's `xmin` (older than
+    /// every transaction that was still in flight).
     pub rows: Vec<EventRow>,
     /// Whether committed events after the page are held back behind an older transaction
     /// still in flight. That transaction may be anyone's and sends no word when it ends, so
@@ -171,4 +186,48 @@ struct PageRow {
     event: EventRow,
     /// Whether its transaction is older than every transaction still in flight.
     settled: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(xid: i64, settled: bool) -> PageRow {
+        PageRow {
+            event: EventRow {
+                tenant_id: TenantId(Uuid::nil()),
+                id: Uuid::now_v7(),
+                xid,
+                seq: 1,
+                actor: "system".to_owned(),
+                action: "task.created".to_owned(),
+                resource_type: "task".to_owned(),
+                resource_id: Uuid::nil(),
+                request_id: None,
+                data: Json(serde_json::Value::Null),
+                created_at: Utc::now(),
+            },
+            settled,
+        }
+    }
+
+    #[test]
+    fn a_page_shows_the_settled_rows_and_says_whether_any_is_held_back() {
+        let page = EventPage::from_rows(vec![row(10, true), row(11, true), row(20, false)]);
+        let shown: Vec<i64> = page.rows.iter().map(|row| row.xid).collect();
+        assert_eq!(shown, [10, 11]);
+        assert!(page.held_back);
+
+        let page = EventPage::from_rows(vec![row(10, true), row(11, true)]);
+        assert_eq!(page.rows.len(), 2);
+        assert!(!page.held_back);
+
+        let page = EventPage::from_rows(vec![row(20, false)]);
+        assert!(page.rows.is_empty());
+        assert!(page.held_back);
+
+        let page = EventPage::from_rows(Vec::new());
+        assert!(page.rows.is_empty());
+        assert!(!page.held_back);
+    }
 }

@@ -141,6 +141,51 @@ async fn an_event_held_back_behind_an_older_transaction_is_shown_when_it_ends() 
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_watch_goes_on_after_its_listener_is_cut_off() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("listener").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let mut stream = c
+        .events
+        .watch_events(pb::WatchEventsRequest {
+            workspace_id: ws.clone(),
+            after_cursor: String::new(),
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while next_event(&mut stream).await.action != "agent.created" {}
+
+    // End the control plane's LISTEN session and change something at once: the watch,
+    // which no longer re-reads on a timer, hears of it on the listener's next session, or
+    // is told to re-read if the notification fell between the two.
+    let owner = db.owner_pool().await;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert!(
+        !ended.is_empty() && ended.iter().all(|&ended| ended),
+        "{ended:?}"
+    );
+    let task = c.task(&ws, &agent.id, "notified into the gap").await;
+
+    let shown = next_event(&mut stream).await;
+    assert_eq!(
+        (shown.action.as_str(), shown.resource_id.as_str()),
+        ("task.created", task.id.as_str())
+    );
+    app.stop().await;
+}
+
 /// Lists events until at least `count` are visible (reads wait for older transactions
 /// anywhere in the cluster, which other tests may hold open for seconds).
 async fn wait_for_events(c: &mut crate::app::Clients, ws: &str, count: usize) -> Vec<pb::Event> {
