@@ -21,6 +21,22 @@ pub(crate) async fn next_event(
         .unwrap()
 }
 
+/// A WatchEvents stream of the whole log of `ws`, from its start.
+pub(crate) async fn watch_from_the_start(
+    c: &mut crate::app::Clients,
+    ws: &str,
+) -> tonic::Streaming<pb::WatchEventsResponse> {
+    c.events
+        .watch_events(pb::WatchEventsRequest {
+            workspace_id: ws.to_owned(),
+            after_cursor: String::new(),
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test]
 async fn watch_events_replays_then_tails_and_resumes_from_a_cursor() {
     let db = TestDb::new().await;
@@ -29,16 +45,7 @@ async fn watch_events_replays_then_tails_and_resumes_from_a_cursor() {
     let ws = c.workspace("events").await;
     let agent = c.echo_agent(&ws, "coder").await;
 
-    let mut stream = c
-        .events
-        .watch_events(pb::WatchEventsRequest {
-            workspace_id: ws.clone(),
-            after_cursor: String::new(),
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from_the_start(&mut c, &ws).await;
     assert_eq!(next_event(&mut stream).await.action, "workspace.created");
     assert_eq!(next_event(&mut stream).await.action, "api_key.created");
     let agent_created = next_event(&mut stream).await;
@@ -104,16 +111,7 @@ async fn an_event_held_back_behind_an_older_transaction_is_shown_when_it_ends() 
     let mut c = app.admin().await;
     let ws = c.workspace("held-back").await;
     let agent = c.echo_agent(&ws, "coder").await;
-    let mut stream = c
-        .events
-        .watch_events(pb::WatchEventsRequest {
-            workspace_id: ws.clone(),
-            after_cursor: String::new(),
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from_the_start(&mut c, &ws).await;
     while next_event(&mut stream).await.action != "agent.created" {}
 
     // A transaction older than the task's creation, of nobody in this workspace: while it
@@ -148,16 +146,7 @@ async fn a_watch_goes_on_after_its_listener_is_cut_off() {
     let mut c = app.admin().await;
     let ws = c.workspace("listener").await;
     let agent = c.echo_agent(&ws, "coder").await;
-    let mut stream = c
-        .events
-        .watch_events(pb::WatchEventsRequest {
-            workspace_id: ws.clone(),
-            after_cursor: String::new(),
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_from_the_start(&mut c, &ws).await;
     while next_event(&mut stream).await.action != "agent.created" {}
 
     // End the control plane's LISTEN session and change something at once: the watch,

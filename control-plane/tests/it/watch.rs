@@ -7,7 +7,7 @@ use pb::watch_task_response::Kind;
 use uuid::Uuid;
 
 use crate::app::{Clients, TestApp};
-use crate::events::next_event;
+use crate::events::{next_event, watch_from_the_start};
 use crate::pg::TestDb;
 
 /// What a watcher has seen so far, assembled by the client's rule: deltas append in
@@ -335,16 +335,7 @@ async fn idle_watchers_issue_no_queries() {
     // test's open transaction).
     let mut event_streams = Vec::with_capacity(EVENT_WATCHERS);
     for _ in 0..EVENT_WATCHERS {
-        let mut stream = c
-            .events
-            .watch_events(pb::WatchEventsRequest {
-                workspace_id: ws.clone(),
-                after_cursor: String::new(),
-                filter: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = watch_from_the_start(&mut c, &ws).await;
         while next_event(&mut stream).await.resource_id != task.id {}
         event_streams.push(stream);
     }
