@@ -143,10 +143,10 @@ impl Fanout {
                         ),
                     },
                     Ok(None) => {
-                        // LISTEN is re-issued on the next receive; whatever was notified
-                        // before that is lost, so streams re-read now and once more a
-                        // moment later (from a task of its own, so that no receive is
-                        // cancelled for it).
+                        // The listener has reconnected (sqlx re-issues LISTEN before it
+                        // says so), but whatever was notified meanwhile is lost: streams
+                        // re-read now, and once more a moment later from a task of its
+                        // own, so that no receive is cancelled for it.
                         tracing::warn!("notification listener reconnecting");
                         hub.resync_all();
                         let hub = Arc::clone(&hub);

@@ -107,8 +107,11 @@ impl TenantTx {
     ) -> StoreResult<EventPage> {
         // One statement, so one snapshot and one horizon (`pg_snapshot_xmin`) for both
         // parts: the page below the horizon, and a probe for one committed event of the
-        // workspace at or past it (whatever the filter: a held-back event the filter would
-        // drop only costs a watcher an early look).
+        // workspace at or past it, whatever the filter (so a filtered watcher of a busy
+        // workspace may look again, up to once a second, while events it would not show
+        // are held back). The page orders by the table's columns, which `events_log` keeps
+        // in order: a bare `xid` would name the output column (a bigint), and every page
+        // would then read and sort the whole log from the cursor to the horizon.
         let rows = self
             .query_as::<PageRow>(
                 "SELECT * FROM ( \
@@ -125,7 +128,7 @@ impl TenantTx {
                         AND ($6::text IS NULL OR action = $6) \
                         AND ($7::timestamptz IS NULL OR created_at >= $7) \
                         AND ($8::timestamptz IS NULL OR created_at < $8) \
-                      ORDER BY xid, seq \
+                      ORDER BY events.xid, events.seq \
                       LIMIT $9) \
                    UNION ALL \
                      (SELECT tenant_id, id, xid::text::bigint, seq, actor, action, \

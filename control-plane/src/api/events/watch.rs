@@ -50,6 +50,10 @@ pub(super) async fn follow(
                 }
             };
             let full = page.rows.len() as i64 == WATCH_BATCH;
+            if !page.rows.is_empty() {
+                // The log moves: the next wait for held-back events starts short again.
+                held_back_poll = HELD_BACK_POLL_MIN;
+            }
             for row in page.rows {
                 after = Some(row.position());
                 let message = pb::WatchEventsResponse {
@@ -59,20 +63,18 @@ pub(super) async fn follow(
                     return;
                 }
             }
-            if page.held_back || !full {
+            // Held-back events only matter at the head: a full page reads on at once.
+            if !full {
                 break page.held_back;
             }
         };
         // Wait for news about this workspace (the subscription gets no other), and while
         // events are held back, no longer than the poll.
-        let poll = if held_back {
+        let poll = held_back.then(|| {
             let poll = held_back_poll;
             held_back_poll = (held_back_poll * 2).min(HELD_BACK_POLL_MAX);
-            Some(poll)
-        } else {
-            held_back_poll = HELD_BACK_POLL_MIN;
-            None
-        };
+            poll
+        });
         let news = async {
             match poll {
                 Some(poll) => {
