@@ -75,20 +75,11 @@ pub(super) async fn follow(
             held_back_poll = (held_back_poll * 2).min(HELD_BACK_POLL_MAX);
             poll
         });
-        let news = async {
-            match poll {
-                Some(poll) => {
-                    let _ = tokio::time::timeout(poll, notices.recv()).await;
-                }
-                None => {
-                    notices.recv().await;
-                }
-            }
-        };
         tokio::select! {
             () = state.shutdown.cancelled() => return,
             () = sender.closed() => return,
-            () = news => {}
+            _ = notices.recv() => {}
+            () = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
         }
     }
 }
