@@ -10,11 +10,12 @@
 mod inbox;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::{TaskId, TenantId, WorkerId};
@@ -23,7 +24,7 @@ use agentplane_core::notify::{Notification, channel};
 use inbox::{Budget, Inbox};
 
 /// How long after a listener reconnect streams are told to re-read once more.
-const RESYNC_AFTER_RECONNECT: std::time::Duration = std::time::Duration::from_secs(2);
+const RESYNC_AFTER_RECONNECT: Duration = Duration::from_secs(2);
 
 /// What a subscription follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,18 +97,182 @@ impl Hub {
     }
 }
 
-/// A listener on every channel the fan-out routes.
+/// The channel on which a listener that has heard nothing for a while probes itself.
+const PROBE: &str = "agentplane_listener_probe";
+
+/// A listener on every channel the fan-out routes, and on [`PROBE`].
+///
+/// It connects through a pool of its own, with `pool`'s options and one connection: it takes
+/// no connection from the API's pool, and when it is replaced for silence, the `UNLISTEN` that
+/// sqlx sends as it drops a listener, which waits on the dead connection until TCP gives up,
+/// holds only that pool.
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = PgListener::connect_with(&own).await?;
     listener
         .listen_all([
             channel::TASK_STATE,
             channel::TASK_OUTPUT,
             channel::TASK_CANCEL,
             channel::EVENTS,
+            PROBE,
         ])
         .await?;
     Ok(listener)
+}
+
+/// When the listener last heard anything (a notification or its own probe).
+#[derive(Debug)]
+struct Heard {
+    since: Instant,
+    at_millis: AtomicU64,
+}
+
+impl Heard {
+    fn now() -> Self {
+        Self {
+            since: Instant::now(),
+            at_millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let millis = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_millis.store(millis, Ordering::Relaxed);
+    }
+
+    /// How long ago the last thing was heard.
+    fn ago(&self) -> Duration {
+        self.since.elapsed().saturating_sub(Duration::from_millis(
+            self.at_millis.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+/// Receives on `listener` until it fails, routing what it hears; only an abort (the listener
+/// being replaced, or shutdown) interrupts a receive, so one is never cancelled while sqlx
+/// reconnects.
+async fn receive(mut listener: PgListener, hub: Arc<Hub>, heard: Arc<Heard>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                heard.touch();
+                if notification.channel() == PROBE {
+                    continue;
+                }
+                match Notification::decode_with_sent_at(
+                    notification.channel(),
+                    notification.payload(),
+                ) {
+                    Some((decoded, sent_at)) => hub.route(decoded, sent_at),
+                    None => tracing::warn!(
+                        channel = notification.channel(),
+                        "ignoring malformed notification"
+                    ),
+                }
+            }
+            Ok(None) => {
+                // The listener has reconnected (sqlx re-issues LISTEN before it says so),
+                // but whatever was notified meanwhile is lost: streams re-read now, and once
+                // more a moment later from a task of its own, so that no receive waits for it.
+                heard.touch();
+                tracing::warn!("notification listener reconnecting");
+                crate::metrics::METRICS.fanout_listener_restart("reconnected");
+                hub.resync_all();
+                let hub = Arc::clone(&hub);
+                spawn_named("fanout_resync", async move {
+                    tokio::time::sleep(RESYNC_AFTER_RECONNECT).await;
+                    hub.resync_all();
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "notification listener failed; reconnecting");
+                crate::metrics::METRICS.fanout_listener_restart("failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the listener and replaces it when it fails or falls silent.
+///
+/// A connection whose server or network vanished without closing it (a half-open socket)
+/// fails no read: it is only silent. So when nothing has been heard for `probe_every`, a
+/// probe is notified from the pool; if the listener does not hear that either within another
+/// `probe_every`, it is dropped and a new one is built. Idle streams re-read only when told
+/// to, so every replacement tells them all, once the new listener is surely listening.
+async fn supervise(
+    mut listener: PgListener,
+    hub: Arc<Hub>,
+    pool: PgPool,
+    probe_every: Duration,
+    shutdown: CancellationToken,
+) {
+    let heard = Arc::new(Heard::now());
+    loop {
+        let mut receiving = spawn_named(
+            "fanout_receive",
+            receive(listener, Arc::clone(&hub), Arc::clone(&heard)),
+        );
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    receiving.abort();
+                    return;
+                }
+                _ = &mut receiving => break,
+                () = tokio::time::sleep(probe_every) => {}
+            }
+            if heard.ago() < probe_every {
+                continue;
+            }
+            if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(PROBE)
+                .execute(&pool)
+                .await
+            {
+                // Unsent, the probe says nothing about the listener.
+                tracing::warn!(%error, "could not probe the notification listener");
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    receiving.abort();
+                    return;
+                }
+                _ = &mut receiving => break,
+                () = tokio::time::sleep(probe_every) => {}
+            }
+            if heard.ago() >= probe_every {
+                tracing::warn!(
+                    silent_for = ?heard.ago(),
+                    "notification listener heard nothing, not even its own probe; reconnecting"
+                );
+                crate::metrics::METRICS.fanout_listener_restart("silent");
+                receiving.abort();
+                break;
+            }
+        }
+        hub.resync_all();
+        listener = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            match listen(&pool).await {
+                Ok(listener) => break listener,
+                Err(error) => tracing::warn!(%error, "notification listener still down"),
+            }
+        };
+        heard.touch();
+        tracing::info!("notification listener back");
+        hub.resync_all();
+    }
 }
 
 /// The process-wide router of notifications to subscriptions.
@@ -117,68 +282,25 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Starts listening; stops when `shutdown` is cancelled.
-    pub async fn start(pool: &PgPool, shutdown: CancellationToken) -> Result<Self, sqlx::Error> {
-        let mut listener = listen(pool).await?;
+    /// Starts listening, probing the listener after `probe_every` of silence; stops when
+    /// `shutdown` is cancelled.
+    pub async fn start(
+        pool: &PgPool,
+        probe_every: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, sqlx::Error> {
+        let listener = listen(pool).await?;
         let fanout = Self::unconnected();
-        let hub = Arc::clone(&fanout.hub);
-        let pool = pool.clone();
-        spawn_named("fanout", async move {
-            loop {
-                // Only shutdown interrupts a receive: one cancelled while it reconnects
-                // would leave the next to reconnect without saying so.
-                let received = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    received = listener.try_recv() => received,
-                };
-                match received {
-                    Ok(Some(notification)) => match Notification::decode_with_sent_at(
-                        notification.channel(),
-                        notification.payload(),
-                    ) {
-                        Some((decoded, sent_at)) => hub.route(decoded, sent_at),
-                        None => tracing::warn!(
-                            channel = notification.channel(),
-                            "ignoring malformed notification"
-                        ),
-                    },
-                    Ok(None) => {
-                        // The listener has reconnected (sqlx re-issues LISTEN before it
-                        // says so), but whatever was notified meanwhile is lost: streams
-                        // re-read now, and once more a moment later from a task of its
-                        // own, so that no receive is cancelled for it.
-                        tracing::warn!("notification listener reconnecting");
-                        hub.resync_all();
-                        let hub = Arc::clone(&hub);
-                        spawn_named("fanout_resync", async move {
-                            tokio::time::sleep(RESYNC_AFTER_RECONNECT).await;
-                            hub.resync_all();
-                        });
-                    }
-                    Err(error) => {
-                        // Idle streams no longer re-read on a timer, so they must re-read
-                        // once LISTEN is surely back: build a new listener (retrying each
-                        // second), and only then tell every stream to re-read.
-                        tracing::warn!(%error, "notification listener failed; reconnecting");
-                        hub.resync_all();
-                        listener = loop {
-                            tokio::select! {
-                                () = shutdown.cancelled() => return,
-                                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                            }
-                            match listen(&pool).await {
-                                Ok(listener) => break listener,
-                                Err(error) => {
-                                    tracing::warn!(%error, "notification listener still down")
-                                }
-                            }
-                        };
-                        tracing::info!("notification listener back");
-                        hub.resync_all();
-                    }
-                }
-            }
-        });
+        spawn_named(
+            "fanout",
+            supervise(
+                listener,
+                Arc::clone(&fanout.hub),
+                pool.clone(),
+                probe_every,
+                shutdown,
+            ),
+        );
         Ok(fanout)
     }
 

@@ -9,7 +9,8 @@
 //!   `max`);
 //! - the fan-out: `agentplane_fanout_backlog_notices` (notices queued for live streams, in
 //!   total), `agentplane_fanout_subscribers`, and `agentplane_fanout_lag_seconds` (from a
-//!   notification's sending to its stream taking it);
+//!   notification's sending to its stream taking it), and
+//!   `agentplane_fanout_listener_restarts_total{reason="failed|silent|reconnected"}`;
 //! - the database pool: `agentplane_db_pool_connections{state="idle|in_use"}`,
 //!   `agentplane_db_pool_max_connections` (saturation is in-use over max);
 //! - retention: `agentplane_retention_deleted_rows_total{table="tasks|task_messages|
@@ -51,6 +52,7 @@ pub struct Metrics {
     /// Rows the retention loop deleted, by table.
     pub retention_deleted: IntCounterVec,
     fanout_lag: Histogram,
+    fanout_listener_restarts: IntCounterVec,
 }
 
 /// The process's metrics (one registry, however many servers a test starts).
@@ -151,8 +153,22 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let fanout_listener_restarts = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "agentplane_fanout_listener_restarts_total",
+                    "Times the notification listener was rebuilt, by reason (failed: an \
+                     error; silent: it did not hear its own probe; reconnected: sqlx \
+                     reconnected it after the connection closed)",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
         Self {
             retention_deleted,
+            fanout_listener_restarts,
             registry,
             grpc,
             fanout_backlog,
@@ -174,6 +190,13 @@ impl Metrics {
             .duration_since(sent_at)
             .unwrap_or_default();
         self.fanout_lag.observe(lag.as_secs_f64());
+    }
+
+    /// Counts a rebuild of the notification listener.
+    pub fn fanout_listener_restart(&self, reason: &'static str) {
+        self.fanout_listener_restarts
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Brings the gauges up to date before each scrape: the pool's statistics, and the

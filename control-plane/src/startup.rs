@@ -121,7 +121,7 @@ impl Application {
             .await
             .map_err(|problem| anyhow::anyhow!(problem))?;
         let streams = CancellationToken::new();
-        let fanout = Fanout::start(&pool, streams.clone())
+        let fanout = Fanout::start(&pool, config.listener_probe_interval, streams.clone())
             .await
             .context("listening for notifications")?;
         let listener = TcpListener::bind(config.listen_addr)

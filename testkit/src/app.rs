@@ -205,6 +205,7 @@ pub fn test_config(db: &TestDb) -> Config {
         metrics_addr: None,
         task_retention: "30d".parse().unwrap(),
         task_retention_interval_seconds: 300,
+        listener_probe_seconds: 10,
     };
     args.validate().unwrap()
 }

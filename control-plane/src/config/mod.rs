@@ -160,6 +160,11 @@ pub struct ServeArgs {
         default_value_t = 300
     )]
     pub task_retention_interval_seconds: u64,
+    /// Seconds of silence after which the notification listener probes itself, and is
+    /// replaced if the probe is not heard within as long again (a connection whose server or
+    /// network vanished fails no read; live streams would wait on it).
+    #[arg(long, env = "AGENTPLANE_LISTENER_PROBE_SECONDS", default_value_t = 10)]
+    pub listener_probe_seconds: u64,
 }
 
 /// Validated server configuration. Its `Debug` shows database URLs without their password
@@ -192,6 +197,8 @@ pub struct Config {
     pub task_retention: Option<Duration>,
     /// Time between retention passes.
     pub task_retention_interval: Duration,
+    /// Silence after which the notification listener probes itself.
+    pub listener_probe_interval: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -216,6 +223,7 @@ impl fmt::Debug for Config {
             .field("metrics_addr", &self.metrics_addr)
             .field("task_retention", &TaskRetention(self.task_retention))
             .field("task_retention_interval", &self.task_retention_interval)
+            .field("listener_probe_interval", &self.listener_probe_interval)
             .finish()
     }
 }
@@ -325,6 +333,12 @@ impl ServeArgs {
             1,
             MAX_DB_TIMEOUT_SECONDS,
         )?;
+        check_range(
+            "--listener-probe-seconds",
+            self.listener_probe_seconds,
+            1,
+            3600,
+        )?;
         let jwt = jwt_config(
             self.jwt_issuer,
             self.jwt_audience,
@@ -358,6 +372,7 @@ impl ServeArgs {
             metrics_addr: self.metrics_addr,
             task_retention: self.task_retention.0,
             task_retention_interval: Duration::from_secs(self.task_retention_interval_seconds),
+            listener_probe_interval: Duration::from_secs(self.listener_probe_seconds),
         })
     }
 }

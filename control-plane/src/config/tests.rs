@@ -25,6 +25,7 @@ fn args() -> ServeArgs {
         metrics_addr: None,
         task_retention: TaskRetention(Some(Duration::from_secs(30 * 86_400))),
         task_retention_interval_seconds: 300,
+        listener_probe_seconds: 10,
     }
 }
 
@@ -240,4 +241,20 @@ fn task_retention_defaults_to_thirty_days_and_can_be_off_or_refused() {
         ])
         .is_err()
     );
+}
+
+#[test]
+fn the_listener_probe_is_between_a_second_and_an_hour() {
+    let probe = |seconds| {
+        ServeArgs {
+            listener_probe_seconds: seconds,
+            dev_mode: true,
+            ..args()
+        }
+        .validate()
+        .map(|config| config.listener_probe_interval)
+    };
+    assert_eq!(probe(10).ok(), Some(Duration::from_secs(10)));
+    assert!(matches!(probe(0), Err(ConfigError::OutOfRange { .. })));
+    assert!(matches!(probe(3601), Err(ConfigError::OutOfRange { .. })));
 }

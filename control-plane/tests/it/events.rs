@@ -175,6 +175,71 @@ async fn a_watch_goes_on_after_its_listener_is_cut_off() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_watch_goes_on_when_its_listener_falls_silent() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db, |config| {
+        config.listener_probe_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut c = app.admin().await;
+    let ws = c.workspace("silent").await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let mut stream = watch_from_the_start(&mut c, &ws).await;
+    while next_event(&mut stream).await.action != "agent.created" {}
+
+    // Stop the listener's server process: its connection stays open and says nothing, as
+    // one does whose server or network vanished without closing it (no read fails). The
+    // watch, which waits on the listener, goes on only if the control plane notices.
+    let owner = db.owner_pool().await;
+    let listeners: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    let [pid] = listeners[..] else {
+        panic!("one listener: {listeners:?}")
+    };
+    let _stopped = Stopped::new(pid);
+    let task = c
+        .task(&ws, &agent.id, "notified to a silent listener")
+        .await;
+
+    let shown = next_event(&mut stream).await;
+    assert_eq!(
+        (shown.action.as_str(), shown.resource_id.as_str()),
+        ("task.created", task.id.as_str())
+    );
+    app.stop().await;
+}
+
+/// A server process stopped (SIGSTOP) until this is dropped, even by a failing test.
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: i32) -> Self {
+        let pid = pid.to_string();
+        signal("-STOP", &pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
 /// Lists events until at least `count` are visible (reads wait for older transactions
 /// anywhere in the cluster, which other tests may hold open for seconds).
 async fn wait_for_events(c: &mut crate::app::Clients, ws: &str, count: usize) -> Vec<pb::Event> {

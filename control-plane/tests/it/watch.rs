@@ -206,7 +206,9 @@ async fn a_stalled_subscriber_holds_a_bounded_queue_and_is_told_to_resync() {
     let db = TestDb::new().await;
     let pool = sqlx::PgPool::connect(&db.app_url()).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let fanout = Fanout::start(&pool, stop.clone()).await.unwrap();
+    let fanout = Fanout::start(&pool, Duration::from_secs(10), stop.clone())
+        .await
+        .unwrap();
     let (tenant, task) = (TenantId(Uuid::now_v7()), TaskId(Uuid::now_v7()));
     // A watcher whose client stopped reading stops receiving too.
     let mut stalled = fanout.subscribe(Topic::Task(tenant, task));
