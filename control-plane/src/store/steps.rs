@@ -30,6 +30,10 @@ impl TenantTx {
         let positions: Vec<i32> = steps.iter().map(|(_, step)| step.position).collect();
         let numbers: Vec<i32> = steps.iter().map(|(_, step)| step.step).collect();
         let texts: Vec<&str> = steps.iter().map(|(_, step)| step.text.as_str()).collect();
+        let finish_reasons: Vec<&str> = steps
+            .iter()
+            .map(|(_, step)| step.finish_reason.as_str())
+            .collect();
         let tool_calls: Vec<Option<String>> = steps
             .iter()
             .map(|(_, step)| {
@@ -47,12 +51,12 @@ impl TenantTx {
         let stored: Vec<(TaskId, i32)> = self
             .query_as(
                 "INSERT INTO task_messages (tenant_id, id, task_id, position, role, content, \
-                                        attempt, step, tool_calls) \
+                                        attempt, step, tool_calls, finish_reason) \
              SELECT $1, s.id, s.task_id, s.position, 'assistant', s.content, s.attempt, \
-                    s.step, s.tool_calls::jsonb \
+                    s.step, s.tool_calls::jsonb, nullif(s.finish_reason, '') \
              FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::int[], $6::int[], $7::text[], \
-                         $8::text[]) AS s(id, task_id, attempt, position, step, content, \
-                                          tool_calls) \
+                         $8::text[], $10::text[]) AS s(id, task_id, attempt, position, step, \
+                                                      content, tool_calls, finish_reason) \
              CROSS JOIN LATERAL (SELECT 1 FROM tasks t \
                                  WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = s.task_id \
                                    AND t.attempt = s.attempt \
@@ -69,6 +73,7 @@ impl TenantTx {
             .bind(&texts)
             .bind(&tool_calls)
             .bind(worker)
+            .bind(&finish_reasons)
             .fetch_all(self.executor())
             .await?;
         Ok(stored.into_iter().collect())

@@ -165,16 +165,13 @@ async fn a_step_recorded_before_a_crash_is_replayed_by_the_next_attempt_not_paid
     let session = Session::open(&app, &credential).await;
     let (ws, task, position) = claimed_task(&mut clients, &owner, credential.0, vec![]).await;
 
-    // Attempt 1 completes its model call and reports the step ...
-    session
-        .send(step(
-            lease(&ws, &task.id, 1),
-            0,
-            position,
-            "sunny, 21C",
-            vec![],
-        ))
-        .await;
+    // Attempt 1 completes its model call (cut off at its token limit) and reports the
+    // step ...
+    let mut reported = step(lease(&ws, &task.id, 1), 0, position, "sunny, 21C", vec![]);
+    if let In::Step(step) = &mut reported {
+        step.finish_reason = "length".into();
+    }
+    session.send(reported).await;
     wait_count(
         &owner,
         "SELECT count(*) FROM task_messages WHERE task_id = $1::uuid AND step = 0",
@@ -221,6 +218,17 @@ async fn a_step_recorded_before_a_crash_is_replayed_by_the_next_attempt_not_paid
     .await
     .unwrap();
     assert_eq!(calls_started, 0, "attempt 2 called no model");
+    let finish_reason: Option<String> =
+        sqlx::query_scalar("SELECT finish_reason FROM tasks WHERE id = $1::uuid")
+            .bind(&task.id)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert_eq!(
+        finish_reason.as_deref(),
+        Some("length"),
+        "the replay reports the recorded step's reason"
+    );
     let transcript = clients.transcript(&ws, &task.id).await;
     let last = transcript.last().unwrap();
     assert_eq!(last.message.as_ref().unwrap().content, "sunny, 21C");

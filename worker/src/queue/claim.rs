@@ -450,6 +450,7 @@ struct TranscriptRow {
     tool_calls: Option<serde_json::Value>,
     tool_call_id: Option<String>,
     is_error: bool,
+    finish_reason: Option<String>,
 }
 
 async fn load_transcripts(
@@ -459,7 +460,7 @@ async fn load_transcripts(
     let (tenants, task_ids) = unzip_pairs(started.iter().map(|task| (task.tenant_id, task.id)));
     let rows: Vec<TranscriptRow> = sqlx::query_as(
         "SELECT m.tenant_id, m.task_id, m.position, m.role, m.content, m.step, m.tool_calls, \
-                m.tool_call_id, m.is_error \
+                m.tool_call_id, m.is_error, m.finish_reason \
          FROM task_messages AS m \
          JOIN unnest($1::uuid[], $2::uuid[]) AS k(tenant_id, task_id) \
            ON m.tenant_id = k.tenant_id AND m.task_id = k.task_id \
@@ -482,6 +483,7 @@ async fn load_transcripts(
                 tool_calls: row.tool_calls,
                 tool_call_id: row.tool_call_id,
                 is_error: row.is_error,
+                finish_reason: row.finish_reason,
             });
     }
     Ok(transcripts)

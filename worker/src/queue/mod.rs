@@ -167,6 +167,9 @@ pub struct TranscriptMessage {
     pub tool_call_id: Option<String>,
     /// For a tool output, whether the tool failed.
     pub is_error: bool,
+    /// For a recorded step, why its generation stopped (none for steps recorded before the
+    /// reason was kept).
+    pub finish_reason: Option<String>,
 }
 
 /// Notifications to send when a transaction commits.

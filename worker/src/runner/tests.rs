@@ -32,6 +32,7 @@ fn task(messages: &[(&str, &str)], generation: serde_json::Value) -> ClaimedTask
                 tool_calls: None,
                 tool_call_id: None,
                 is_error: false,
+                finish_reason: None,
             })
             .collect(),
         run_at: chrono::Utc::now(),
@@ -169,6 +170,17 @@ fn a_recorded_last_step_is_replayed_instead_of_called_again() {
         Ok(Plan::Replay(worker_result::Outcome::Success(success))) => {
             assert_eq!(success.output, "hello");
             assert_eq!(success.position, 1);
+            assert_eq!(
+                success.finish_reason, "stop",
+                "recorded before reasons were kept"
+            );
+        }
+        other => panic!("expected the answer replayed, got {:?}", other.is_ok()),
+    }
+    answered.messages[1].finish_reason = Some("length".to_owned());
+    match transcript::plan(&answered) {
+        Ok(Plan::Replay(worker_result::Outcome::Success(success))) => {
+            assert_eq!(success.finish_reason, "length", "the recorded reason");
         }
         other => panic!("expected the answer replayed, got {:?}", other.is_ok()),
     }

@@ -53,8 +53,11 @@ pub(super) fn plan(task: &ClaimedTask) -> Result<Plan, Outcome> {
         let outcome = if calls.is_empty() {
             worker_result::Outcome::Success(WorkerSuccess {
                 output: last.content.clone(),
-                // The reason is not kept with the step; the answer is complete either way.
-                finish_reason: "stop".to_owned(),
+                // A step recorded before the reason was kept has none; it ended either way.
+                finish_reason: last
+                    .finish_reason
+                    .clone()
+                    .unwrap_or_else(|| "stop".to_owned()),
                 calls: Vec::new(),
                 position: last.position,
             })
