@@ -17,4 +17,5 @@
 
 pub mod app;
 pub mod fixtures;
+mod killable;
 pub mod pg;
