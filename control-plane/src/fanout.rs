@@ -100,6 +100,12 @@ impl Hub {
 /// The channel on which a listener that has heard nothing for a while probes itself.
 const PROBE: &str = "agentplane_listener_probe";
 
+/// The listener's `application_name`, so that operators (and a test) can tell it apart.
+pub const LISTENER_APPLICATION_NAME: &str = "agentplane-control-plane-listener";
+
+/// Longest a listener may take to connect and subscribe.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A listener on every channel the fan-out routes, and on [`PROBE`].
 ///
 /// It connects through a pool of its own, with `pool`'s options and one connection: it takes
@@ -107,23 +113,32 @@ const PROBE: &str = "agentplane_listener_probe";
 /// sqlx sends as it drops a listener, which waits on the dead connection until TCP gives up,
 /// holds only that pool.
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(LISTENER_APPLICATION_NAME);
     let own = PgPoolOptions::new()
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let mut listener = PgListener::connect_with(&own).await?;
-    listener
-        .listen_all([
-            channel::TASK_STATE,
-            channel::TASK_OUTPUT,
-            channel::TASK_CANCEL,
-            channel::EVENTS,
-            PROBE,
-        ])
-        .await?;
-    Ok(listener)
+        .acquire_timeout(LISTEN_TIMEOUT)
+        .connect_lazy_with(options);
+    let subscribe = async {
+        let mut listener = PgListener::connect_with(&own).await?;
+        listener
+            .listen_all([
+                channel::TASK_STATE,
+                channel::TASK_OUTPUT,
+                channel::TASK_CANCEL,
+                channel::EVENTS,
+                PROBE,
+            ])
+            .await?;
+        Ok(listener)
+    };
+    // A connection can go silent while it subscribes, too.
+    tokio::time::timeout(LISTEN_TIMEOUT, subscribe)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// When the listener last heard anything (a notification or its own probe).
@@ -231,14 +246,20 @@ async fn supervise(
             if heard.ago() < probe_every {
                 continue;
             }
-            if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+            let probe = sqlx::query("SELECT pg_notify($1, '')")
                 .bind(PROBE)
-                .execute(&pool)
-                .await
-            {
-                // Unsent, the probe says nothing about the listener.
-                tracing::warn!(%error, "could not probe the notification listener");
-                continue;
+                .execute(&pool);
+            match tokio::time::timeout(probe_every, probe).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    // Unsent, the probe says nothing about the listener.
+                    tracing::warn!(%error, "could not probe the notification listener");
+                    continue;
+                }
+                // Perhaps sent, perhaps not: judge the listener as if it was. A listener
+                // rebuilt for nothing costs a reconnect and a re-read per stream; one dead
+                // and never rebuilt stalls them all.
+                Err(_) => tracing::warn!("probing the notification listener timed out"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => {

@@ -169,7 +169,7 @@ async fn a_step_recorded_before_a_crash_is_replayed_by_the_next_attempt_not_paid
     // step ...
     let mut reported = step(lease(&ws, &task.id, 1), 0, position, "sunny, 21C", vec![]);
     if let In::Step(step) = &mut reported {
-        step.finish_reason = "length".into();
+        step.finish_reason = "max_tokens".into();
     }
     session.send(reported).await;
     wait_count(
@@ -226,7 +226,7 @@ async fn a_step_recorded_before_a_crash_is_replayed_by_the_next_attempt_not_paid
             .unwrap();
     assert_eq!(
         finish_reason.as_deref(),
-        Some("length"),
+        Some("max_tokens"),
         "the replay reports the recorded step's reason"
     );
     let transcript = clients.transcript(&ws, &task.id).await;

@@ -319,7 +319,11 @@ async fn idle_watchers_issue_no_queries() {
     const WATCHERS: usize = 50;
     const EVENT_WATCHERS: usize = 10;
     let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
+    // The process's own listener probe (a query after 10 s of silence) is not a watcher's.
+    let app = TestApp::spawn_with(&db, |config| {
+        config.listener_probe_interval = Duration::from_secs(3600);
+    })
+    .await;
     let mut c = app.admin().await;
     let ws = c.workspace("idle").await;
     let agent = c.echo_agent(&ws, "coder").await;

@@ -177,10 +177,10 @@ fn a_recorded_last_step_is_replayed_instead_of_called_again() {
         }
         other => panic!("expected the answer replayed, got {:?}", other.is_ok()),
     }
-    answered.messages[1].finish_reason = Some("length".to_owned());
+    answered.messages[1].finish_reason = Some("max_tokens".to_owned());
     match transcript::plan(&answered) {
         Ok(Plan::Replay(worker_result::Outcome::Success(success))) => {
-            assert_eq!(success.finish_reason, "length", "the recorded reason");
+            assert_eq!(success.finish_reason, "max_tokens", "the recorded reason");
         }
         other => panic!("expected the answer replayed, got {:?}", other.is_ok()),
     }
