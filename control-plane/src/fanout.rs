@@ -214,6 +214,28 @@ async fn receive(mut listener: PgListener, hub: Arc<Hub>, heard: Arc<Heard>) {
     }
 }
 
+/// Notifies [`PROBE`] from `pool`, waiting at most `timeout`; false if it surely was not
+/// sent (an unsent probe says nothing about the listener).
+async fn probe(pool: &PgPool, timeout: Duration) -> bool {
+    let probe = sqlx::query("SELECT pg_notify($1, '')")
+        .bind(PROBE)
+        .execute(pool);
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not probe the notification listener");
+            false
+        }
+        // Perhaps sent, perhaps not: judge the listener as if it was. A listener rebuilt
+        // for nothing costs a reconnect and a re-read per stream; one dead and never
+        // rebuilt stalls them all.
+        Err(_) => {
+            tracing::warn!("probing the notification listener timed out");
+            true
+        }
+    }
+}
+
 /// Runs the listener and replaces it when it fails or falls silent.
 ///
 /// A connection whose server or network vanished without closing it (a half-open socket)
@@ -234,6 +256,8 @@ async fn supervise(
             "fanout_receive",
             receive(listener, Arc::clone(&hub), Arc::clone(&heard)),
         );
+        // Whether a probe went out since the listener last heard anything.
+        let mut probed = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -244,32 +268,10 @@ async fn supervise(
                 () = tokio::time::sleep(probe_every) => {}
             }
             if heard.ago() < probe_every {
+                probed = false;
                 continue;
             }
-            let probe = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(PROBE)
-                .execute(&pool);
-            match tokio::time::timeout(probe_every, probe).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    // Unsent, the probe says nothing about the listener.
-                    tracing::warn!(%error, "could not probe the notification listener");
-                    continue;
-                }
-                // Perhaps sent, perhaps not: judge the listener as if it was. A listener
-                // rebuilt for nothing costs a reconnect and a re-read per stream; one dead
-                // and never rebuilt stalls them all.
-                Err(_) => tracing::warn!("probing the notification listener timed out"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    receiving.abort();
-                    return;
-                }
-                _ = &mut receiving => break,
-                () = tokio::time::sleep(probe_every) => {}
-            }
-            if heard.ago() >= probe_every {
+            if probed {
                 tracing::warn!(
                     silent_for = ?heard.ago(),
                     "notification listener heard nothing, not even its own probe; reconnecting"
@@ -278,6 +280,7 @@ async fn supervise(
                 receiving.abort();
                 break;
             }
+            probed = probe(&pool, probe_every).await;
         }
         hub.resync_all();
         listener = loop {

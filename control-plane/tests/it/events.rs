@@ -38,6 +38,19 @@ pub(crate) async fn watch_from_the_start(
         .into_inner()
 }
 
+/// A new workspace named `name` with an echo agent, and a WatchEvents stream of its log
+/// that has shown the agent's creation.
+async fn watching_a_new_workspace(
+    c: &mut crate::app::Clients,
+    name: &str,
+) -> (String, pb::Agent, tonic::Streaming<pb::WatchEventsResponse>) {
+    let ws = c.workspace(name).await;
+    let agent = c.echo_agent(&ws, "coder").await;
+    let mut stream = watch_from_the_start(c, &ws).await;
+    while next_event(&mut stream).await.action != "agent.created" {}
+    (ws, agent, stream)
+}
+
 #[tokio::test]
 async fn watch_events_replays_then_tails_and_resumes_from_a_cursor() {
     let db = TestDb::new().await;
@@ -110,10 +123,7 @@ async fn an_event_held_back_behind_an_older_transaction_is_shown_when_it_ends() 
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
     let mut c = app.admin().await;
-    let ws = c.workspace("held-back").await;
-    let agent = c.echo_agent(&ws, "coder").await;
-    let mut stream = watch_from_the_start(&mut c, &ws).await;
-    while next_event(&mut stream).await.action != "agent.created" {}
+    let (ws, agent, mut stream) = watching_a_new_workspace(&mut c, "held-back").await;
 
     // A transaction older than the task's creation, of nobody in this workspace: while it
     // is open the creation is committed (and notified) but held back; its end sends no
@@ -145,10 +155,7 @@ async fn a_watch_goes_on_after_its_listener_is_cut_off() {
     let db = TestDb::new().await;
     let app = TestApp::spawn(&db).await;
     let mut c = app.admin().await;
-    let ws = c.workspace("listener").await;
-    let agent = c.echo_agent(&ws, "coder").await;
-    let mut stream = watch_from_the_start(&mut c, &ws).await;
-    while next_event(&mut stream).await.action != "agent.created" {}
+    let (ws, agent, mut stream) = watching_a_new_workspace(&mut c, "listener").await;
 
     // End the control plane's LISTEN session and change something at once: the watch,
     // which no longer re-reads on a timer, hears of it on the listener's next session, or
@@ -184,10 +191,7 @@ async fn a_watch_goes_on_when_its_listener_falls_silent() {
     })
     .await;
     let mut c = app.admin().await;
-    let ws = c.workspace("silent").await;
-    let agent = c.echo_agent(&ws, "coder").await;
-    let mut stream = watch_from_the_start(&mut c, &ws).await;
-    while next_event(&mut stream).await.action != "agent.created" {}
+    let (ws, agent, mut stream) = watching_a_new_workspace(&mut c, "silent").await;
 
     // Stop the listener's server process: its connection stays open and says nothing, as
     // one does whose server or network vanished without closing it (no read fails). The
