@@ -35,27 +35,35 @@ impl TenantTx {
         if events.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-        let tasks: Vec<TaskId> = events.iter().map(|e| e.lease.task).collect();
-        let attempts: Vec<i32> = events.iter().map(|e| e.lease.attempt).collect();
-        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
-        let data: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
+        // The tasks are probed and locked in id order (the order of the arrays; a subquery
+        // that locks rows is never flattened into a join), the events inserted in the order
+        // reported. A semi-join of the reports with the worker's running tasks compared
+        // every pair, which grew with the square of the batch.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|&i| events[i].lease.task);
+        let arrival_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+        let ids: Vec<Uuid> = order.iter().map(|&i| arrival_ids[i]).collect();
+        let tasks: Vec<TaskId> = order.iter().map(|&i| events[i].lease.task).collect();
+        let attempts: Vec<i32> = order.iter().map(|&i| events[i].lease.attempt).collect();
+        let actions: Vec<&str> = order.iter().map(|&i| events[i].action.as_str()).collect();
+        let data: Vec<String> = order.iter().map(|&i| events[i].data.to_string()).collect();
+        let positions: Vec<i32> = order
+            .iter()
+            .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
+            .collect();
         let appended = self
             .query(
-                "WITH reported AS ( \
-                     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::text[], \
-                                          $6::text[]) WITH ORDINALITY \
-                          AS r(id, task_id, attempt, action, data, n)), \
-                 held AS ( \
-                     SELECT t.id, t.attempt FROM tasks t \
-                     WHERE t.tenant_id = (SELECT $1::uuid) \
-                       AND (t.id, t.attempt) IN (SELECT task_id, attempt FROM reported) \
-                       AND t.status = 'running' AND t.worker_id = $7 \
-                     ORDER BY t.id FOR UPDATE) \
-                 INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
+                "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id, \
                                      data) \
                  SELECT $1, r.id, $8, r.action, 'task', r.task_id, r.data::jsonb \
-                 FROM reported r JOIN held h ON h.id = r.task_id AND h.attempt = r.attempt \
+                 FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::text[], \
+                             $9::int[]) AS r(id, task_id, attempt, action, data, n) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT 1 FROM tasks t \
+                     WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = r.task_id \
+                       AND t.attempt = r.attempt AND t.status = (SELECT 'running'::text) \
+                       AND t.worker_id = $7 \
+                     FOR UPDATE) held \
                  ORDER BY r.n",
             )
             .bind(&ids)
@@ -65,6 +73,7 @@ impl TenantTx {
             .bind(&data)
             .bind(worker)
             .bind(actor)
+            .bind(&positions)
             .execute(self.executor())
             .await?
             .rows_affected();

@@ -63,17 +63,25 @@ impl TenantTx {
         if endings.is_empty() {
             return Ok(Vec::new());
         }
-        let (ids, attempts): (Vec<TaskId>, Vec<i32>) = endings
+        // Each held attempt is probed by primary key (a subquery that locks rows is never
+        // flattened into a join), in id order: a semi-join of the keys with the worker's
+        // running tasks compared every pair, which grew with the square of the batch.
+        let mut keys: Vec<(TaskId, i32)> = endings
             .iter()
             .map(|(lease, _)| (lease.task, lease.attempt))
-            .unzip();
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let (ids, attempts): (Vec<TaskId>, Vec<i32>) = keys.into_iter().unzip();
         let held: HashMap<(TaskId, i32), Held> = self
             .query_as::<Held>(
-                "SELECT id, attempt, releases, max_attempts FROM tasks \
-                 WHERE tenant_id = (SELECT $1::uuid) AND (id, attempt) IN \
-                       (SELECT * FROM unnest($2::uuid[], $3::int[])) \
-                   AND status = 'running' AND worker_id = $4 \
-                 ORDER BY id FOR UPDATE",
+                "SELECT t.id, t.attempt, t.releases, t.max_attempts \
+                 FROM unnest($2::uuid[], $3::int[]) AS k(id, attempt) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, attempt, releases, max_attempts FROM tasks \
+                     WHERE tenant_id = (SELECT $1::uuid) AND id = k.id AND attempt = k.attempt \
+                       AND status = (SELECT 'running'::text) AND worker_id = $4 \
+                     FOR UPDATE) t",
             )
             .bind(&ids)
             .bind(&attempts)
@@ -218,28 +226,27 @@ impl TenantTx {
         }
         // The task's usage is every call it made, across attempts, steps and fallbacks
         // (metered as each call was reported, and in this transaction for the calls the
-        // result itself carries).
+        // result itself carries). No FROM list: joining the batch's arrays to `tasks` made
+        // PostgreSQL copy every array row for each task it compared (a whole-row value kept
+        // for rechecks), which grew with the square of the batch; each task instead finds
+        // its values by its position in the id array.
         self.query(
-            "UPDATE tasks t SET status = 'succeeded', output = s.output, \
-                    finish_reason = s.finish_reason, input_tokens = u.input_tokens, \
-                    output_tokens = u.output_tokens, cost_micros = u.cost_micros, \
-                    cache_read_input_tokens = u.cache_read, \
-                    cache_write_input_tokens = u.cache_write, \
-                    reasoning_tokens = u.reasoning, \
+            "UPDATE tasks t SET status = 'succeeded', \
+                    output = ($3::text[])[array_position($2::uuid[], t.id)], \
+                    finish_reason = ($4::text[])[array_position($2::uuid[], t.id)], \
+                    (input_tokens, output_tokens, cost_micros, cache_read_input_tokens, \
+                     cache_write_input_tokens, reasoning_tokens) = ( \
+                        SELECT least(coalesce(sum(r.input_tokens), 0), $5)::bigint, \
+                               least(coalesce(sum(r.output_tokens), 0), $5)::bigint, \
+                               least(coalesce(sum(r.cost_micros), 0), $5)::bigint, \
+                               least(coalesce(sum(r.cache_read_input_tokens), 0), $5)::bigint, \
+                               least(coalesce(sum(r.cache_write_input_tokens), 0), $5)::bigint, \
+                               least(coalesce(sum(r.reasoning_tokens), 0), $5)::bigint \
+                        FROM usage_records r \
+                        WHERE r.tenant_id = (SELECT $1::uuid) AND r.task_id = t.id), \
                     lease_expires_at = NULL, ended_at = now(), updated_at = now(), \
                     error_code = NULL, error_message = NULL \
-             FROM unnest($2::uuid[], $3::text[], $4::text[]) AS s(id, output, finish_reason) \
-             CROSS JOIN LATERAL ( \
-                 SELECT least(coalesce(sum(r.input_tokens), 0), $5)::bigint AS input_tokens, \
-                        least(coalesce(sum(r.output_tokens), 0), $5)::bigint AS output_tokens, \
-                        least(coalesce(sum(r.cost_micros), 0), $5)::bigint AS cost_micros, \
-                        least(coalesce(sum(r.cache_read_input_tokens), 0), $5)::bigint \
-                            AS cache_read, \
-                        least(coalesce(sum(r.cache_write_input_tokens), 0), $5)::bigint \
-                            AS cache_write, \
-                        least(coalesce(sum(r.reasoning_tokens), 0), $5)::bigint AS reasoning \
-                 FROM usage_records r WHERE r.tenant_id = (SELECT $1::uuid) AND r.task_id = s.id) u \
-             WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = ANY($2) AND t.id = s.id",
+             WHERE t.tenant_id = (SELECT $1::uuid) AND t.id = ANY($2)",
         )
         .bind(&c.done_ids)
         .bind(&c.outputs)

@@ -16,14 +16,8 @@ use crate::app::{Clients, TestApp};
 use crate::pg::TestDb;
 use crate::session::Session;
 
-/// A task of an echo agent, queued while no worker runs, then claimed by `worker` as its
-/// attempt 1 (what the claim does, written by hand so that the test plays the worker).
-async fn claimed_task(
-    clients: &mut Clients,
-    owner: &PgPool,
-    worker: Uuid,
-    tools: Vec<pb::Tool>,
-) -> (String, pb::Task, i32) {
+/// A workspace with an echo agent; returns (workspace id, agent id).
+async fn echo_agent(clients: &mut Clients, tools: Vec<pb::Tool>) -> (String, String) {
     let ws = clients.workspace("steps").await;
     let agent = clients
         .agents
@@ -44,17 +38,35 @@ async fn claimed_task(
         .into_inner()
         .agent
         .unwrap();
-    let task = clients.task(&ws, &agent.id, "what is the weather?").await;
+    (ws, agent.id)
+}
+
+/// Marks a queued task claimed by `worker` as its attempt 1 (what the claim does, written by
+/// hand so that the test plays the worker).
+async fn claim_by_hand(owner: &PgPool, task: &str, worker: Uuid) {
     sqlx::query(
         "UPDATE tasks SET status = 'running', attempt = 1, worker_id = $2, \
                 lease_expires_at = now() + interval '60 seconds', started_at = now() \
          WHERE id = $1::uuid",
     )
-    .bind(&task.id)
+    .bind(task)
     .bind(worker)
     .execute(owner)
     .await
     .unwrap();
+}
+
+/// A task of an echo agent, queued while no worker runs, then claimed by `worker` as its
+/// attempt 1; returns the workspace, the task and its transcript's next position.
+async fn claimed_task(
+    clients: &mut Clients,
+    owner: &PgPool,
+    worker: Uuid,
+    tools: Vec<pb::Tool>,
+) -> (String, pb::Task, i32) {
+    let (ws, agent) = echo_agent(clients, tools).await;
+    let task = clients.task(&ws, &agent, "what is the weather?").await;
+    claim_by_hand(owner, &task.id, worker).await;
     let next_position: i32 =
         sqlx::query_scalar("SELECT max(position) + 1 FROM task_messages WHERE task_id = $1::uuid")
             .bind(&task.id)
@@ -772,5 +784,60 @@ async fn a_wait_whose_step_was_not_recorded_fails_the_attempt_retryably() {
         "queued again, not left running"
     );
     assert_eq!(task.error.unwrap().code, "step_not_recorded");
+    app.stop().await;
+}
+
+/// Progress events of several attempts reported together are appended in the order they
+/// were reported, whatever the order of their tasks' ids (the store probes and locks the
+/// tasks in id order); an event about an attempt the worker does not hold is dropped.
+#[tokio::test]
+async fn progress_events_of_several_attempts_keep_the_order_they_were_reported_in() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let owner = db.owner_pool().await;
+    let mut clients = app.admin().await;
+    let credential = app.worker_credential().await;
+    let mut session = Session::open(&app, &credential).await;
+    let (ws, agent) = echo_agent(&mut clients, vec![]).await;
+    let first = clients.task(&ws, &agent, "one").await;
+    let second = clients.task(&ws, &agent, "two").await;
+    assert!(first.id < second.id, "ids are UUID v7, in creation order");
+    claim_by_hand(&owner, &first.id, credential.0).await;
+    claim_by_hand(&owner, &second.id, credential.0).await;
+
+    // The later task's event first, so that the order reported is not the ids' order.
+    let reports = [
+        (&second.id, 1, "task.first"),
+        (&first.id, 1, "task.second"),
+        (&first.id, 2, "task.not_held"),
+        (&second.id, 1, "task.third"),
+    ];
+    for (task, attempt, action) in reports {
+        session
+            .send(In::Event(pb::WorkerEvent {
+                lease: Some(lease(&ws, task, attempt)),
+                action: action.into(),
+                data: None,
+            }))
+            .await;
+    }
+    session.settle(&ws).await;
+
+    let appended: Vec<(String, String)> = sqlx::query_as(
+        "SELECT resource_id::text, action FROM events \
+         WHERE tenant_id = $1::uuid AND action IN \
+               ('task.first', 'task.second', 'task.not_held', 'task.third') \
+         ORDER BY xid, seq",
+    )
+    .bind(&ws)
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    let expected = [
+        (second.id.clone(), "task.first".to_owned()),
+        (first.id.clone(), "task.second".to_owned()),
+        (second.id.clone(), "task.third".to_owned()),
+    ];
+    assert_eq!(appended, expected);
     app.stop().await;
 }
