@@ -65,3 +65,34 @@ pub async fn task(owner: &PgPool, tenant: Uuid, agent: Uuid, priority: i32, text
     .unwrap();
     id
 }
+
+/// Rows of `table` read by scans (sequential, index and bitmap) so far, once the counts of
+/// every backend that ended are in: a backend's counts reach the statistics when it ends (or
+/// when it next reports), so this waits until two reads 200 ms apart agree. A test closes
+/// the pools whose reads it counts before it reads this.
+pub async fn rows_read(owner: &PgPool, table: &str) -> i64 {
+    let read = || async {
+        let mut connection = owner.acquire().await.unwrap();
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) \
+             FROM pg_stat_user_tables WHERE relname = $1",
+        )
+        .bind(table)
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap()
+    };
+    let mut last = read().await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = read().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}

@@ -80,15 +80,25 @@ impl TenantTx {
 
     /// Locks these tasks' rows in id order, for a transaction that will change several of
     /// them: taking row locks in one global order is what keeps two such transactions
-    /// (a batch of worker reports, a cancel of many tasks) from deadlocking.
+    /// (a batch of worker reports, a cancel of many tasks) from deadlocking. Each row is
+    /// probed by its key (a subquery that locks is never flattened into a join): written as
+    /// `id = ANY(…)`, the planner scanned the workspace's whole key range instead whenever
+    /// the batch outnumbered its guess of the workspace's size (0.5 % of the table), 12 ms
+    /// for a batch of 128 with 60,000 tasks in the workspace.
     pub async fn lock_tasks_in_order(&mut self, ids: &[TaskId]) -> StoreResult<()> {
         if ids.len() < 2 {
             return Ok(());
         }
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         self.query(
-            "SELECT 1 FROM tasks WHERE tenant_id = (SELECT $1::uuid) AND id = ANY($2) ORDER BY id FOR UPDATE",
+            "SELECT 1 FROM unnest($2::uuid[]) AS k(id) \
+             CROSS JOIN LATERAL ( \
+                 SELECT 1 FROM tasks WHERE tenant_id = (SELECT $1::uuid) AND id = k.id \
+                 FOR UPDATE) t",
         )
-        .bind(ids)
+        .bind(&ids)
         .execute(self.executor())
         .await?;
         Ok(())

@@ -52,19 +52,23 @@ impl TenantTx {
         attempts.sort_unstable();
         attempts.dedup();
         let (ids, numbers): (Vec<TaskId>, Vec<i32>) = attempts.into_iter().unzip();
-        // Locked in id order, as everywhere several tasks are locked at once; the lock also
-        // keeps a second session of the same worker from writing the same attempt meanwhile.
+        // Locked in id order (the order of the keys, each probed by primary key: a subquery
+        // that locks is never flattened into a join), as everywhere several tasks are locked
+        // at once; the lock also keeps a second session of the same worker from writing the
+        // same attempt meanwhile.
         let held: Vec<HeldAttempt> = self
             .query_as(
-                "SELECT t.id, t.attempt, last.seq, last.end_offset, last.reset FROM tasks t \
+                "SELECT t.id, t.attempt, last.seq, last.end_offset, last.reset \
+                 FROM unnest($2::uuid[], $3::int[]) AS k(id, attempt) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, attempt FROM tasks \
+                     WHERE tenant_id = (SELECT $1::uuid) AND id = k.id AND attempt = k.attempt \
+                       AND status = (SELECT 'running'::text) AND worker_id = $4 \
+                     FOR UPDATE) t \
                  LEFT JOIN LATERAL ( \
                      SELECT seq, end_offset, reset FROM task_output_chunks c \
                      WHERE c.tenant_id = $1 AND c.task_id = t.id AND c.attempt = t.attempt \
-                     ORDER BY seq DESC LIMIT 1) last ON true \
-                 WHERE t.tenant_id = $1 AND (t.id, t.attempt) IN \
-                       (SELECT * FROM unnest($2::uuid[], $3::int[])) \
-                   AND t.status = 'running' AND t.worker_id = $4 \
-                 ORDER BY t.id FOR UPDATE OF t",
+                     ORDER BY seq DESC LIMIT 1) last ON true",
             )
             .bind(&ids)
             .bind(&numbers)

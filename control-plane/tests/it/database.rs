@@ -205,3 +205,108 @@ async fn a_workspace_new_since_the_last_analyze_is_probed_by_key() {
     indexes_in(&plan, &mut used);
     assert_eq!(used, ["tasks_pkey"], "{plan:#}");
 }
+
+/// A batch of worker reports locks and marks its tasks by key however many there are. The
+/// planner guesses a workspace at 0.5 % of the table (`tenant_id` keeps no statistics), and
+/// with the keys written as `id = ANY(…)` it scanned the workspace's whole key range instead
+/// as soon as a batch outnumbered that guess: here 300 keys against a guess of ~100 rows, in
+/// a workspace of 20,000 tasks (docs/benchmarks.md, "A workspace larger than the planner's
+/// guess").
+#[tokio::test]
+async fn a_batch_larger_than_the_guess_of_its_workspace_reaches_its_tasks_by_key() {
+    use agentplane_control_plane::domain::worker::{Lease, ResultOutcome};
+    use agentplane_control_plane::ids::{TaskId, TenantId, WorkerId};
+
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    // The setup's own reads of tasks are counted when its connection ends, before the test.
+    let setup = PgPool::connect(&db.owner_url()).await.unwrap();
+    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        .execute(&setup)
+        .await
+        .unwrap();
+    let workspace = agentplane_testkit::fixtures::workspace(&setup).await;
+    let agent = agentplane_testkit::fixtures::agent(&setup, workspace, 10).await;
+    many_tasks(&setup, workspace, agent, "succeeded", 20_000).await;
+    sqlx::query("ANALYZE tasks").execute(&setup).await.unwrap();
+    let worker = WorkerId(uuid::Uuid::now_v7());
+    let ids: Vec<TaskId> = sqlx::query_scalar::<_, uuid::Uuid>(
+        "UPDATE tasks SET status = 'running', attempt = 1, worker_id = $2, ended_at = NULL, \
+                lease_expires_at = now() + interval '1 minute' \
+         WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM tasks WHERE tenant_id = $1 \
+                                   ORDER BY random() LIMIT 300) \
+         RETURNING id",
+    )
+    .bind(workspace)
+    .bind(worker.0)
+    .fetch_all(&setup)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(TaskId)
+    .collect();
+    setup.close().await;
+    let tenant = TenantId(workspace);
+    // Half succeed, half fail for good.
+    let endings: Vec<(Lease, ResultOutcome)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, &task)| {
+            let outcome = if n % 2 == 0 {
+                ResultOutcome::Success {
+                    output: "done".into(),
+                    finish_reason: "stop".into(),
+                    calls: Vec::new(),
+                    position: 0,
+                }
+            } else {
+                ResultOutcome::Failure {
+                    code: "broken".into(),
+                    message: "it broke".into(),
+                    retryable: false,
+                }
+            };
+            let lease = Lease {
+                tenant,
+                task,
+                attempt: 1,
+            };
+            (lease, outcome)
+        })
+        .collect();
+
+    let app = PgPool::connect(&db.app_url()).await.unwrap();
+    let before = agentplane_testkit::fixtures::rows_read(&owner, "tasks").await;
+    let mut tx = store::Store::new(app.clone())
+        .tenant_for_reports(tenant)
+        .await
+        .unwrap();
+    tx.lock_tasks_in_order(&ids).await.unwrap();
+    let checks = tx
+        .record_results(worker, &endings, &Default::default(), "worker:test")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        checks
+            .iter()
+            .all(|check| *check == store::LeaseCheck::Accepted)
+    );
+    app.close().await;
+    let read = agentplane_testkit::fixtures::rows_read(&owner, "tasks").await - before;
+    assert!(
+        (300..3_000).contains(&read),
+        "locking and marking 300 tasks read {read} rows of tasks"
+    );
+    let ended: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM tasks WHERE id = ANY($1) GROUP BY status ORDER BY status",
+    )
+    .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
+    .fetch_all(&owner)
+    .await
+    .unwrap();
+    assert_eq!(
+        ended,
+        [("failed".to_owned(), 150), ("succeeded".to_owned(), 150)]
+    );
+}
