@@ -66,33 +66,46 @@ pub async fn task(owner: &PgPool, tenant: Uuid, agent: Uuid, priority: i32, text
     id
 }
 
-/// Rows of `table` read by scans (sequential, index and bitmap) so far, once the counts of
-/// every backend that ended are in: a backend's counts reach the statistics when it ends (or
-/// when it next reports), so this waits until two reads 200 ms apart agree. A test closes
-/// the pools whose reads it counts before it reads this.
-pub async fn rows_read(owner: &PgPool, table: &str) -> i64 {
-    let read = || async {
-        let mut connection = owner.acquire().await.unwrap();
-        sqlx::query("SELECT pg_stat_clear_snapshot()")
-            .execute(&mut *connection)
-            .await
-            .unwrap();
-        sqlx::query_scalar::<_, i64>(
-            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) \
-             FROM pg_stat_user_tables WHERE relname = $1",
-        )
-        .bind(table)
-        .fetch_one(&mut *connection)
+/// Rows of `table` read by scans (sequential, index and bitmap) so far, counted once every
+/// backend whose `application_name` is `ended` has gone: a backend's counts reach the
+/// statistics when it ends, before it leaves `pg_stat_activity`. A test connects the pools
+/// whose reads it counts under that name ([`named`]) and closes them before it reads this.
+pub async fn rows_read(owner: &PgPool, table: &str, ended: &str) -> i64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let remaining: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(ended)
+                .fetch_one(owner)
+                .await
+                .unwrap();
+        if remaining == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{remaining} backends named {ended} did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut connection = owner.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) \
+         FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&mut *connection)
+    .await
+    .unwrap()
+}
+
+/// A pool on `url` whose sessions are named `name` in `pg_stat_activity`.
+pub async fn named(url: &str, name: &str) -> PgPool {
+    PgPool::connect(&format!("{url}?application_name={name}"))
         .await
         .unwrap()
-    };
-    let mut last = read().await;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let now = read().await;
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
 }

@@ -148,11 +148,13 @@ impl TenantTx {
             columns.add(lease, held, outcome, wait, answer_stored);
         }
         self.record_usage(worker, &columns.calls).await?;
-        self.only_tid_scans().await?;
-        self.write_successes(&columns).await?;
-        self.write_failures(&columns).await?;
-        self.write_waits(&columns).await?;
-        self.all_scans().await?;
+        if !recorded.is_empty() {
+            self.only_tid_scans().await?;
+            self.write_successes(&columns).await?;
+            self.write_failures(&columns).await?;
+            self.write_waits(&columns).await?;
+            self.all_scans().await?;
+        }
         self.write_answers(&columns).await?;
         self.write_events(&columns, actor).await?;
         let finished: Vec<TaskId> = columns
@@ -235,16 +237,12 @@ impl TenantTx {
         }
         // The task's usage is every call it made, across attempts, steps and fallbacks
         // (metered as each call was reported, and in this transaction for the calls the
-        // result itself carries). No FROM list: joining the batch's arrays to `tasks` made
-        // PostgreSQL copy every array row for each task it compared (a whole-row value kept
-        // for rechecks), which grew with the square of the batch; each task instead finds
-        // its values by its position in the id array. The rows are fetched by the versions
-        // the held-attempt probe locked (see `only_tid_scans`).
+        // result itself carries). Each task is fetched by the row version the held-attempt
+        // probe locked, joined to its entry of the batch's arrays (see `only_tid_scans`).
         let updated = self
             .query(
-                "UPDATE tasks t SET status = 'succeeded', \
-                    output = ($3::text[])[array_position($2::uuid[], t.id)], \
-                    finish_reason = ($4::text[])[array_position($2::uuid[], t.id)], \
+                "UPDATE tasks t SET status = 'succeeded', output = s.output, \
+                    finish_reason = s.finish_reason, \
                     (input_tokens, output_tokens, cost_micros, cache_read_input_tokens, \
                      cache_write_input_tokens, reasoning_tokens) = ( \
                         SELECT least(coalesce(sum(r.input_tokens), 0), $5)::bigint, \
@@ -257,8 +255,9 @@ impl TenantTx {
                         WHERE r.tenant_id = (SELECT $1::uuid) AND r.task_id = t.id), \
                     lease_expires_at = NULL, ended_at = now(), updated_at = now(), \
                     error_code = NULL, error_message = NULL \
-             WHERE t.ctid = ANY($6::text[]::tid[]) \
-               AND t.tenant_id = (SELECT $1::uuid) AND t.id = ANY($2)",
+             FROM unnest($6::text[]::tid[], $2::uuid[], $3::text[], $4::text[]) \
+                  AS s(version, id, output, finish_reason) \
+             WHERE t.ctid = s.version AND t.tenant_id = (SELECT $1::uuid) AND t.id = s.id",
             )
             .bind(&c.done_ids)
             .bind(&c.outputs)
@@ -301,17 +300,23 @@ impl TenantTx {
     }
 
     /// Disables every scan but the TID scan until [`TenantTx::all_scans`], for the batch's
-    /// UPDATEs of `tasks`: they fetch their rows by the versions that the held-attempt probe
-    /// locked (`ctid = ANY(…)`), and without this the planner may scan the workspace's whole
-    /// key range instead, whenever the batch outnumbers its guess of the workspace's size
-    /// (0.5 % of the table: `tenant_id` keeps no statistics). Measured: 12 ms and 4,280
-    /// buffers for a batch of 128 in a workspace of 60,000 tasks, where fetching the rows
-    /// takes a fraction of a millisecond. (Row estimates belong to the table, not to the
-    /// path, so the penalty a disabled scan adds inside a correlated subquery is the same for
-    /// every path of the outer scan and changes nothing in its choice.)
+    /// UPDATEs of `tasks`. Each joins the batch's arrays to `tasks` by the row versions that
+    /// the held-attempt probe locked (`t.ctid = s.version`), so the one plan left unpenalised
+    /// reads each array row once and fetches its task by version (a nested loop over the
+    /// arrays with a TID scan inside). Without this the planner may scan the workspace's
+    /// whole key range instead, whenever the batch outnumbers its guess of the workspace's
+    /// size (0.5 % of the table: `tenant_id` keeps no statistics; measured: 12 ms and 4,280
+    /// buffers for a batch of 128 in a workspace of 60,000 tasks), or rescan the arrays for
+    /// every task, copying each of their rows as a whole-row value for rechecks (quadratic
+    /// in the batch: 2.1 ms for 87 tasks, against 1.3 ms). Row estimates belong to the
+    /// table, not to the path, so the penalty a disabled scan adds inside a correlated
+    /// subquery is the same for every outer plan and changes nothing in the choice. JIT is
+    /// turned off too (the report transaction has it off already): the penalties push
+    /// these statements far past `jit_above_cost`, and each would compile for ~150 ms.
     async fn only_tid_scans(&mut self) -> StoreResult<()> {
         sqlx::query(
-            "SELECT set_config('enable_seqscan', 'off', true), \
+            "SELECT set_config('jit', 'off', true), \
+                    set_config('enable_seqscan', 'off', true), \
                     set_config('enable_indexscan', 'off', true), \
                     set_config('enable_indexonlyscan', 'off', true), \
                     set_config('enable_bitmapscan', 'off', true)",
@@ -340,11 +345,12 @@ impl TenantTx {
         let updated = self
             .query(
                 "UPDATE tasks t SET status = 'requires_action', \
-                        required_action = ($3::text[])[array_position($2::uuid[], t.id)]::jsonb, \
+                        required_action = w.action::jsonb, \
                         lease_expires_at = NULL, updated_at = now(), \
                         error_code = NULL, error_message = NULL \
-                 WHERE t.ctid = ANY($4::text[]::tid[]) \
-                   AND t.tenant_id = (SELECT $1::uuid) AND t.id = ANY($2)",
+                 FROM unnest($4::text[]::tid[], $2::uuid[], $3::text[]) \
+                      AS w(version, id, action) \
+                 WHERE t.ctid = w.version AND t.tenant_id = (SELECT $1::uuid) AND t.id = w.id",
             )
             .bind(&c.waiting_ids)
             .bind(&c.waiting_actions)
@@ -359,24 +365,19 @@ impl TenantTx {
         if c.failed_ids.is_empty() {
             return Ok(());
         }
-        // Each task's values by its position in the arrays, as for successes.
         let updated = self
             .query(
                 "UPDATE tasks t SET \
-                        (status, run_at, ended_at, error_code, error_message) = ( \
-                            SELECT CASE WHEN f.retry THEN 'pending' ELSE 'failed' END, \
-                                   CASE WHEN f.retry \
-                                        THEN now() + make_interval(secs => f.delay) \
-                                        ELSE t.run_at END, \
-                                   CASE WHEN f.retry THEN NULL ELSE now() END, \
-                                   f.code, f.message \
-                            FROM (SELECT ($3::text[])[p.i] AS code, ($4::text[])[p.i] AS message, \
-                                         ($5::bool[])[p.i] AS retry, \
-                                         ($6::float8[])[p.i] AS delay \
-                                  FROM (SELECT array_position($2::uuid[], t.id) AS i) p) f), \
-                        lease_expires_at = NULL, updated_at = now() \
-                 WHERE t.ctid = ANY($7::text[]::tid[]) \
-                   AND t.tenant_id = (SELECT $1::uuid) AND t.id = ANY($2)",
+                        status = CASE WHEN f.retry THEN 'pending' ELSE 'failed' END, \
+                        run_at = CASE WHEN f.retry THEN now() + make_interval(secs => f.delay) \
+                                      ELSE t.run_at END, \
+                        ended_at = CASE WHEN f.retry THEN NULL ELSE now() END, \
+                        lease_expires_at = NULL, updated_at = now(), \
+                        error_code = f.code, error_message = f.message \
+                 FROM unnest($7::text[]::tid[], $2::uuid[], $3::text[], $4::text[], \
+                             $5::bool[], $6::float8[]) \
+                      AS f(version, id, code, message, retry, delay) \
+                 WHERE t.ctid = f.version AND t.tenant_id = (SELECT $1::uuid) AND t.id = f.id",
             )
             .bind(&c.failed_ids)
             .bind(&c.codes)

@@ -220,7 +220,7 @@ async fn a_batch_larger_than_the_guess_of_its_workspace_reaches_its_tasks_by_key
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
     // The setup's own reads of tasks are counted when its connection ends, before the test.
-    let setup = PgPool::connect(&db.owner_url()).await.unwrap();
+    let setup = agentplane_testkit::fixtures::named(&db.owner_url(), "setup").await;
     sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
         .execute(&setup)
         .await
@@ -275,8 +275,8 @@ async fn a_batch_larger_than_the_guess_of_its_workspace_reaches_its_tasks_by_key
         })
         .collect();
 
-    let app = PgPool::connect(&db.app_url()).await.unwrap();
-    let before = agentplane_testkit::fixtures::rows_read(&owner, "tasks").await;
+    let before = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "setup").await;
+    let app = agentplane_testkit::fixtures::named(&db.app_url(), "reports").await;
     let mut tx = store::Store::new(app.clone())
         .tenant_for_reports(tenant)
         .await
@@ -293,7 +293,7 @@ async fn a_batch_larger_than_the_guess_of_its_workspace_reaches_its_tasks_by_key
             .all(|check| *check == store::LeaseCheck::Accepted)
     );
     app.close().await;
-    let read = agentplane_testkit::fixtures::rows_read(&owner, "tasks").await - before;
+    let read = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "reports").await - before;
     assert!(
         (300..3_000).contains(&read),
         "locking and marking 300 tasks read {read} rows of tasks"

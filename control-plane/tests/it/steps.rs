@@ -787,57 +787,71 @@ async fn a_wait_whose_step_was_not_recorded_fails_the_attempt_retryably() {
     app.stop().await;
 }
 
-/// Progress events of several attempts reported together are appended in the order they
+/// Progress events of several attempts reported in one batch are appended in the order they
 /// were reported, whatever the order of their tasks' ids (the store probes and locks the
-/// tasks in id order); an event about an attempt the worker does not hold is dropped.
+/// tasks in id order); an event about an attempt the worker does not hold is dropped. The
+/// batch goes to the store directly, so that it is one batch whatever the timing.
 #[tokio::test]
 async fn progress_events_of_several_attempts_keep_the_order_they_were_reported_in() {
+    use agentplane_control_plane::domain::worker::Lease;
+    use agentplane_control_plane::ids::{TaskId, TenantId, WorkerId};
+    use agentplane_control_plane::store::{AttemptEvent, Store};
+
     let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
     let owner = db.owner_pool().await;
-    let mut clients = app.admin().await;
-    let credential = app.worker_credential().await;
-    let mut session = Session::open(&app, &credential).await;
-    let (ws, agent) = echo_agent(&mut clients, vec![]).await;
-    let first = clients.task(&ws, &agent, "one").await;
-    let second = clients.task(&ws, &agent, "two").await;
-    assert!(first.id < second.id, "ids are UUID v7, in creation order");
-    claim_by_hand(&owner, &first.id, credential.0).await;
-    claim_by_hand(&owner, &second.id, credential.0).await;
-
-    // The later task's event first, so that the order reported is not the ids' order.
-    let reports = [
-        (&second.id, 1, "task.first"),
-        (&first.id, 1, "task.second"),
-        (&first.id, 2, "task.not_held"),
-        (&second.id, 1, "task.third"),
-    ];
-    for (task, attempt, action) in reports {
-        session
-            .send(In::Event(pb::WorkerEvent {
-                lease: Some(lease(&ws, task, attempt)),
-                action: action.into(),
-                data: None,
-            }))
-            .await;
+    let tenant = crate::fixtures::workspace(&owner).await;
+    let agent = crate::fixtures::agent(&owner, tenant, 10).await;
+    let first = crate::fixtures::task(&owner, tenant, agent, 0, "one").await;
+    let second = crate::fixtures::task(&owner, tenant, agent, 0, "two").await;
+    assert!(first < second, "ids are UUID v7, in creation order");
+    let worker = Uuid::now_v7();
+    for task in [first, second] {
+        claim_by_hand(&owner, &task.to_string(), worker).await;
     }
-    session.settle(&ws).await;
 
-    let appended: Vec<(String, String)> = sqlx::query_as(
-        "SELECT resource_id::text, action FROM events \
-         WHERE tenant_id = $1::uuid AND action IN \
-               ('task.first', 'task.second', 'task.not_held', 'task.third') \
+    // Alternating, the later task first: the order reported is not the ids' order.
+    let reported = [
+        (second, 1, "task.first"),
+        (first, 1, "task.second"),
+        (first, 2, "task.not_held"),
+        (second, 1, "task.third"),
+        (first, 1, "task.fourth"),
+    ];
+    let events: Vec<AttemptEvent> = reported
+        .iter()
+        .map(|&(task, attempt, action)| AttemptEvent {
+            lease: Lease {
+                tenant: TenantId(tenant),
+                task: TaskId(task),
+                attempt,
+            },
+            action: action.to_owned(),
+            data: serde_json::json!({}),
+        })
+        .collect();
+    let store = Store::new(PgPool::connect(&db.app_url()).await.unwrap());
+    let mut tx = store.tenant_for_reports(TenantId(tenant)).await.unwrap();
+    let appended = tx
+        .append_attempt_events(WorkerId(worker), "worker:test", &events)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(appended, 4);
+
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT resource_id, action FROM events \
+         WHERE tenant_id = $1 AND action LIKE 'task.%' AND actor = 'worker:test' \
          ORDER BY xid, seq",
     )
-    .bind(&ws)
+    .bind(tenant)
     .fetch_all(&owner)
     .await
     .unwrap();
     let expected = [
-        (second.id.clone(), "task.first".to_owned()),
-        (first.id.clone(), "task.second".to_owned()),
-        (second.id.clone(), "task.third".to_owned()),
+        (second, "task.first".to_owned()),
+        (first, "task.second".to_owned()),
+        (second, "task.third".to_owned()),
+        (first, "task.fourth".to_owned()),
     ];
-    assert_eq!(appended, expected);
-    app.stop().await;
+    assert_eq!(rows, expected);
 }
