@@ -86,12 +86,12 @@ impl TenantTx {
     /// the batch outnumbered its guess of the workspace's size (0.5 % of the table), 12 ms
     /// for a batch of 128 with 60,000 tasks in the workspace.
     pub async fn lock_tasks_in_order(&mut self, ids: &[TaskId]) -> StoreResult<()> {
-        if ids.len() < 2 {
-            return Ok(());
-        }
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
+        if ids.len() < 2 {
+            return Ok(());
+        }
         self.query(
             "SELECT 1 FROM unnest($2::uuid[]) AS k(id) \
              CROSS JOIN LATERAL ( \

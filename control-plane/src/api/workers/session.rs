@@ -247,14 +247,12 @@ impl Session {
         for (tenant, reports) in by_tenant {
             let mut tx = self.state.store.tenant_for_reports(tenant).await?;
             let deltas = output.take(tenant);
-            let mut tasks: Vec<TaskId> = reports
+            let tasks: Vec<TaskId> = reports
                 .iter()
                 .filter_map(Report::lease)
                 .chain(deltas.iter().map(|d| d.lease))
                 .map(|l| l.task)
                 .collect();
-            tasks.sort_unstable();
-            tasks.dedup();
             tx.lock_tasks_in_order(&tasks).await?;
             // Output for an attempt this worker no longer holds is dropped; the heartbeat or
             // a cancel tells the worker to stop.
