@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::api::{Api, Target};
 use crate::cli::{Common, ProcessArgs, Wait};
-use crate::cpu::CpuSample;
+use crate::cpu::{CpuSample, CpuSpent};
 use crate::create::create_tasks;
 use crate::outcome::Outcome;
 use crate::report::Report;
@@ -54,6 +54,7 @@ pub async fn run(
     let in_flight = usize::try_from(args.in_flight).context("--in-flight is too large")?;
     let cpu_before = CpuSample::read();
     let phase = create_tasks(api, &target, args.tasks, in_flight, args.batch).await?;
+    let cpu_after_create = CpuSample::read();
     eprintln!(
         "created {} tasks in {:.2} s",
         phase.created.len(),
@@ -78,10 +79,29 @@ pub async fn run(
     }
 
     eprintln!("waiting for every task to finish");
+    // CPU is counted up to the moment nothing is pending or running, before the full read
+    // of every task that follows, which is the bench's bookkeeping, not processing.
+    api.wait_until_none_unfinished(&target, common.poll(), Instant::now() + common.timeout())
+        .await?;
+    let cpu_done = CpuSample::read();
     let tasks = api
         .wait_until_all_finished(&target, common.poll(), common.timeout())
         .await?;
-    let cpu = cpu_before.and_then(CpuSample::spent_since);
+    let cpu = cpu_before
+        .zip(cpu_done)
+        .map(|(a, b)| CpuSpent::between(a, b));
+    // With a pre-created backlog the workers start only after the create phase, so the
+    // machine's CPU splits into creating and processing at that point. Without a pause the
+    // two overlap and there is nothing to split.
+    let split = args.wait_before_processing.is_some().then(|| {
+        let creating = cpu_before
+            .zip(cpu_after_create)
+            .map(|(a, b)| CpuSpent::between(a, b));
+        let processing = cpu_after_create
+            .zip(cpu_done)
+            .map(|(a, b)| CpuSpent::between(a, b));
+        (creating, processing)
+    });
     let outcome = Outcome::of(&tasks);
     let processing = window(outcome.first_start, outcome.last_end);
     let end_to_end = window(Some(phase.started_at), outcome.last_end);
@@ -133,6 +153,20 @@ pub async fn run(
         cpu.and_then(|spent| spent.others_ms_per_task(outcome.total)),
         "ms",
     );
+    if let Some((creating, processing)) = split {
+        report.result(
+            "create_cpu_ms_per_task",
+            "  of which the create phase",
+            creating.and_then(|spent| spent.others_ms_per_task(outcome.total)),
+            "ms",
+        );
+        report.result(
+            "processing_cpu_ms_per_task",
+            "  of which after it (pause and processing)",
+            processing.and_then(|spent| spent.others_ms_per_task(outcome.total)),
+            "ms",
+        );
+    }
     report.result(
         "machine_cpu_seconds",
         "machine CPU, all processes",
@@ -146,10 +180,18 @@ pub async fn run(
         "s",
     );
     report.note(
-        "CPU is the whole machine's busy time from the first create to the last task seen \
-         finished (a pause included: the workers start during it), less the bench's own; \
-         other work on the machine counts too",
+        "CPU is the whole machine's busy time from the first create until the bench first \
+         sees no task pending or running (a pause included: the workers start during it; \
+         the read of every task that follows is not), less the bench's own; other work on \
+         the machine counts too",
     );
+    if split.is_some() {
+        report.note(
+            "with a pause, CPU is also split at the end of the create phase: what follows it \
+             is the workers' processing of the backlog plus whatever the idle system spent \
+             during the pause",
+        );
+    }
     report.note(
         "the windows use the server's start_time (first claim) and end_time (last result) \
          and, for end to end, this machine's clock at the first CreateTask",
