@@ -310,3 +310,145 @@ async fn a_batch_larger_than_the_guess_of_its_workspace_reaches_its_tasks_by_key
         [("failed".to_owned(), 150), ("succeeded".to_owned(), 150)]
     );
 }
+
+/// The foreign-key checks that the workers' claims and reports and batch creation defer to
+/// COMMIT still refuse a row without its parent, at COMMIT; a transaction that does not
+/// defer them is refused at the statement, as before.
+#[tokio::test]
+async fn deferred_key_checks_still_refuse_an_orphan_at_commit() {
+    use agentplane_core::key_checks;
+
+    let db = TestDb::new().await;
+    let app = PgPool::connect(&db.app_url()).await.unwrap();
+    // A workspace that does not exist, so that row-level security lets the row through and
+    // only the foreign key can refuse it.
+    let missing = uuid::Uuid::now_v7();
+    let insert = "INSERT INTO events (tenant_id, id, actor, action, resource_type, resource_id) \
+                  VALUES ($1, $2, 'test', 'task.tested', 'task', $2)";
+    let settings = "SELECT set_config('app.tenant_id', $1, true)";
+
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query(settings)
+        .bind(missing.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = sqlx::query(insert)
+        .bind(missing)
+        .bind(uuid::Uuid::now_v7())
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "23503", "{refused}");
+    drop(tx);
+
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query(settings)
+        .bind(missing.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql(key_checks::DEFER)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(insert)
+        .bind(missing)
+        .bind(uuid::Uuid::now_v7())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql(key_checks::PLAN_AT_COMMIT)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = tx.commit().await.unwrap_err();
+    assert_eq!(code(&refused), "23503", "{refused}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1")
+        .bind(missing)
+        .fetch_one(&db.owner_pool().await)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    app.close().await;
+}
+
+fn code(error: &sqlx::Error) -> String {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .map(|code| code.into_owned())
+        .unwrap_or_default()
+}
+
+/// The key checks deferred to COMMIT use a plan kept per connection, and one kept from a
+/// table analyzed while it was a page long still probes the key as the table grows: made
+/// with sequential scans allowed, it scanned `tasks` whole for every checked row (here two
+/// transcript rows for each of 2,000 tasks created in one batch: millions of rows read).
+#[tokio::test]
+async fn a_key_check_kept_from_a_one_page_table_probes_the_key() {
+    use agentplane_control_plane::domain::task::{InputMessage, NewTask, Role};
+    use agentplane_control_plane::ids::{AgentId, TenantId};
+
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    let setup = agentplane_testkit::fixtures::named(&db.owner_url(), "setup").await;
+    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        .execute(&setup)
+        .await
+        .unwrap();
+    let workspace = agentplane_testkit::fixtures::workspace(&setup).await;
+    let agent = agentplane_testkit::fixtures::agent(&setup, workspace, 10).await;
+    many_tasks(&setup, workspace, agent, "succeeded", 5).await;
+    sqlx::query("ANALYZE tasks").execute(&setup).await.unwrap();
+    setup.close().await;
+
+    let before = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "setup").await;
+    // One connection, so that every check below shares its kept plans.
+    let app = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}?application_name=creates", db.app_url()))
+        .await
+        .unwrap();
+    let store = store::Store::new(app.clone());
+    let new = |_| NewTask {
+        tenant: TenantId(workspace),
+        agent_id: AgentId(agent),
+        input: vec![InputMessage {
+            role: Role::User,
+            content: "hello".into(),
+        }],
+        priority: 0,
+        run_at: None,
+        labels: Default::default(),
+        request_id: None,
+        traceparent: None,
+    };
+    // Six small batches while the table is a page long: PostgreSQL keeps a plan from the
+    // sixth execution of a check on.
+    for _ in 0..6 {
+        let task = new(0);
+        let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
+        tx.create_tasks(&[(&task, "test")]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let tasks: Vec<NewTask> = (0..2_000).map(new).collect();
+    let items: Vec<(&NewTask, &str)> = tasks.iter().map(|task| (task, "test")).collect();
+    let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
+    tx.create_tasks(&items).await.unwrap();
+    tx.commit().await.unwrap();
+    app.close().await;
+
+    let read = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "creates").await - before;
+    assert!(
+        read < 20_000,
+        "creating 2,006 tasks read {read} rows of tasks for their key checks"
+    );
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM task_messages WHERE tenant_id = $1")
+            .bind(workspace)
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert!(created >= 2_006, "{created} transcript rows");
+}

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agentplane_core::ids::{AgentId, TaskId, TenantId};
+use agentplane_core::key_checks;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -183,6 +184,10 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     }
     let resume_after = plan.chosen().last().map(|c| TenantId(c.tenant_id));
 
+    // The `task.started` events' key checks (their workspace) wait for COMMIT, planned as
+    // the control plane's report transactions plan theirs (`agentplane_core::key_checks`):
+    // planned for every row in this transaction otherwise.
+    sqlx::raw_sql(key_checks::DEFER).execute(&mut *tx).await?;
     let started = mark_running(&mut tx, plan.chosen(), request.worker_id, request.lease).await?;
     record_started(&mut tx, &started, request.worker_id).await?;
     let mut transcripts = load_transcripts(&mut tx, &started).await?;
@@ -193,6 +198,9 @@ async fn claim_once(pool: &PgPool, request: &ClaimRequest) -> Result<Claim, sqlx
     )
     .send(&mut tx)
     .await?;
+    sqlx::raw_sql(key_checks::PLAN_AT_COMMIT)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
 
     let tasks = started
