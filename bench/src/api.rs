@@ -224,41 +224,39 @@ impl Api {
         poll: Duration,
         timeout: Duration,
     ) -> anyhow::Result<Vec<pb::Task>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.wait_until_none_unfinished(target, poll, deadline)
-                .await?;
-            let tasks = self.all_tasks(target).await?;
-            if tasks.iter().all(is_finished) {
-                return Ok(tasks);
-            }
-            tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
-        }
+        self.wait_until_all_finished_noting(target, poll, timeout, || {})
+            .await
     }
 
-    /// Waits until neither "is any task PENDING?" nor then "is any RUNNING?" finds one: the
-    /// moment the work is done, before the full read of `wait_until_all_finished`, which
-    /// the system under test also pays for. Fails at `deadline`.
-    pub async fn wait_until_none_unfinished(
+    /// [`Api::wait_until_all_finished`], calling `idle` each time neither probe finds a task
+    /// unfinished, just before the full read: the moment the work was done, if the read
+    /// confirms it (a task retried between the two probes sends the wait on).
+    pub async fn wait_until_all_finished_noting(
         &self,
         target: &Target,
         poll: Duration,
-        deadline: Instant,
-    ) -> anyhow::Result<()> {
+        timeout: Duration,
+        mut idle: impl FnMut(),
+    ) -> anyhow::Result<Vec<pb::Task>> {
         let started = Instant::now();
+        let deadline = started + timeout;
         let mut next_note = started + WAIT_NOTE_EVERY;
         loop {
             if !self.any_task(target, pb::TaskStatus::Pending).await?
                 && !self.any_task(target, pb::TaskStatus::Running).await?
             {
-                return Ok(());
+                idle();
+                let tasks = self.all_tasks(target).await?;
+                if tasks.iter().all(is_finished) {
+                    return Ok(tasks);
+                }
             }
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "tasks were still pending or running after {} s (are the workers running? \
+                    "tasks were still unfinished after {} s (are the workers running? \
                      raise --timeout-secs for a slower system)",
-                    (now - started).as_secs()
+                    timeout.as_secs()
                 );
             }
             if now >= next_note {

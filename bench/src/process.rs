@@ -68,8 +68,10 @@ pub async fn run(
     );
     report.result("creates_per_second", "create rate", phase.rate(), "tasks/s");
 
+    let mut workers_ran_early = false;
     if let Some(wait) = args.wait_before_processing {
         if any_started(api, &target).await? {
+            workers_ran_early = true;
             report.note(
                 "some tasks started during the create phase, so the workers were running: \
                  this is not a pre-created backlog figure",
@@ -80,20 +82,20 @@ pub async fn run(
 
     eprintln!("waiting for every task to finish");
     // CPU is counted up to the moment nothing is pending or running, before the full read
-    // of every task that follows, which is the bench's bookkeeping, not processing.
-    api.wait_until_none_unfinished(&target, common.poll(), Instant::now() + common.timeout())
-        .await?;
-    let cpu_done = CpuSample::read();
+    // of every task that confirms it, which is the bench's bookkeeping, not processing.
+    let mut cpu_done = None;
     let tasks = api
-        .wait_until_all_finished(&target, common.poll(), common.timeout())
+        .wait_until_all_finished_noting(&target, common.poll(), common.timeout(), || {
+            cpu_done = CpuSample::read();
+        })
         .await?;
     let cpu = cpu_before
         .zip(cpu_done)
         .map(|(a, b)| CpuSpent::between(a, b));
     // With a pre-created backlog the workers start only after the create phase, so the
-    // machine's CPU splits into creating and processing at that point. Without a pause the
-    // two overlap and there is nothing to split.
-    let split = args.wait_before_processing.is_some().then(|| {
+    // machine's CPU splits into creating and processing at that point. Without a pause, or
+    // when tasks started early, the two overlap and there is nothing to split.
+    let split = (args.wait_before_processing.is_some() && !workers_ran_early).then(|| {
         let creating = cpu_before
             .zip(cpu_after_create)
             .map(|(a, b)| CpuSpent::between(a, b));

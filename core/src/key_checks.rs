@@ -1,7 +1,8 @@
-//! Foreign-key checks deferred to COMMIT in the transactions that write a task's rows in
-//! bulk (the workers' claims and reports, batch creation): the statements both sides run,
-//! so that they plan those checks alike. Why, measured: `TenantTx::check_keys_at_commit` in
-//! the control plane, and migration `20261125100000`, which makes the checks deferrable.
+//! Foreign-key checks deferred to COMMIT in the transactions that write a task's rows (the
+//! workers' claims and reports, task creation, tool outputs): the statements both sides
+//! run, so that they plan those checks alike. Why, measured: `TenantTx::check_keys_at_commit`
+//! in the control plane, and migrations `20261125100000` to `…02`, which make the checks
+//! deferrable.
 
 /// Run once in the transaction, before its first checked row: the deferrable checks (an
 /// event's workspace, a transcript row's or an output chunk's task) wait for COMMIT.

@@ -121,8 +121,8 @@ impl TenantTx {
         if agents.len() != agent_ids.len() {
             return Err(StoreError::NotFound("agent"));
         }
-        // The transcript and event rows of a thousand tasks: their key checks run at COMMIT
-        // with plans that cannot scan `tasks` whole (see the method).
+        // The transcript and event rows' key checks run at COMMIT with plans that cannot
+        // scan `tasks` whole (see the method).
         self.check_keys_at_commit().await?;
 
         let ids: Vec<TaskId> = new.iter().map(|(id, _, _)| *id).collect();

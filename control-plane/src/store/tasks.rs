@@ -145,6 +145,9 @@ impl TenantTx {
         // task to commit and then cancels it, instead of leaving it pending forever.
         self.share_lock_workspace().await?;
         let agent = self.share_lock_agent(new.agent_id).await?;
+        // Its transcript's key checks run at COMMIT, planned as batch creation plans them
+        // (see the method).
+        self.check_keys_at_commit().await?;
         let id = TaskId::generate();
         let task = self
             .query_as::<TaskRow>(concat!(

@@ -61,17 +61,14 @@ impl Store {
     /// PostgreSQL's penalty for a disabled scan to their cost, which would otherwise set off
     /// compilation of every such statement (measured: 150 ms each, 1,500 tasks/s).
     pub async fn tenant_for_reports(&self, tenant: TenantId) -> StoreResult<TenantTx> {
-        let mut tx = self
-            .begin_tenant(
-                tenant,
-                "SELECT set_config('app.tenant_id', $1, true), \
-                        set_config('plan_cache_mode', 'force_custom_plan', true), \
-                        set_config('random_page_cost', '1.1', true), \
-                        set_config('jit', 'off', true)",
-            )
-            .await?;
-        tx.check_keys_at_commit().await?;
-        Ok(tx)
+        self.begin_tenant(
+            tenant,
+            "SELECT set_config('app.tenant_id', $1, true), \
+                    set_config('plan_cache_mode', 'force_custom_plan', true), \
+                    set_config('random_page_cost', '1.1', true), \
+                    set_config('jit', 'off', true)",
+        )
+        .await
     }
 
     /// Begins a transaction and runs `settings`, one statement that sets the tenant (`$1`)
@@ -143,19 +140,22 @@ impl TenantTx {
         &mut self.tx
     }
 
-    /// Defers the foreign-key checks of the rows a task writes in bulk (its events, its
-    /// transcript and its output chunks, migration `20261125100000`) to COMMIT, where
-    /// [`TenantTx::commit`] has them planned once per connection and only ever as a key
-    /// probe. Every such row is checked, as before, only later and with a kept plan.
+    /// Defers the foreign-key checks of the rows a task writes (its events, its transcript
+    /// and its output chunks, migrations `20261125100000` to `…02`) to COMMIT, where
+    /// [`TenantTx::commit`] has them use a plan kept per connection, made without
+    /// sequential scans. Every such row is checked, as before, only later.
     ///
     /// PostgreSQL runs each check as a statement of its own (`SELECT 1 FROM tasks WHERE
     /// tenant_id = $1 AND id = $2 FOR KEY SHARE`), through the plan cache, so it follows
-    /// `plan_cache_mode`: in a transaction that plans everything for its parameters (the
-    /// worker's reports), each of a task's four checked rows was planned again, 7 to 16 µs
-    /// each, a fifth of PostgreSQL's time per task. A kept (generic) plan is made from the
-    /// table as it is at that moment, and a table that is one page then plans a sequential
-    /// scan, which it would keep until the next ANALYZE while the table grows; sequential
-    /// scans are therefore disabled while the checks run. Idempotent.
+    /// `plan_cache_mode`: in the worker's reports, which plan their own statements for their
+    /// parameters, each of a task's four checked rows was planned again, 7 to 16 µs each, a
+    /// fifth of PostgreSQL's time per task. A kept plan is made from the table as it is at
+    /// that moment: one made while `tasks` is a page long, with sequential scans allowed,
+    /// scans it whole for every check until the next ANALYZE of `tasks` (measured: 2 million
+    /// rows read to create 2,000 tasks). So every path that writes transcript rows defers
+    /// its checks and plans them this way; what still checks at the statement, with
+    /// sequential scans allowed, is the workspace of an event written by any other API call,
+    /// a table of a page or so when such a plan is made. Idempotent.
     pub async fn check_keys_at_commit(&mut self) -> StoreResult<()> {
         if !self.keys_checked_at_commit {
             sqlx::raw_sql(key_checks::DEFER)
@@ -166,14 +166,23 @@ impl TenantTx {
         Ok(())
     }
 
-    /// Commits the transaction; notifications sent in it are delivered now. Deferred key
-    /// checks run first, with kept plans that never scan a table whole.
-    pub async fn commit(mut self) -> StoreResult<()> {
-        if self.keys_checked_at_commit {
+    /// Sets how the deferred key checks are planned, if this transaction deferred them: the
+    /// last statement before COMMIT. [`TenantTx::commit`] runs it if the caller has not; a
+    /// caller that must tell a failed statement from a COMMIT of unknown outcome runs it
+    /// first.
+    pub async fn plan_key_checks(&mut self) -> StoreResult<()> {
+        if std::mem::take(&mut self.keys_checked_at_commit) {
             sqlx::raw_sql(key_checks::PLAN_AT_COMMIT)
                 .execute(&mut *self.tx)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Commits the transaction; notifications sent in it are delivered now. Deferred key
+    /// checks run first ([`TenantTx::plan_key_checks`]).
+    pub async fn commit(mut self) -> StoreResult<()> {
+        self.plan_key_checks().await?;
         Ok(self.tx.commit().await?)
     }
 

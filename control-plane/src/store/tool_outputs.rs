@@ -93,6 +93,8 @@ impl TenantTx {
             .iter()
             .filter_map(|call| outputs.iter().find(|o| o.call_id == call.id))
             .collect();
+        // The transcript rows' key checks run at COMMIT (see the method).
+        self.check_keys_at_commit().await?;
         let ids: Vec<Uuid> = ordered.iter().map(|_| Uuid::now_v7()).collect();
         let call_ids: Vec<&str> = ordered.iter().map(|o| o.call_id.as_str()).collect();
         let contents: Vec<&str> = ordered.iter().map(|o| o.output.as_str()).collect();

@@ -383,8 +383,8 @@ fn code(error: &sqlx::Error) -> String {
 
 /// The key checks deferred to COMMIT use a plan kept per connection, and one kept from a
 /// table analyzed while it was a page long still probes the key as the table grows: made
-/// with sequential scans allowed, it scanned `tasks` whole for every checked row (here two
-/// transcript rows for each of 2,000 tasks created in one batch: millions of rows read).
+/// with sequential scans allowed, it scanned `tasks` whole for every checked row (here the
+/// transcript row of each of 2,000 tasks created in one batch: 2 million rows read).
 #[tokio::test]
 async fn a_key_check_kept_from_a_one_page_table_probes_the_key() {
     use agentplane_control_plane::domain::task::{InputMessage, NewTask, Role};

@@ -241,6 +241,8 @@ async fn create_together(
         .create_tasks(items)
         .await
         .map_err(GroupError::Statement)?;
+    // Its last statement, so that a failure there is not taken for a failed COMMIT.
+    tx.plan_key_checks().await.map_err(GroupError::Statement)?;
     tx.commit().await.map_err(GroupError::Unsettled)?;
     Ok(rows)
 }

@@ -246,6 +246,7 @@ impl Session {
         let mut acks = Vec::new();
         for (tenant, reports) in by_tenant {
             let mut tx = self.state.store.tenant_for_reports(tenant).await?;
+            tx.check_keys_at_commit().await?;
             let deltas = output.take(tenant);
             let tasks: Vec<TaskId> = reports
                 .iter()
@@ -361,6 +362,7 @@ impl Session {
         for tenant in output.pending_tenants() {
             let deltas = output.take(tenant);
             let mut tx = self.state.store.tenant_for_reports(tenant).await?;
+            tx.check_keys_at_commit().await?;
             let chains = tx.append_outputs(self.worker, &deltas).await?;
             tx.commit().await?;
             output.stored(&deltas, &chains);
