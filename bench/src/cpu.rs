@@ -20,11 +20,6 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    /// What was used since `self`, up to now; `None` where `/proc` cannot be read.
-    pub fn spent_since(self) -> Option<CpuSpent> {
-        Some(CpuSpent::between(self, Self::read()?))
-    }
-
     /// Reads the counters; `None` where `/proc` is missing or unreadable.
     pub fn read() -> Option<Self> {
         let machine = std::fs::read_to_string("/proc/stat").ok()?;
@@ -52,6 +47,11 @@ impl CpuSpent {
             machine: ticks(after.machine_busy.saturating_sub(before.machine_busy)),
             own: ticks(after.own.saturating_sub(before.own)),
         }
+    }
+
+    /// What was used from `from` to `to`; `None` where either could not be read.
+    pub fn over(from: Option<CpuSample>, to: Option<CpuSample>) -> Option<Self> {
+        Some(Self::between(from?, to?))
     }
 
     /// Milliseconds of machine CPU, apart from the bench's own, per task; `None` for no tasks.

@@ -89,20 +89,15 @@ pub async fn run(
             cpu_done = CpuSample::read();
         })
         .await?;
-    let cpu = cpu_before
-        .zip(cpu_done)
-        .map(|(a, b)| CpuSpent::between(a, b));
+    let cpu = CpuSpent::over(cpu_before, cpu_done);
     // With a pre-created backlog the workers start only after the create phase, so the
     // machine's CPU splits into creating and processing at that point. Without a pause, or
     // when tasks started early, the two overlap and there is nothing to split.
     let split = (args.wait_before_processing.is_some() && !workers_ran_early).then(|| {
-        let creating = cpu_before
-            .zip(cpu_after_create)
-            .map(|(a, b)| CpuSpent::between(a, b));
-        let processing = cpu_after_create
-            .zip(cpu_done)
-            .map(|(a, b)| CpuSpent::between(a, b));
-        (creating, processing)
+        (
+            CpuSpent::over(cpu_before, cpu_after_create),
+            CpuSpent::over(cpu_after_create, cpu_done),
+        )
     });
     let outcome = Outcome::of(&tasks);
     let processing = window(outcome.first_start, outcome.last_end);

@@ -150,6 +150,21 @@ async fn many_tasks(
     .unwrap();
 }
 
+/// A workspace with an agent and `count` finished tasks, in a `tasks` table that autovacuum
+/// leaves alone and that was analyzed with them: the statistics a test's plans start from.
+/// Returns the workspace and the agent.
+async fn analyzed_workspace(setup: &PgPool, count: i32) -> (uuid::Uuid, uuid::Uuid) {
+    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        .execute(setup)
+        .await
+        .unwrap();
+    let workspace = agentplane_testkit::fixtures::workspace(setup).await;
+    let agent = agentplane_testkit::fixtures::agent(setup, workspace, 10).await;
+    many_tasks(setup, workspace, agent, "succeeded", count).await;
+    sqlx::query("ANALYZE tasks").execute(setup).await.unwrap();
+    (workspace, agent)
+}
+
 /// The index names in a JSON plan, depth first.
 fn indexes_in(plan: &serde_json::Value, found: &mut Vec<String>) {
     match plan {
@@ -221,14 +236,7 @@ async fn a_batch_larger_than_the_guess_of_its_workspace_reaches_its_tasks_by_key
     let owner = db.owner_pool().await;
     // The setup's own reads of tasks are counted when its connection ends, before the test.
     let setup = agentplane_testkit::fixtures::named(&db.owner_url(), "setup").await;
-    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
-        .execute(&setup)
-        .await
-        .unwrap();
-    let workspace = agentplane_testkit::fixtures::workspace(&setup).await;
-    let agent = agentplane_testkit::fixtures::agent(&setup, workspace, 10).await;
-    many_tasks(&setup, workspace, agent, "succeeded", 20_000).await;
-    sqlx::query("ANALYZE tasks").execute(&setup).await.unwrap();
+    let (workspace, _) = analyzed_workspace(&setup, 20_000).await;
     let worker = WorkerId(uuid::Uuid::now_v7());
     let ids: Vec<TaskId> = sqlx::query_scalar::<_, uuid::Uuid>(
         "UPDATE tasks SET status = 'running', attempt = 1, worker_id = $2, ended_at = NULL, \
@@ -393,14 +401,7 @@ async fn a_key_check_kept_from_a_one_page_table_probes_the_key() {
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
     let setup = agentplane_testkit::fixtures::named(&db.owner_url(), "setup").await;
-    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
-        .execute(&setup)
-        .await
-        .unwrap();
-    let workspace = agentplane_testkit::fixtures::workspace(&setup).await;
-    let agent = agentplane_testkit::fixtures::agent(&setup, workspace, 10).await;
-    many_tasks(&setup, workspace, agent, "succeeded", 5).await;
-    sqlx::query("ANALYZE tasks").execute(&setup).await.unwrap();
+    let (workspace, agent) = analyzed_workspace(&setup, 5).await;
     setup.close().await;
 
     let before = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "setup").await;
