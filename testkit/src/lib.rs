@@ -19,3 +19,4 @@ pub mod app;
 pub mod fixtures;
 mod killable;
 pub mod pg;
+pub mod proxy;

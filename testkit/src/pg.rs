@@ -201,8 +201,38 @@ fn start_cluster() -> Result<Cluster, String> {
 
 impl Cluster {
     fn url(&self, user: &str, database: &str) -> String {
-        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+        url_at(self.port, user, database)
     }
+
+    /// The lines of the server's log that say it crashed or refused, newest last: the cause
+    /// of a failure to connect that a test's own output cannot show (the log is deleted with
+    /// the cluster).
+    fn trouble(&self) -> String {
+        let log = std::fs::read_to_string(self.socket_dir.join("postgres.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                [
+                    "PANIC",
+                    "FATAL",
+                    "terminated by signal",
+                    "exited with exit code",
+                    "server processes",
+                    "stuck",
+                    "out of memory",
+                    "No space",
+                ]
+                .iter()
+                .any(|mark| line.contains(mark))
+            })
+            .collect();
+        let recent = &lines[lines.len().saturating_sub(20)..];
+        format!("; the server's log says:\n{}", recent.join("\n"))
+    }
+}
+
+fn url_at(port: u16, user: &str, database: &str) -> String {
+    format!("postgres://{user}@127.0.0.1:{port}/{database}")
 }
 
 /// A fresh, migrated database for one test.
@@ -224,7 +254,10 @@ impl TestDb {
         };
         let mut admin = match options.connect().await {
             Ok(connection) => connection,
-            Err(error) => panic!("connecting to the test cluster: {error}"),
+            Err(error) => panic!(
+                "connecting to the test cluster: {error}{}",
+                cluster.trouble()
+            ),
         };
         let create = format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}");
         // Copies of one template may collide briefly; retry.
@@ -240,7 +273,7 @@ impl TestDb {
                     let _ = error;
                     tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
                 }
-                Err(error) => panic!("creating {name}: {error}"),
+                Err(error) => panic!("creating {name}: {error}{}", cluster.trouble()),
             }
         }
         let _ = admin.close().await;
@@ -257,6 +290,17 @@ impl TestDb {
         cluster().url(APP_USER, &self.name)
     }
 
+    /// URL of the control plane's application role through a proxy on `port` (see
+    /// [`crate::proxy`]).
+    pub fn app_url_through(&self, port: u16) -> String {
+        url_at(port, APP_USER, &self.name)
+    }
+
+    /// Where the cluster listens, for a proxy in front of it.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port))
+    }
+
     /// URL of the workers' role.
     pub fn worker_url(&self) -> String {
         cluster().url(WORKER_USER, &self.name)
@@ -270,7 +314,7 @@ impl TestDb {
             .await
         {
             Ok(pool) => pool,
-            Err(error) => panic!("connecting as owner: {error}"),
+            Err(error) => panic!("connecting as owner: {error}{}", cluster().trouble()),
         }
     }
 
@@ -282,7 +326,7 @@ impl TestDb {
             .await
         {
             Ok(pool) => pool,
-            Err(error) => panic!("connecting as worker: {error}"),
+            Err(error) => panic!("connecting as worker: {error}{}", cluster().trouble()),
         }
     }
 }

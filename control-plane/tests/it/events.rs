@@ -8,6 +8,7 @@ use tonic_types::StatusExt;
 
 use crate::app::TestApp;
 use crate::pg::TestDb;
+use agentplane_testkit::proxy::SilencingProxy;
 
 /// The next event on a WatchEvents stream, within 10 s.
 pub(crate) async fn next_event(
@@ -186,37 +187,22 @@ async fn a_watch_goes_on_after_its_listener_is_cut_off() {
 #[tokio::test]
 async fn a_watch_goes_on_when_its_listener_falls_silent() {
     let db = TestDb::new().await;
+    let proxy = SilencingProxy::start(db.server_addr()).await;
     let app = TestApp::spawn_with(&db, |config| {
+        config.database_url = db.app_url_through(proxy.port()).into();
         config.listener_probe_interval = Duration::from_millis(500);
     })
     .await;
     let mut c = app.admin().await;
     let (ws, agent, mut stream) = watching_a_new_workspace(&mut c, "silent").await;
-
-    // Stop the listener's server process: its connection stays open and says nothing, as
-    // one does whose server or network vanished without closing it (no read fails). The
-    // watch, which waits on the listener, goes on only if the control plane notices.
     let owner = db.owner_pool().await;
-    let mut listeners = Vec::new();
     // One listener, unless a busy machine delayed a probe and it is being replaced.
-    for _ in 0..100 {
-        listeners = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = $1",
-        )
-        .bind(LISTENER_APPLICATION_NAME)
-        .fetch_all(&owner)
-        .await
-        .unwrap();
-        if listeners.len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let [pid] = listeners[..] else {
-        panic!("one listener: {listeners:?}")
-    };
-    let _stopped = Stopped::new(pid);
+    assert_eq!(listeners_eventually(&owner, 1).await, 1);
+
+    // The listener's connection stays open and passes nothing, as one does whose server or
+    // network vanished without closing it (no read fails). The watch, which waits on the
+    // listener, goes on only if the control plane notices and listens anew.
+    proxy.silence(LISTENER_APPLICATION_NAME);
     let task = c
         .task(&ws, &agent.id, "notified to a silent listener")
         .await;
@@ -226,32 +212,30 @@ async fn a_watch_goes_on_when_its_listener_falls_silent() {
         (shown.action.as_str(), shown.resource_id.as_str()),
         ("task.created", task.id.as_str())
     );
+    // It was heard by a new listener: the silenced one is still connected beside it.
+    assert_eq!(listeners_eventually(&owner, 2).await, 2);
     app.stop().await;
 }
 
-/// A server process stopped (SIGSTOP) until this is dropped, even by a failing test.
-struct Stopped(String);
-
-impl Stopped {
-    fn new(pid: i32) -> Self {
-        let pid = pid.to_string();
-        signal("-STOP", &pid);
-        Self(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal("-CONT", &self.0);
-    }
-}
-
-fn signal(signal: &str, pid: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, pid])
-        .status()
+/// How many listeners are connected to the test's database, once it is `count` (or after
+/// five seconds).
+async fn listeners_eventually(owner: &sqlx::PgPool, count: i64) -> i64 {
+    let mut connected = 0;
+    for _ in 0..100 {
+        connected = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(LISTENER_APPLICATION_NAME)
+        .fetch_one(owner)
+        .await
         .unwrap();
-    assert!(status.success(), "kill {signal} {pid}: {status}");
+        if connected == count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    connected
 }
 
 /// Lists events until at least `count` are visible (reads wait for older transactions
