@@ -71,6 +71,32 @@ pub async fn task(owner: &PgPool, tenant: Uuid, agent: Uuid, priority: i32, text
 /// statistics when it ends, before it leaves `pg_stat_activity`. A test connects the pools
 /// whose reads it counts under that name ([`named`]) and closes them before it reads this.
 pub async fn rows_read(owner: &PgPool, table: &str, ended: &str) -> i64 {
+    let mut connection = settled_statistics(owner, ended).await;
+    sqlx::query_scalar(
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) \
+         FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&mut *connection)
+    .await
+    .unwrap()
+}
+
+/// Scans of `index` so far, counted as [`rows_read`] counts.
+pub async fn index_scans(owner: &PgPool, index: &str, ended: &str) -> i64 {
+    let mut connection = settled_statistics(owner, ended).await;
+    sqlx::query_scalar("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1")
+        .bind(index)
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap()
+}
+
+/// A connection that reads the statistics fresh, once every backend named `ended` has gone.
+async fn settled_statistics(
+    owner: &PgPool,
+    ended: &str,
+) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let remaining: i64 =
@@ -93,14 +119,7 @@ pub async fn rows_read(owner: &PgPool, table: &str, ended: &str) -> i64 {
         .execute(&mut *connection)
         .await
         .unwrap();
-    sqlx::query_scalar(
-        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) \
-         FROM pg_stat_user_tables WHERE relname = $1",
-    )
-    .bind(table)
-    .fetch_one(&mut *connection)
-    .await
-    .unwrap()
+    connection
 }
 
 /// A pool on `url` whose sessions are named `name` in `pg_stat_activity`.

@@ -389,6 +389,83 @@ fn code(error: &sqlx::Error) -> String {
         .unwrap_or_default()
 }
 
+/// Without statistics (a fresh install, until autovacuum first analyzes `tasks`),
+/// PostgreSQL costs every index of `tasks` that leads with `tenant_id` the same as the primary
+/// key for a probe by `(tenant_id, id)`, and takes the index created last. The transcript
+/// rows' key checks are such probes: they must reach the primary key (migration
+/// 20261126100000), not walk the workspace's entries in `tasks_by_status`. An index added to
+/// `tasks` later that leads with `tenant_id` fails this test until the primary key is rebuilt
+/// after it.
+#[tokio::test]
+async fn a_key_check_on_a_table_without_statistics_probes_the_primary_key() {
+    use agentplane_control_plane::domain::task::{InputMessage, NewTask, Role};
+    use agentplane_control_plane::ids::{AgentId, TenantId};
+    use agentplane_testkit::fixtures::index_scans;
+
+    let db = TestDb::new().await;
+    let owner = db.owner_pool().await;
+    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        .execute(&owner)
+        .await
+        .unwrap();
+    let workspace = agentplane_testkit::fixtures::workspace(&owner).await;
+    let agent = agentplane_testkit::fixtures::agent(&owner, workspace, 10).await;
+    let analyzed: f32 =
+        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'tasks'::regclass")
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert!(analyzed < 0.0, "tasks has statistics: {analyzed} tuples");
+
+    let indexes = ["tasks_pkey", "tasks_by_status", "tasks_by_agent"];
+    let mut before = Vec::new();
+    for index in indexes {
+        before.push(index_scans(&owner, index, "creates").await);
+    }
+    let app = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}?application_name=creates", db.app_url()))
+        .await
+        .unwrap();
+    let store = store::Store::new(app.clone());
+    let new = |_| NewTask {
+        tenant: TenantId(workspace),
+        agent_id: AgentId(agent),
+        input: vec![InputMessage {
+            role: Role::User,
+            content: "hello".into(),
+        }],
+        priority: 0,
+        run_at: None,
+        labels: Default::default(),
+        request_id: None,
+        traceparent: None,
+    };
+    // Single creates first, so that the check's plan is kept (from the sixth on), then a
+    // batch whose every transcript row is checked with it.
+    for _ in 0..6 {
+        let task = new(0);
+        let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
+        tx.create_tasks(&[(&task, "test")]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let tasks: Vec<NewTask> = (0..500).map(new).collect();
+    let items: Vec<(&NewTask, &str)> = tasks.iter().map(|task| (task, "test")).collect();
+    let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
+    tx.create_tasks(&items).await.unwrap();
+    tx.commit().await.unwrap();
+    app.close().await;
+
+    let mut scans = Vec::new();
+    for (index, before) in indexes.into_iter().zip(before) {
+        scans.push((index, index_scans(&owner, index, "creates").await - before));
+    }
+    assert!(
+        scans[0].1 >= 506 && scans[1].1 == 0 && scans[2].1 == 0,
+        "scans while creating 506 tasks: {scans:?}"
+    );
+}
+
 /// The key checks deferred to COMMIT use a plan kept per connection, and one kept from a
 /// table analyzed while it was a page long still probes the key as the table grows: made
 /// with sequential scans allowed, it scanned `tasks` whole for every checked row (here the
