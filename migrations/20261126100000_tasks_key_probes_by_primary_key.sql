@@ -10,9 +10,12 @@
 -- Rebuilt after the other indexes, the primary key wins the tie.
 --
 -- Only an empty table is rebuilt: on a fresh install, where the window matters, this is
--- instant. A table with rows has statistics, or will within a minute, and rebuilding its
--- key would lock it for as long as an index build. pg_relation_size, not a SELECT: row
--- security is forced on `tasks` for its owner too. An index added to `tasks` later that
+-- instant. A table with rows has statistics, or gets them at its first autoanalyze (after
+-- 50 rows and 2 % change), and rebuilding its key would lock it for as long as an index
+-- build. pg_relation_size, not a SELECT: row security is forced on `tasks` for its owner
+-- too. The size is read again under the locks, taken in the order the application's
+-- writes take them (tasks, then the transcript and output), so that a task created
+-- meanwhile is seen and a concurrent write waits rather than deadlocks. An index added to `tasks` later that
 -- leads with tenant_id must be followed by the same rebuild; the test
 -- database::a_key_check_on_a_table_without_statistics_probes_the_primary_key fails until
 -- it is.
@@ -20,6 +23,9 @@ SET LOCAL lock_timeout = '5s';
 
 DO $$
 BEGIN
+    IF pg_relation_size('tasks') = 0 THEN
+        LOCK TABLE tasks, task_messages, task_output_chunks IN ACCESS EXCLUSIVE MODE;
+    END IF;
     IF pg_relation_size('tasks') = 0 THEN
         ALTER TABLE task_messages DROP CONSTRAINT task_messages_tenant_id_task_id_fkey;
         ALTER TABLE task_output_chunks DROP CONSTRAINT task_output_chunks_tenant_id_task_id_fkey;

@@ -99,12 +99,14 @@ async fn settled_statistics(
 ) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let remaining: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-                .bind(ended)
-                .fetch_one(owner)
-                .await
-                .unwrap();
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(ended)
+        .fetch_one(owner)
+        .await
+        .unwrap();
         if remaining == 0 {
             break;
         }

@@ -119,12 +119,15 @@ async fn forward(
     this: Connection,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
+    // Until the proxy's handle is dropped; then connections go on as they are.
+    let mut watching = true;
     loop {
         let read = tokio::select! {
             read = from.read(&mut buffer) => read,
-            changed = silenced.changed() => {
+            changed = silenced.changed(), if watching => {
                 if changed.is_err() {
-                    return;
+                    watching = false;
+                    continue;
                 }
                 if is_silenced(&silenced, &this) {
                     return hold(from, to).await;
