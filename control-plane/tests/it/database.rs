@@ -389,6 +389,51 @@ fn code(error: &sqlx::Error) -> String {
         .unwrap_or_default()
 }
 
+/// Creates six tasks one by one and then `batch` in one transaction, all through one
+/// connection named `creates` (closed at the end), so that the key checks of the batch's
+/// transcript rows use the plan PostgreSQL keeps from the sixth execution of a check on.
+async fn create_with_kept_key_checks(
+    db: &TestDb,
+    workspace: uuid::Uuid,
+    agent: uuid::Uuid,
+    batch: usize,
+) {
+    use agentplane_control_plane::domain::task::{InputMessage, NewTask, Role};
+    use agentplane_control_plane::ids::{AgentId, TenantId};
+
+    let app = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}?application_name=creates", db.app_url()))
+        .await
+        .unwrap();
+    let store = store::Store::new(app.clone());
+    let new = |_| NewTask {
+        tenant: TenantId(workspace),
+        agent_id: AgentId(agent),
+        input: vec![InputMessage {
+            role: Role::User,
+            content: "hello".into(),
+        }],
+        priority: 0,
+        run_at: None,
+        labels: Default::default(),
+        request_id: None,
+        traceparent: None,
+    };
+    for _ in 0..6 {
+        let task = new(0);
+        let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
+        tx.create_tasks(&[(&task, "test")]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let tasks: Vec<NewTask> = (0..batch).map(new).collect();
+    let items: Vec<(&NewTask, &str)> = tasks.iter().map(|task| (task, "test")).collect();
+    let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
+    tx.create_tasks(&items).await.unwrap();
+    tx.commit().await.unwrap();
+    app.close().await;
+}
+
 /// Without statistics (a fresh install, until autovacuum first analyzes `tasks`),
 /// PostgreSQL costs every index of `tasks` that leads with `tenant_id` the same as the primary
 /// key for a probe by `(tenant_id, id)`, and takes the index created last. The transcript
@@ -398,8 +443,6 @@ fn code(error: &sqlx::Error) -> String {
 /// after it.
 #[tokio::test]
 async fn a_key_check_on_a_table_without_statistics_probes_the_primary_key() {
-    use agentplane_control_plane::domain::task::{InputMessage, NewTask, Role};
-    use agentplane_control_plane::ids::{AgentId, TenantId};
     use agentplane_testkit::fixtures::index_scans;
 
     let db = TestDb::new().await;
@@ -422,39 +465,7 @@ async fn a_key_check_on_a_table_without_statistics_probes_the_primary_key() {
     for index in indexes {
         before.push(index_scans(&owner, index, "creates").await);
     }
-    let app = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("{}?application_name=creates", db.app_url()))
-        .await
-        .unwrap();
-    let store = store::Store::new(app.clone());
-    let new = |_| NewTask {
-        tenant: TenantId(workspace),
-        agent_id: AgentId(agent),
-        input: vec![InputMessage {
-            role: Role::User,
-            content: "hello".into(),
-        }],
-        priority: 0,
-        run_at: None,
-        labels: Default::default(),
-        request_id: None,
-        traceparent: None,
-    };
-    // Single creates first, so that the check's plan is kept (from the sixth on), then a
-    // batch whose every transcript row is checked with it.
-    for _ in 0..6 {
-        let task = new(0);
-        let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
-        tx.create_tasks(&[(&task, "test")]).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    let tasks: Vec<NewTask> = (0..500).map(new).collect();
-    let items: Vec<(&NewTask, &str)> = tasks.iter().map(|task| (task, "test")).collect();
-    let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
-    tx.create_tasks(&items).await.unwrap();
-    tx.commit().await.unwrap();
-    app.close().await;
+    create_with_kept_key_checks(&db, workspace, agent, 500).await;
 
     let mut scans = Vec::new();
     for (index, before) in indexes.into_iter().zip(before) {
@@ -472,9 +483,6 @@ async fn a_key_check_on_a_table_without_statistics_probes_the_primary_key() {
 /// transcript row of each of 2,000 tasks created in one batch: 2 million rows read).
 #[tokio::test]
 async fn a_key_check_kept_from_a_one_page_table_probes_the_key() {
-    use agentplane_control_plane::domain::task::{InputMessage, NewTask, Role};
-    use agentplane_control_plane::ids::{AgentId, TenantId};
-
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
     let setup = agentplane_testkit::fixtures::named(&db.owner_url(), "setup").await;
@@ -482,40 +490,7 @@ async fn a_key_check_kept_from_a_one_page_table_probes_the_key() {
     setup.close().await;
 
     let before = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "setup").await;
-    // One connection, so that every check below shares its kept plans.
-    let app = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("{}?application_name=creates", db.app_url()))
-        .await
-        .unwrap();
-    let store = store::Store::new(app.clone());
-    let new = |_| NewTask {
-        tenant: TenantId(workspace),
-        agent_id: AgentId(agent),
-        input: vec![InputMessage {
-            role: Role::User,
-            content: "hello".into(),
-        }],
-        priority: 0,
-        run_at: None,
-        labels: Default::default(),
-        request_id: None,
-        traceparent: None,
-    };
-    // Six small batches while the table is a page long: PostgreSQL keeps a plan from the
-    // sixth execution of a check on.
-    for _ in 0..6 {
-        let task = new(0);
-        let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
-        tx.create_tasks(&[(&task, "test")]).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    let tasks: Vec<NewTask> = (0..2_000).map(new).collect();
-    let items: Vec<(&NewTask, &str)> = tasks.iter().map(|task| (task, "test")).collect();
-    let mut tx = store.tenant(TenantId(workspace)).await.unwrap();
-    tx.create_tasks(&items).await.unwrap();
-    tx.commit().await.unwrap();
-    app.close().await;
+    create_with_kept_key_checks(&db, workspace, agent, 2_000).await;
 
     let read = agentplane_testkit::fixtures::rows_read(&owner, "tasks", "creates").await - before;
     assert!(
