@@ -150,16 +150,23 @@ async fn many_tasks(
     .unwrap();
 }
 
+/// A workspace and an agent, with autovacuum off on `tasks` so that its statistics (or their
+/// absence) stay as the test sets them.
+async fn workspace_without_autovacuum(pool: &PgPool) -> (uuid::Uuid, uuid::Uuid) {
+    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let workspace = agentplane_testkit::fixtures::workspace(pool).await;
+    let agent = agentplane_testkit::fixtures::agent(pool, workspace, 10).await;
+    (workspace, agent)
+}
+
 /// A workspace with an agent and `count` finished tasks, in a `tasks` table that autovacuum
 /// leaves alone and that was analyzed with them: the statistics a test's plans start from.
 /// Returns the workspace and the agent.
 async fn analyzed_workspace(setup: &PgPool, count: i32) -> (uuid::Uuid, uuid::Uuid) {
-    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
-        .execute(setup)
-        .await
-        .unwrap();
-    let workspace = agentplane_testkit::fixtures::workspace(setup).await;
-    let agent = agentplane_testkit::fixtures::agent(setup, workspace, 10).await;
+    let (workspace, agent) = workspace_without_autovacuum(setup).await;
     many_tasks(setup, workspace, agent, "succeeded", count).await;
     sqlx::query("ANALYZE tasks").execute(setup).await.unwrap();
     (workspace, agent)
@@ -189,12 +196,7 @@ fn indexes_in(plan: &serde_json::Value, found: &mut Vec<String>) {
 async fn a_workspace_new_since_the_last_analyze_is_probed_by_key() {
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
-    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
-        .execute(&owner)
-        .await
-        .unwrap();
-    let old = agentplane_testkit::fixtures::workspace(&owner).await;
-    let old_agent = agentplane_testkit::fixtures::agent(&owner, old, 10).await;
+    let (old, old_agent) = workspace_without_autovacuum(&owner).await;
     many_tasks(&owner, old, old_agent, "succeeded", 3_000).await;
     sqlx::query("ANALYZE tasks").execute(&owner).await.unwrap();
 
@@ -447,12 +449,7 @@ async fn a_key_check_on_a_table_without_statistics_probes_the_primary_key() {
 
     let db = TestDb::new().await;
     let owner = db.owner_pool().await;
-    sqlx::query("ALTER TABLE tasks SET (autovacuum_enabled = false)")
-        .execute(&owner)
-        .await
-        .unwrap();
-    let workspace = agentplane_testkit::fixtures::workspace(&owner).await;
-    let agent = agentplane_testkit::fixtures::agent(&owner, workspace, 10).await;
+    let (workspace, agent) = workspace_without_autovacuum(&owner).await;
     let analyzed: f32 =
         sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'tasks'::regclass")
             .fetch_one(&owner)
